@@ -1,0 +1,295 @@
+"""The dataset catalog: YAML files that declare which Kafka topics become which Delta tables.
+
+A catalog is one YAML file or a folder of them. Each file has optional ``defaults`` (merged into each of its
+datasets) and a list of ``datasets``. Every error names the file, the dataset and the field, so a user can
+fix the input without reading code; nothing is ingested from a catalog that does not validate.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+OWNER = re.compile(r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+#: Partition columns the engine derives from the event time (UTC).
+DERIVED_PARTITIONS = ("year", "month", "day", "hour", "date")
+#: Column names the engine writes itself; no record field may use them.
+RESERVED_COLUMNS = (
+    "_kafka_topic",
+    "_kafka_partition",
+    "_kafka_offset",
+    "_kafka_timestamp",
+    "_kafka_key",
+    "_event_time",
+    "_ingested_at",
+)
+RESERVED_PREFIX = "_kafka_"
+#: Types a field may be given under ``schema:`` (Delta primitive types).
+FIELD_TYPES = ("string", "long", "integer", "double", "float", "boolean", "timestamp", "date", "binary")
+
+
+class CatalogError(ValueError):
+    """Invalid catalog input. ``str()`` reads ``<file>: dataset '<name>': field '<field>': <problem>``."""
+
+    def __init__(self, file: str | Path, problem: str, dataset: str | None = None, field: str | None = None):
+        self.file = str(file)
+        self.dataset = dataset
+        self.field = field
+        self.problem = problem
+        where = [self.file]
+        if dataset is not None:
+            where.append(f"dataset '{dataset}'")
+        if field is not None:
+            where.append(f"field '{field}'")
+        super().__init__(": ".join([*where, problem]))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class FileSizeTarget(_Strict):
+    """Target size of data files in MB; the guide's 128 MB–1 GB unless a dataset sets its own."""
+
+    min: float = Field(128, gt=0)
+    max: float = Field(1024, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FileSizeTarget:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+        return self
+
+
+class Slo(_Strict):
+    throughput_rps: float = Field(1000, gt=0)
+    latency_s: float = Field(30, gt=0)
+    file_size_mb: FileSizeTarget = FileSizeTarget()
+    freshness_s: float | None = Field(None, gt=0)
+
+
+class Dataset(_Strict):
+    """One Kafka topic ingested into one Delta table."""
+
+    name: str
+    source: str
+    topic: str
+    format: Literal["json", "debezium"]
+    mode: Literal["append", "upsert"] = "append"
+    key: tuple[str, ...] = ()
+    ordering_field: str | None = None
+    event_time_field: str | None = None
+    partition_by: tuple[str, ...] = ()
+    fields: dict[str, Literal[FIELD_TYPES]] = Field(default_factory=dict, alias="schema")  # type: ignore[valid-type]
+    engine: Literal["embedded", "spark", "auto"] = "embedded"
+    max_records_per_run: int = Field(1_000_000, gt=0)
+    max_batch_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    consumer_group: str | None = None
+    slo: Slo = Slo()
+    description: str | None = None
+    owners: tuple[str, ...] = ()
+
+    @field_validator("name", "source")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not IDENTIFIER.match(value):
+            raise ValueError(f"'{value}' must start with a letter and hold only letters, digits and '_'")
+        return value
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if not TOPIC_NAME.match(value) or value in (".", ".."):
+            raise ValueError(f"'{value}' is not a valid Kafka topic name (letters, digits, '.', '_', '-')")
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _field_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            _check_not_reserved(name)
+        return value
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for owner in value:
+            if not (OWNER.match(owner)):
+                raise ValueError(f"owner '{owner}' must be an email address or 'team:<name>'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Dataset:
+        seen: set[str] = set()
+        for column in self.partition_by:
+            if column in seen:
+                raise _FieldError("partition_by", f"'{column}' is listed twice")
+            seen.add(column)
+            if column not in DERIVED_PARTITIONS and column not in self.fields:
+                raise _FieldError(
+                    "partition_by",
+                    f"'{column}' is neither a derived time column ({', '.join(DERIVED_PARTITIONS)}) "
+                    f"nor a field declared under 'schema:' (declare it there with its type)",
+                )
+        if self.mode == "upsert" and not self.key:
+            raise _FieldError("key", "mode 'upsert' needs the record key fields, e.g. key: [id]")
+        if self.event_time_field is not None:
+            _check_not_reserved(self.event_time_field, field="event_time_field")
+        return self
+
+    @property
+    def asset_path(self) -> list[str]:
+        return ["lake", self.source, self.name]
+
+    @property
+    def table_path(self) -> str:
+        """Table location relative to the lake root."""
+        return f"{self.source}/{self.name}"
+
+    @property
+    def group_id(self) -> str:
+        """Kafka consumer group used for monitoring commits (never read back for correctness)."""
+        return self.consumer_group or f"ingest-platform.{self.source}.{self.name}"
+
+
+class _FieldError(ValueError):
+    """A model-level problem that belongs to one field (so the error can name it)."""
+
+    def __init__(self, field: str, problem: str):
+        self.field = field
+        super().__init__(problem)
+
+
+def _check_not_reserved(name: str, field: str | None = None) -> None:
+    if name.startswith(RESERVED_PREFIX) or name in RESERVED_COLUMNS:
+        problem = f"'{name}' is reserved for the engine's own columns ({RESERVED_PREFIX}*, _event_time, _ingested_at)"
+        raise _FieldError(field, problem) if field else ValueError(problem)
+
+
+class Catalog(_Strict):
+    datasets: tuple[Dataset, ...]
+    files: tuple[str, ...]
+
+    def get(self, name: str) -> Dataset:
+        for dataset in self.datasets:
+            if name in (dataset.name, f"{dataset.source}/{dataset.name}", "/".join(dataset.asset_path)):
+                return dataset
+        known = ", ".join(d.name for d in self.datasets) or "none"
+        raise KeyError(f"no dataset named '{name}' in the catalog (known: {known})")
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Load and validate a catalog file, or every ``*.yaml``/``*.yml`` file of a folder (sorted by name)."""
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        if not files:
+            raise CatalogError(root, "the folder holds no .yaml or .yml catalog file")
+    elif root.is_file():
+        files = [root]
+    else:
+        raise CatalogError(root, "no such catalog file or folder (set INGEST_CATALOG to a file or folder)")
+
+    datasets: list[Dataset] = []
+    where: dict[str, Path] = {}
+    for file in files:
+        for dataset in _load_file(file):
+            if dataset.name in where:
+                raise CatalogError(
+                    file, f"duplicate dataset name, already declared in {where[dataset.name]}", dataset.name, "name"
+                )
+            where[dataset.name] = file
+            datasets.append(dataset)
+    return Catalog(datasets=tuple(datasets), files=tuple(str(f) for f in files))
+
+
+def parse_catalog_text(text: str, file: str | Path = "<string>") -> list[Dataset]:
+    """Validate catalog YAML given as text (``file`` is only used in error messages)."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise CatalogError(file, f"unreadable YAML{at}: {getattr(error, 'problem', None) or error}") from None
+    if not isinstance(document, Mapping):
+        raise CatalogError(file, "expected a mapping with 'datasets:' (and optional 'defaults:') at the top level")
+    unknown = set(document) - {"defaults", "datasets"}
+    if unknown:
+        raise CatalogError(file, f"unknown top-level key(s) {sorted(unknown)}; expected 'defaults' and 'datasets'")
+    defaults = document.get("defaults") or {}
+    if not isinstance(defaults, Mapping):
+        raise CatalogError(file, "'defaults' must be a mapping", field="defaults")
+    entries = document.get("datasets")
+    if not isinstance(entries, list) or not entries:
+        raise CatalogError(file, "'datasets' must be a non-empty list", field="datasets")
+
+    datasets = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        label = entry.get("name") if isinstance(entry, Mapping) and isinstance(entry.get("name"), str) else f"#{index + 1}"
+        if not isinstance(entry, Mapping):
+            raise CatalogError(file, "each dataset must be a mapping", dataset=label)
+        dataset = _validate(file, label, _merge(defaults, entry))
+        if dataset.name in seen:
+            raise CatalogError(file, "duplicate dataset name in this file", dataset.name, "name")
+        seen.add(dataset.name)
+        datasets.append(dataset)
+    return datasets
+
+
+def _load_file(file: Path) -> list[Dataset]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CatalogError(file, f"cannot read the file: {error}") from None
+    return parse_catalog_text(text, file)
+
+
+def _merge(defaults: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Dataset entry over defaults; nested mappings (``slo``) merge key by key."""
+    merged: dict[str, Any] = dict(defaults)
+    for key, value in entry.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _validate(file: Path | str, label: str, raw: dict[str, Any]) -> Dataset:
+    try:
+        return Dataset.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        problem = first["msg"].removeprefix("Value error, ")
+        ctx_error = (first.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _FieldError):
+            field, problem = ctx_error.field, str(ctx_error)
+        if first["type"] == "missing":
+            problem = "is required"
+        elif first["type"] == "extra_forbidden":
+            problem = f"unknown field (allowed: {', '.join(sorted(_allowed_fields(first['loc'])))})"
+        elif "input" in first and first["type"] not in ("value_error",):
+            problem = f"{problem} (got {first['input']!r})"
+        more = len(error.errors()) - 1
+        if more:
+            problem += f" (and {more} more problem{'s' if more > 1 else ''} in this dataset)"
+        raise CatalogError(file, problem, label, field) from None
+
+
+def _allowed_fields(loc: Iterable[Any]) -> set[str]:
+    model: type[BaseModel] = Dataset
+    for part in list(loc)[:-1]:
+        annotation = model.model_fields[str(part)].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return {info.alias or name for name, info in model.model_fields.items()}

@@ -1,0 +1,20 @@
+"""The code location: every catalog dataset as an asset, with the resources chosen from the environment.
+
+``INGEST_CATALOG``, ``INGEST_LAKE_ROOT`` and ``INGEST_KAFKA_BOOTSTRAP`` pick the catalog, lake and brokers
+(ingest_platform/settings.py). An invalid catalog fails the load with a message naming file, dataset, field.
+"""
+
+import dagster as dg
+
+from ingest_platform.catalog import load_catalog
+from ingest_platform.defs.assets import ingestion_definitions
+from ingest_platform.defs.resources import resource_definitions
+from ingest_platform.settings import Settings
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    catalog = load_catalog(settings.catalog_path)
+    return dg.Definitions.merge(ingestion_definitions(catalog), resource_definitions(settings))
+
+
+defs = build_definitions(Settings.from_env())

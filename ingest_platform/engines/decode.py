@@ -1,0 +1,223 @@
+"""JSON record values -> Arrow, in bulk, and the table-schema rules of docs/DESIGN.md §3.
+
+Decoding joins a batch of values into newline-delimited JSON and lets Arrow's C++ reader parse it in one
+call; only when that fails does it fall back to one value at a time, to name the offending record.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from ingest_platform.catalog import RESERVED_COLUMNS, RESERVED_PREFIX
+
+UTC_MICROS = pa.timestamp("us", tz="UTC")
+
+#: Catalog ``schema:`` types -> Arrow types. Timestamps, dates and binaries are read as strings and converted.
+FIELD_ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "long": pa.int64(),
+    "integer": pa.int32(),
+    "double": pa.float64(),
+    "float": pa.float32(),
+    "boolean": pa.bool_(),
+    "timestamp": UTC_MICROS,
+    "date": pa.date32(),
+    "binary": pa.binary(),
+}
+_READ_AS_STRING = {"timestamp", "date", "binary"}
+_READ_BLOCK_BYTES = 16 << 20
+
+
+class DecodeError(ValueError):
+    """A record value could not be decoded; the message names the record's topic, partition and offset."""
+
+
+class SchemaConflict(ValueError):
+    """A field's type in new records differs from the table's; the message names the field and both types."""
+
+
+def decode_json(values: Sequence[bytes], fields: Mapping[str, str], locate: Callable[[int], str]) -> pa.Table:
+    """One row per value. ``fields`` fixes types (catalog ``schema:``); ``locate(i)`` describes value ``i``."""
+    explicit = pa.schema(
+        [(name, pa.string() if kind in _READ_AS_STRING else FIELD_ARROW_TYPES[kind]) for name, kind in fields.items()]
+    )
+    payload = b"\n".join(values)
+    # Values with raw newlines inside (pretty-printed JSON) need the slower reader mode.
+    newlines_inside = payload.count(b"\n") != len(values) - 1
+    block_size = max(_READ_BLOCK_BYTES, _largest(values) + 1)
+    try:
+        table = pajson.read_json(
+            io.BytesIO(payload),
+            read_options=pajson.ReadOptions(block_size=block_size),
+            parse_options=pajson.ParseOptions(
+                explicit_schema=explicit, unexpected_field_behavior="infer", newlines_in_values=newlines_inside
+            ),
+        )
+    except pa.ArrowInvalid as error:
+        # Arrow numbers rows within a block, so a row number names a record only for a one-block batch.
+        _raise_for_first_bad_value(values, locate, str(error), rows_are_exact=len(payload) <= block_size)
+        raise DecodeError(f"the batch could not be decoded as JSON: {error}") from None
+    if table.num_rows != len(values):
+        _raise_for_first_bad_value(values, locate, "each record value must be exactly one JSON object", False)
+        raise DecodeError(f"decoded {table.num_rows} rows from {len(values)} values")
+    for name in table.column_names:
+        if name.startswith(RESERVED_PREFIX) or name in RESERVED_COLUMNS:
+            raise DecodeError(f"records carry field '{name}', a name reserved for the engine's columns")
+    return _convert_declared(table, fields, locate)
+
+
+def _largest(values: Sequence[bytes]) -> int:
+    return max((len(v) for v in values), default=0)
+
+
+def _raise_for_first_bad_value(
+    values: Sequence[bytes], locate: Callable[[int], str], reason: str, rows_are_exact: bool
+) -> None:
+    for index, value in enumerate(values):
+        try:
+            parsed = json.loads(value)
+        except ValueError as error:
+            raise DecodeError(f"{locate(index)}: value is not valid JSON ({error}): {value[:120]!r}") from None
+        if not isinstance(parsed, dict):
+            raise DecodeError(
+                f"{locate(index)}: value must be a JSON object, got {type(parsed).__name__}: {value[:120]!r}"
+            )
+    # Every value parses alone: the batch failed on a type change inside it (Arrow names the field and row).
+    row = re.search(r"in row (\d+)", reason)
+    exact = rows_are_exact and row is not None and int(row.group(1)) < len(values)
+    where = f" (first at {locate(int(row.group(1)))})" if exact else ""
+    raise DecodeError(
+        f"records disagree on a field's type{where}: {reason}. Declare the field's type under 'schema:' in the catalog."
+    )
+
+
+def _convert_declared(table: pa.Table, fields: Mapping[str, str], locate: Callable[[int], str]) -> pa.Table:
+    for name, kind in fields.items():
+        if kind in _READ_AS_STRING and name in table.column_names:
+            index = table.column_names.index(name)
+            column = table[name]
+            target = FIELD_ARROW_TYPES[kind]
+            if kind == "timestamp":
+                converted = parse_timestamps(column, name, locate)
+            elif kind == "binary":
+                converted = pc.cast(column, target)
+            else:
+                converted = _cast_or_raise(column, target, name)
+            table = table.set_column(index, pa.field(name, target), converted)
+    return table
+
+
+def _cast_or_raise(column: pa.ChunkedArray, target: pa.DataType, name: str) -> pa.ChunkedArray:
+    try:
+        return pc.cast(column, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise DecodeError(f"field '{name}' cannot be read as {target}: {error}") from None
+
+
+def parse_timestamps(
+    column: pa.ChunkedArray, name: str, locate: Callable[[int], str] | None = None
+) -> pa.ChunkedArray:
+    """Timestamps (UTC, µs) from ISO-8601 strings (with or without zone; none means UTC), epoch seconds or
+    milliseconds (numbers above 1e11 are milliseconds), or Arrow timestamps."""
+    kind = column.type
+    if pa.types.is_timestamp(kind):
+        return pc.cast(column, pa.timestamp("us", tz=kind.tz or "UTC")).cast(UTC_MICROS)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        as_float = pc.cast(column, pa.float64())
+        micros = pc.if_else(pc.greater(pc.abs(as_float), 1e11), pc.multiply(as_float, 1e3), pc.multiply(as_float, 1e6))
+        return pc.cast(pc.cast(micros, pa.int64()), UTC_MICROS)
+    if pa.types.is_null(kind):
+        return pa.chunked_array([pa.nulls(len(column), UTC_MICROS)])
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        # Values without a zone are UTC: give them one, so one vectorised cast parses the whole column.
+        has_zone = pc.match_substring_regex(column, r"(Z|[+-]\d\d:?\d\d)$")
+        has_time = pc.match_substring_regex(column, r"\d[T ]\d")
+        suffix = pc.if_else(has_zone, "", pc.if_else(has_time, "Z", "T00:00:00Z"))
+        zoned = pc.binary_join_element_wise(column, suffix, "")
+        try:
+            return pc.cast(zoned, UTC_MICROS)
+        except pa.ArrowInvalid:
+            pass
+        values = column.to_pylist()
+        for index, value in enumerate(zoned.to_pylist()):
+            try:
+                pc.cast(pa.array([value]), UTC_MICROS)
+            except pa.ArrowInvalid:
+                where = f"{locate(index)}: " if locate else ""
+                raise DecodeError(f"{where}field '{name}' is not an ISO-8601 timestamp: {values[index]!r}") from None
+    raise DecodeError(f"field '{name}' has type {kind}, which cannot be read as a timestamp")
+
+
+def normalize_for_delta(table: pa.Table) -> pa.Table:
+    """Types Delta can store: drop all-null columns, give ``list<null>`` an element type, timestamps in µs UTC."""
+    columns, fields = [], []
+    for field, column in zip(table.schema, table.columns):
+        kind = field.type
+        if pa.types.is_null(kind):
+            continue
+        fixed = _delta_type(kind)
+        if fixed != kind:
+            column = column.cast(fixed)
+        columns.append(column)
+        fields.append(pa.field(field.name, fixed))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _delta_type(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_null(kind):
+        return pa.string()
+    if pa.types.is_timestamp(kind):
+        return UTC_MICROS
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return pa.list_(_delta_type(kind.value_type))
+    if pa.types.is_struct(kind):
+        return pa.struct([pa.field(f.name, _delta_type(f.type)) for f in kind])
+    return kind
+
+
+def align_to_table(batch: pa.Table, table_schema: pa.Schema | None, describe: str) -> pa.Table:
+    """Cast ``batch`` to the table's column types; new columns stay (they are added as nullable columns).
+
+    A column whose batch type cannot be represented in the table's type without changing it raises
+    ``SchemaConflict`` naming the field. ``describe`` says which records the batch holds.
+    """
+    if table_schema is None:
+        return batch
+    existing = {field.name: field.type for field in table_schema}
+    for index, field in enumerate(batch.schema):
+        target = existing.get(field.name)
+        if target is None or target == field.type:
+            continue
+        if pa.types.is_struct(field.type) and pa.types.is_struct(target):
+            continue  # nested fields evolve through Delta's schema merge; a real conflict fails the write
+        if _fits(field.type, target):
+            try:
+                batch = batch.set_column(index, pa.field(field.name, target), batch[field.name].cast(target))
+                continue
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        raise SchemaConflict(
+            f"field '{field.name}' has type {field.type} in {describe}, but the table stores it as {target}. "
+            f"Fix the producer, or declare the field's type under 'schema:' in the catalog."
+        )
+    return batch
+
+
+def _fits(source: pa.DataType, target: pa.DataType) -> bool:
+    """Whether values of ``source`` can be stored as ``target`` without loss of meaning."""
+    if pa.types.is_integer(source) and (pa.types.is_integer(target) or pa.types.is_floating(target)):
+        return True
+    if pa.types.is_floating(source) and pa.types.is_floating(target):
+        return True
+    if pa.types.is_timestamp(source) and pa.types.is_timestamp(target):
+        return True
+    if pa.types.is_list(source) and pa.types.is_list(target):
+        return _fits(source.value_type, target.value_type) or pa.types.is_null(source.value_type)
+    return False

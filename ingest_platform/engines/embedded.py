@@ -1,0 +1,358 @@
+"""The embedded engine: confluent-kafka -> Arrow -> deltalake, in the calling process, no JVM.
+
+One ``run()`` follows docs/DESIGN.md §2: ledger from the table, high watermarks captured at start, ranges
+capped by ``max_records_per_run``, batches of at most ``max_batch_bytes`` written as one Delta commit each
+(rows plus the partitions' ``txn`` actions), then the monitoring-only commit to the Kafka consumer group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from ingest_platform.catalog import Dataset
+from ingest_platform.engines import decode
+from ingest_platform.engines.planning import PartitionRange, plan_ranges, start_offsets
+from ingest_platform.engines.report import PartitionProgress, RunReport
+from ingest_platform.kafka.client import KafkaConnection, KafkaReadError, topic_partitions, watermarks
+from ingest_platform.lake.commit import AppendRequest, append_with_ledger
+from ingest_platform.lake.ledger import read_ledger
+from ingest_platform.lake.tables import LakeLocation, commit_stats
+
+ENGINE_NAME = "embedded"
+#: Messages per ``consume()`` call: large enough to amortise the call, small next to max_batch_bytes.
+CONSUME_BATCH = 10_000
+#: How long the monitoring commit to the consumer group is retried on retriable errors.
+GROUP_COMMIT_RETRY_S = 15.0
+#: Preferred data-file size (the guide's 256 MB Parquet block), clamped to the dataset's file-size target.
+PREFERRED_FILE_MB = 256
+
+
+class IngestError(RuntimeError):
+    """A run failed; the message names the dataset and what to do. Nothing was committed for the failed batch."""
+
+
+@dataclass
+class _Batch:
+    """Records buffered for the next Delta commit."""
+
+    values: list[bytes] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    nbytes: int = 0
+    covered: dict[int, int] = field(default_factory=dict)  # partition -> last offset covered (inclusive)
+
+
+class EmbeddedEngine:
+    name = ENGINE_NAME
+
+    def __init__(
+        self,
+        kafka: KafkaConnection,
+        lake: LakeLocation,
+        log: logging.Logger | None = None,
+        idle_timeout_s: float = 60.0,
+    ):
+        self.kafka = kafka
+        self.lake = lake
+        self.log = log or logging.getLogger(__name__)
+        self.idle_timeout_s = idle_timeout_s
+
+    def run(self, dataset: Dataset, run_id: str | None = None) -> RunReport:
+        if dataset.format != "json" or dataset.mode != "append":
+            raise IngestError(
+                f"dataset '{dataset.name}': format '{dataset.format}' with mode '{dataset.mode}' is not supported by "
+                "the embedded engine yet (json + append is); CDC datasets come with the Debezium work."
+            )
+        return _Run(self, dataset, run_id or uuid.uuid4().hex).execute()
+
+
+class _Run:
+    """State of one run of one dataset."""
+
+    def __init__(self, engine: EmbeddedEngine, dataset: Dataset, run_id: str):
+        self.engine = engine
+        self.dataset = dataset
+        self.run_id = run_id
+        self.log = engine.log
+        self.uri = engine.lake.table_uri(dataset.table_path)
+        self.report = RunReport(dataset=dataset.name, engine=ENGINE_NAME, table_uri=self.uri)
+        self.ledger: dict[int, int] = {}
+        self.ends: dict[int, int] = {}
+        self.first_offsets: dict[int, int] = {}
+        self.counts: dict[int, int] = {}
+        self.table_schema: pa.Schema | None = None
+        min_mb, max_mb = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
+        self.target_file_size = int(min(max_mb, max(min_mb, PREFERRED_FILE_MB)) * 1024 * 1024)
+
+    def execute(self) -> RunReport:
+        started = time.monotonic()
+        dataset = self.dataset
+        consumer = Consumer(self.engine.kafka.consumer_config(dataset.group_id))
+        try:
+            ranges = self._plan(consumer)
+            total = sum(r.count for r in ranges)
+            if total == 0:
+                self.log.info(f"{dataset.name}: no new records in {dataset.topic}; nothing to commit")
+            else:
+                self.log.info(
+                    f"{dataset.name}: reading {total} records from {dataset.topic} "
+                    + ", ".join(f"[{r.partition}] {r.start}..{r.end - 1}" for r in ranges if r.count)
+                )
+                self._consume(consumer, ranges)
+        finally:
+            consumer.close()
+        self.report.duration_s = time.monotonic() - started
+        self.report.partitions = [
+            PartitionProgress(
+                partition=p,
+                first_offset=self.first_offsets[p],
+                last_offset=self.ledger.get(p, self.first_offsets[p] - 1),
+                records=self.counts.get(p, 0),
+            )
+            for p in sorted(self.first_offsets)
+        ]
+        return self.report
+
+    def _plan(self, consumer: Consumer) -> list[PartitionRange]:
+        dataset, timeout = self.dataset, self.engine.kafka.timeout_s
+        try:
+            partitions = topic_partitions(consumer, dataset.topic, timeout)
+            marks = watermarks(consumer, dataset.topic, partitions, timeout)
+        except KafkaReadError as error:
+            raise IngestError(f"dataset '{dataset.name}': {error}") from None
+        table = self.engine.lake.open_table(dataset.table_path)
+        if table is not None:
+            self.table_schema = pa.schema(table.schema().to_arrow())
+        self.ledger = read_ledger(table, dataset.name, partitions)
+        starts = start_offsets(dataset.name, dataset.topic, self.ledger, marks)
+        ranges = plan_ranges(starts, {p: high for p, (_, high) in marks.items()}, dataset.max_records_per_run)
+        self.ends = {r.partition: r.end for r in ranges}
+        self.first_offsets = {r.partition: r.start for r in ranges}
+        self.report.lag_after = sum(marks[r.partition][1] - r.end for r in ranges)
+        return ranges
+
+    def _consume(self, consumer: Consumer, ranges: list[PartitionRange]) -> None:
+        topic = self.dataset.topic
+        ends = self.ends
+        pending = {r.partition for r in ranges if r.count > 0}
+        consumer.assign([TopicPartition(topic, r.partition, r.start) for r in ranges if r.count > 0])
+        batch = _Batch()
+        max_bytes = self.dataset.max_batch_bytes
+        last_progress = time.monotonic()
+
+        def finish(partition: int) -> None:
+            pending.discard(partition)
+            batch.covered[partition] = ends[partition] - 1
+            consumer.pause([TopicPartition(topic, partition)])
+
+        while pending:
+            try:
+                messages = consumer.consume(num_messages=CONSUME_BATCH, timeout=0.5)
+            except KafkaException as error:
+                raise IngestError(f"dataset '{self.dataset.name}': reading {topic} failed: {error}") from None
+            if not messages:
+                # Offsets without records (transaction markers) can end a range: ask where each partition is.
+                for tp in consumer.position([TopicPartition(topic, p) for p in pending]):
+                    if tp.offset >= ends[tp.partition]:
+                        finish(tp.partition)
+                if pending and time.monotonic() - last_progress > self.engine.idle_timeout_s:
+                    raise IngestError(
+                        f"dataset '{self.dataset.name}': no records arrived for {self.engine.idle_timeout_s:.0f} s "
+                        f"while partitions {sorted(pending)} of {topic} still had data to read (broker down or "
+                        "partition leader unavailable?). Nothing of the unread batch was committed; re-run later."
+                    )
+                continue
+            last_progress = time.monotonic()
+            values, parts, offsets, stamps, keys = (
+                batch.values, batch.partitions, batch.offsets, batch.timestamps, batch.keys
+            )
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise IngestError(
+                        f"dataset '{self.dataset.name}': Kafka error on {topic}[{message.partition()}]: {error.str()}"
+                    )
+                partition = message.partition()
+                offset = message.offset()
+                end = ends[partition]
+                if offset >= end or partition not in pending:
+                    continue
+                value = message.value()
+                if value is None:
+                    self.report.skipped += 1
+                else:
+                    key = message.key()
+                    values.append(value)
+                    parts.append(partition)
+                    offsets.append(offset)
+                    stamps.append(message.timestamp()[1])
+                    keys.append(key)
+                    batch.nbytes += len(value) + (len(key) if key else 0)
+                batch.covered[partition] = offset
+                self.counts[partition] = self.counts.get(partition, 0) + 1
+                if offset == end - 1:
+                    finish(partition)
+                if batch.nbytes >= max_bytes:
+                    self._commit(batch, consumer)
+                    batch = _Batch()
+                    values, parts, offsets, stamps, keys = (
+                        batch.values, batch.partitions, batch.offsets, batch.timestamps, batch.keys
+                    )
+        self._commit(batch, consumer)
+
+    def _commit(self, batch: _Batch, consumer: Consumer) -> None:
+        """One Delta commit for the batch, then the monitoring commit to the consumer group."""
+        dataset = self.dataset
+        advancing = {p: o for p, o in batch.covered.items() if o > self.ledger.get(p, -1)}
+        consumed = sum(self.counts.values()) - self.report.records
+        if not advancing or not batch.values:
+            # Nothing to write. Offsets that carried no row are re-read next run (harmless: they hold no data).
+            self.report.records += consumed
+            return
+        rows = self._to_arrow(batch)
+        rows = decode.align_to_table(rows, self.table_schema, self._describe(batch))
+        request = AppendRequest(
+            dataset=dataset.name,
+            table_path=dataset.table_path,
+            partition_by=dataset.partition_by,
+            rows=rows,
+            covered=advancing,
+            expected_ledger=self.ledger,
+            run_metadata={
+                "run_id": self.run_id,
+                "engine": ENGINE_NAME,
+                "topic": dataset.topic,
+                "records": consumed,
+                "ranges": {str(p): [self.ledger.get(p, self.first_offsets[p] - 1) + 1, o] for p, o in advancing.items()},
+            },
+            target_file_size=self.target_file_size,
+            description=dataset.description,
+        )
+        version = append_with_ledger(self.engine.lake, request)
+        committed_at = datetime.now(timezone.utc)
+        self.ledger.update(advancing)
+        self.table_schema = pa.unify_schemas([self.table_schema, rows.schema]) if self.table_schema else rows.schema
+        stats = commit_stats(self.uri, version)
+        report = self.report
+        report.records += consumed
+        report.rows_written += rows.num_rows
+        report.bytes_read += batch.nbytes
+        report.files_written += stats.files
+        report.bytes_written += stats.bytes
+        report.commits.append(version)
+        oldest = pc.min(rows["_event_time"]).as_py()
+        if oldest is not None:
+            lag = (committed_at - oldest).total_seconds()
+            report.max_event_to_commit_lag_s = max(lag, report.max_event_to_commit_lag_s or lag)
+        self.log.info(
+            f"{dataset.name}: committed version {version}: {rows.num_rows} rows, {stats.files} files, "
+            f"ledger {dict(sorted(advancing.items()))}"
+        )
+        self._commit_group(consumer, advancing)
+
+    def _commit_group(self, consumer: Consumer, advancing: dict[int, int]) -> None:
+        """Monitoring only (docs/DESIGN.md §2 step 6): a failure is logged, never fatal."""
+        offsets = [TopicPartition(self.dataset.topic, p, o + 1) for p, o in sorted(advancing.items())]
+        deadline = time.monotonic() + GROUP_COMMIT_RETRY_S
+        while True:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+                return
+            except KafkaException as error:
+                # The group coordinator moves or loads (e.g. __consumer_offsets created on first use): retry.
+                if error.args[0].retriable() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                self.log.warning(
+                    f"{self.dataset.name}: the Delta commit succeeded but committing offsets to consumer group "
+                    f"'{self.dataset.group_id}' failed ({error}); lag monitors will lag behind until the next run"
+                )
+                return
+
+    def _describe(self, batch: _Batch) -> str:
+        spans = {}
+        for partition, offset in zip(batch.partitions, batch.offsets):
+            low, high = spans.get(partition, (offset, offset))
+            spans[partition] = (min(low, offset), max(high, offset))
+        return "records " + ", ".join(f"{self.dataset.topic}[{p}] {lo}..{hi}" for p, (lo, hi) in sorted(spans.items()))
+
+    def _to_arrow(self, batch: _Batch) -> pa.Table:
+        dataset = self.dataset
+        n = len(batch.values)
+
+        def locate(index: int) -> str:
+            return (
+                f"dataset '{dataset.name}', record {dataset.topic}[{batch.partitions[index]}] "
+                f"offset {batch.offsets[index]}"
+            )
+
+        try:
+            records = decode.decode_json(batch.values, dataset.fields, locate)
+            records = decode.normalize_for_delta(records)
+        except decode.DecodeError as error:
+            message = str(error)
+            if not message.startswith("dataset '"):
+                message = f"dataset '{dataset.name}', {self._describe(batch)}: {message}"
+            raise IngestError(message + " Nothing was committed for this batch.") from None
+        for name, kind in dataset.fields.items():
+            if name not in records.column_names:
+                records = records.append_column(
+                    pa.field(name, decode.FIELD_ARROW_TYPES[kind]), pa.nulls(n, decode.FIELD_ARROW_TYPES[kind])
+                )
+        stamps = pa.array(batch.timestamps, pa.int64())
+        kafka_time = pc.cast(
+            pc.multiply(pc.if_else(pc.less(stamps, 0), None, stamps), 1000), pa.int64()
+        ).cast(decode.UTC_MICROS)
+        event_time = kafka_time
+        if dataset.event_time_field and dataset.event_time_field in records.column_names:
+            try:
+                parsed = decode.parse_timestamps(records[dataset.event_time_field], dataset.event_time_field, locate)
+            except decode.DecodeError as error:
+                raise IngestError(f"{error}. Nothing was committed for this batch.") from None
+            event_time = pc.coalesce(parsed.combine_chunks(), kafka_time)
+        derived = _derived_partitions(event_time)
+        for name in dataset.partition_by:
+            if name in derived:
+                if name in records.column_names:
+                    records = records.drop_columns([name])
+                records = records.append_column(name, derived[name])
+        ingested_at = pa.scalar(datetime.now(timezone.utc), decode.UTC_MICROS)
+        reserved = {
+            "_kafka_topic": pa.repeat(pa.scalar(dataset.topic, pa.string()), n),
+            "_kafka_partition": pa.array(batch.partitions, pa.int32()),
+            "_kafka_offset": pa.array(batch.offsets, pa.int64()),
+            "_kafka_timestamp": kafka_time,
+            "_kafka_key": pa.array(batch.keys, pa.binary()),
+            "_event_time": event_time,
+            "_ingested_at": pa.repeat(ingested_at, n),
+        }
+        for name, column in reserved.items():
+            records = records.append_column(name, column)
+        return records
+
+
+def _derived_partitions(event_time: pa.Array) -> dict[str, pa.Array]:
+    return {
+        "year": pc.year(event_time).cast(pa.int32()),
+        "month": pc.month(event_time).cast(pa.int32()),
+        "day": pc.day(event_time).cast(pa.int32()),
+        "hour": pc.hour(event_time).cast(pa.int32()),
+        "date": pc.cast(event_time, pa.date32()),
+    }
+
+
+def run_report_json(report: RunReport) -> str:
+    return json.dumps(report.as_dict(), default=str, sort_keys=True)

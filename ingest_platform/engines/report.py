@@ -1,0 +1,45 @@
+"""What an engine run did: the figures a materialization reports (docs/DESIGN.md §4)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class PartitionProgress:
+    partition: int
+    first_offset: int  # first offset read this run
+    last_offset: int  # last offset covered this run (inclusive); first - 1 when nothing was read
+    records: int
+
+
+@dataclass
+class RunReport:
+    dataset: str
+    engine: str
+    table_uri: str
+    records: int = 0  # Kafka records consumed
+    rows_written: int = 0
+    skipped: int = 0  # records without a value (null), covered by the ledger but not written
+    bytes_read: int = 0  # key + value bytes consumed
+    files_written: int = 0
+    bytes_written: int = 0
+    commits: list[int] = field(default_factory=list)  # Delta versions this run created
+    partitions: list[PartitionProgress] = field(default_factory=list)
+    duration_s: float = 0.0
+    max_event_to_commit_lag_s: float | None = None
+    lag_after: int = 0  # records left behind by max_records_per_run (known at run start)
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def average_file_mb(self) -> float:
+        return self.bytes_written / self.files_written / 1e6 if self.files_written else 0.0
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["records_per_s"] = round(self.records_per_s, 1)
+        data["average_file_mb"] = round(self.average_file_mb, 3)
+        return data

@@ -1,0 +1,109 @@
+"""Appending rows and their offsets to a Delta table in one commit (docs/DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake.exceptions import DeltaError, SchemaMismatchError
+
+from ingest_platform.lake.ledger import ledger_transactions, read_ledger
+from ingest_platform.lake.tables import LakeLocation
+
+#: Parquet settings from the guide: snappy, 1 MB pages.
+WRITER_PROPERTIES = WriterProperties(compression="SNAPPY", data_page_size_limit=1_048_576)
+RUN_METADATA_KEY = "ingest_platform.run"
+
+
+class LakeWriteError(RuntimeError):
+    """A Delta commit failed; the table and its ledger are unchanged."""
+
+
+class ConcurrentWriterError(LakeWriteError):
+    """Another writer advanced the dataset's ledger while this run was reading."""
+
+
+@dataclass(frozen=True)
+class AppendRequest:
+    dataset: str
+    table_path: str
+    partition_by: Sequence[str]
+    rows: pa.Table
+    covered: Mapping[int, int]  # partition -> last offset covered by this commit (inclusive)
+    expected_ledger: Mapping[int, int]  # what the ledger must still say for those partitions
+    run_metadata: Mapping[str, object]
+    target_file_size: int
+    description: str | None = None
+
+
+def append_with_ledger(lake: LakeLocation, request: AppendRequest) -> int:
+    """Append ``request.rows`` and advance the ledger in one Delta commit; returns the commit's version."""
+    table = lake.open_table(request.table_path)
+    uri = lake.table_uri(request.table_path)
+    if table is not None:
+        _check_partitioning(table, request, uri)
+        now = read_ledger(table, request.dataset, request.covered)
+        expected = {p: o for p, o in request.expected_ledger.items() if p in request.covered}
+        if now != expected:
+            raise ConcurrentWriterError(
+                f"dataset '{request.dataset}': the ledger of {uri} moved from {expected} to {now} during this run; "
+                "another writer is ingesting this dataset. Nothing was committed by this run."
+            )
+    token = uuid.uuid4().hex
+    metadata = {**request.run_metadata, "commit_token": token}
+    try:
+        write_deltalake(
+            table if table is not None else uri,
+            request.rows,
+            mode="append",
+            partition_by=list(request.partition_by) or None,
+            schema_mode="merge",
+            storage_options=dict(lake.storage_options) or None,
+            target_file_size=request.target_file_size,
+            writer_properties=WRITER_PROPERTIES,
+            name=request.dataset if table is None else None,
+            description=request.description if table is None else None,
+            commit_properties=CommitProperties(
+                app_transactions=ledger_transactions(request.dataset, request.covered),
+                custom_metadata={RUN_METADATA_KEY: json.dumps(metadata, sort_keys=True)},
+            ),
+        )
+    except SchemaMismatchError as error:
+        raise LakeWriteError(
+            f"dataset '{request.dataset}': the records do not fit the schema of {uri}: {error}. Nothing was committed."
+        ) from None
+    except (DeltaError, OSError) as error:
+        raise LakeWriteError(
+            f"dataset '{request.dataset}': the Delta commit to {uri} failed: {error}. Nothing was committed."
+        ) from None
+    return _version_of(lake, request.table_path, token)
+
+
+def _check_partitioning(table: DeltaTable, request: AppendRequest, uri: str) -> None:
+    existing = list(table.metadata().partition_columns)
+    if existing != list(request.partition_by):
+        raise LakeWriteError(
+            f"dataset '{request.dataset}': {uri} is partitioned by {existing}, the catalog says "
+            f"partition_by: {list(request.partition_by)}. Restore the catalog's partition_by, or write a new table."
+        )
+
+
+def _version_of(lake: LakeLocation, table_path: str, token: str) -> int:
+    """The version of the commit carrying ``token`` (another writer may have committed right after it)."""
+    table = lake.open_table(table_path)
+    assert table is not None
+    for entry in table.history(20):
+        raw = entry.get(RUN_METADATA_KEY)
+        if raw and json.loads(raw).get("commit_token") == token:
+            return int(entry["version"])
+    raise LakeWriteError(f"the commit just written to {lake.table_uri(table_path)} is missing from its history")
+
+
+def run_metadata_of(entry: Mapping[str, object]) -> dict | None:
+    """The ``ingest_platform.run`` metadata of one ``DeltaTable.history()`` entry, if it has one."""
+    raw = entry.get(RUN_METADATA_KEY)
+    return json.loads(raw) if isinstance(raw, str) else None

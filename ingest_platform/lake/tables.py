@@ -1,0 +1,56 @@
+"""Where a dataset's Delta table lives, and reading what one commit wrote."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pyarrow.fs as pafs
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+
+@dataclass(frozen=True)
+class LakeLocation:
+    """The lake root (a local folder or an object-store URI) and the storage options to reach it."""
+
+    root: str
+    storage_options: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # storage options may hold credentials
+        return f"LakeLocation(root={self.root!r})"
+
+    def table_uri(self, table_path: str) -> str:
+        return f"{self.root.rstrip('/')}/{table_path}"
+
+    def open_table(self, table_path: str) -> DeltaTable | None:
+        """The table's latest snapshot, or None when no table exists there yet."""
+        try:
+            return DeltaTable(self.table_uri(table_path), storage_options=dict(self.storage_options) or None)
+        except TableNotFoundError:
+            return None
+
+
+@dataclass(frozen=True)
+class CommitStats:
+    files: int
+    bytes: int
+    rows: int
+
+
+def commit_stats(table_uri: str, version: int) -> CommitStats:
+    """Files, bytes and rows added by one commit, read from that commit's log entry (O(commit), not O(table))."""
+    filesystem, base = pafs.FileSystem.from_uri(table_uri)
+    with filesystem.open_input_stream(f"{base}/_delta_log/{version:020d}.json") as stream:
+        lines = stream.read().decode("utf-8").splitlines()
+    files = size = rows = 0
+    for line in lines:
+        add = json.loads(line).get("add") if line.strip() else None
+        if add:
+            files += 1
+            size += int(add.get("size", 0))
+            stats = add.get("stats")
+            if stats:
+                rows += int(json.loads(stats).get("numRecords", 0))
+    return CommitStats(files=files, bytes=size, rows=rows)

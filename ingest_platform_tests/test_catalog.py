@@ -1,0 +1,147 @@
+"""Catalog validation: every bad input names the file, the dataset and the field."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ingest_platform.catalog import CatalogError, load_catalog, parse_catalog_text
+from ingest_platform.settings import DEMO_CATALOG
+
+VALID = """
+defaults:
+  engine: embedded
+  max_records_per_run: 1000000
+  slo: {throughput_rps: 1000, latency_s: 30, file_size_mb: {min: 128, max: 1024}}
+datasets:
+  - name: orders
+    source: shop
+    topic: shop.orders
+    format: json
+    mode: append
+    event_time_field: created_at
+    partition_by: [year, month, day, hour]
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_contract_example_loads_with_defaults_merged(tmp_path):
+    catalog = load_catalog(write(tmp_path, "shop.yaml", VALID))
+    (orders,) = catalog.datasets
+    assert orders.asset_path == ["lake", "shop", "orders"]
+    assert orders.table_path == "shop/orders"
+    assert orders.partition_by == ("year", "month", "day", "hour")
+    assert orders.slo.file_size_mb.min == 128 and orders.slo.file_size_mb.max == 1024
+    assert orders.max_records_per_run == 1_000_000
+    assert orders.group_id == "ingest-platform.shop.orders"
+
+
+def test_dataset_slo_overrides_only_the_keys_it_names(tmp_path):
+    text = VALID + "    slo: {latency_s: 10}\n"
+    (orders,) = load_catalog(write(tmp_path, "shop.yaml", text)).datasets
+    assert orders.slo.latency_s == 10
+    assert orders.slo.throughput_rps == 1000  # still the default's
+
+
+def test_folder_loads_every_yaml_file(tmp_path):
+    write(tmp_path, "a.yaml", VALID)
+    write(tmp_path, "b.yml", VALID.replace("name: orders", "name: refunds").replace("shop.orders", "shop.refunds"))
+    (tmp_path / "notes.txt").write_text("not a catalog")
+    catalog = load_catalog(tmp_path)
+    assert [d.name for d in catalog.datasets] == ["orders", "refunds"]
+
+
+def test_demo_catalog_is_valid():
+    names = [d.name for d in load_catalog(DEMO_CATALOG).datasets]
+    assert names == ["orders", "clicks", "payments"]
+
+
+def _error(tmp_path: Path, text: str, name: str = "bad.yaml") -> CatalogError:
+    path = write(tmp_path, name, text)
+    with pytest.raises(CatalogError) as raised:
+        load_catalog(path)
+    assert str(path) in str(raised.value)
+    return raised.value
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        (("format: json", "format: avro"), "format", "'json' or 'debezium'"),
+        (("    topic: shop.orders\n", ""), "topic", "is required"),
+        (("topic: shop.orders", "topic: 'shop orders!'"), "topic", "not a valid Kafka topic name"),
+        (("partition_by: [year, month, day, hour]", "partition_by: [year, week]"), "partition_by", "'week'"),
+        (("partition_by: [year, month, day, hour]", "partition_by: [day, day]"), "partition_by", "listed twice"),
+        (("partition_by: [year, month, day, hour]", "partition_by: [country]"), "partition_by", "schema:"),
+        (("mode: append", "mode: upsert"), "key", "needs the record key"),
+        (("mode: append", "mode: merge"), "mode", "'append' or 'upsert'"),
+        (("name: orders", "name: 9orders"), "name", "must start with a letter"),
+        (("event_time_field: created_at", "event_time_field: _kafka_offset"), "event_time_field", "reserved"),
+        (("format: json", "format: json\n    colour: blue"), "colour", "unknown field"),
+        (("format: json", "format: json\n    schema: {amount: money}"), "schema.amount", "'string'"),
+        (("format: json", "format: json\n    owners: [bob]"), "owners", "email address or 'team:"),
+    ],
+)
+def test_bad_dataset_field_names_file_dataset_and_field(tmp_path, change, field, words):
+    error = _error(tmp_path, VALID.replace(*change))
+    name = "9orders" if "9orders" in change[1] else "orders"
+    assert error.dataset == name
+    assert error.field == field
+    assert words in str(error)
+    assert f"dataset '{name}': field '{field}'" in str(error)
+
+
+def test_wrong_type_in_defaults_is_reported_per_dataset(tmp_path):
+    error = _error(tmp_path, VALID.replace("max_records_per_run: 1000000", "max_records_per_run: lots"))
+    assert error.field == "max_records_per_run"
+    assert "'lots'" in str(error)
+
+
+def test_bad_nested_slo_names_the_nested_field(tmp_path):
+    error = _error(tmp_path, VALID.replace("{min: 128, max: 1024}", "{min: 2048, max: 1024}"))
+    assert error.field == "slo.file_size_mb"
+    assert "larger than max" in str(error)
+
+
+def test_unreadable_yaml_names_the_line(tmp_path):
+    error = _error(tmp_path, "datasets:\n  - name: orders\n    topic: [unclosed\n")
+    assert "unreadable YAML at line" in str(error)
+
+
+def test_duplicate_name_in_one_file(tmp_path):
+    text = VALID + "  - {name: orders, source: other, topic: x, format: json}\n"
+    error = _error(tmp_path, text)
+    assert (error.dataset, error.field) == ("orders", "name")
+    assert "duplicate" in str(error)
+
+
+def test_duplicate_name_across_files_names_both_files(tmp_path):
+    first = write(tmp_path, "a.yaml", VALID)
+    second = write(tmp_path, "b.yaml", VALID.replace("shop.orders", "shop.orders2"))
+    with pytest.raises(CatalogError) as raised:
+        load_catalog(tmp_path)
+    assert str(second) in str(raised.value) and str(first) in str(raised.value)
+    assert raised.value.field == "name"
+
+
+def test_missing_path_and_empty_folder(tmp_path):
+    with pytest.raises(CatalogError, match="no such catalog file or folder"):
+        load_catalog(tmp_path / "missing.yaml")
+    with pytest.raises(CatalogError, match="holds no .yaml"):
+        load_catalog(tmp_path)
+
+
+def test_top_level_shape_errors():
+    with pytest.raises(CatalogError, match="'datasets' must be a non-empty list"):
+        parse_catalog_text("defaults: {}\n", "x.yaml")
+    with pytest.raises(CatalogError, match="unknown top-level key"):
+        parse_catalog_text("datasets: []\nsources: []\n", "x.yaml")
+    with pytest.raises(CatalogError, match="expected a mapping"):
+        parse_catalog_text("- a\n- b\n", "x.yaml")
