@@ -234,7 +234,8 @@ def parse_catalog_text(text: str, file: str | Path = "<string>") -> list[Dataset
     datasets = []
     seen: set[str] = set()
     for index, entry in enumerate(entries):
-        label = entry.get("name") if isinstance(entry, Mapping) and isinstance(entry.get("name"), str) else f"#{index + 1}"
+        named = isinstance(entry, Mapping) and isinstance(entry.get("name"), str)
+        label = entry["name"] if named else f"#{index + 1}"
         if not isinstance(entry, Mapping):
             raise CatalogError(file, "each dataset must be a mapping", dataset=label)
         dataset = _validate(file, label, _merge(defaults, entry))

@@ -104,7 +104,10 @@ def _independent_row_count(table_dir: Path) -> int:
 
 
 def format_table(rows: list[DemoRow]) -> str:
-    header = f"{'dataset':<24} {'produced':>9} {'records':>9} {'rows in table':>13} {'files':>5} {'MB':>7} {'records/s':>10}"
+    header = (
+        f"{'dataset':<24} {'produced':>9} {'records':>9} {'rows in table':>13} {'files':>5} {'MB':>7} "
+        f"{'records/s':>10}"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(

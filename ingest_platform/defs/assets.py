@@ -37,7 +37,7 @@ def build_ingest_asset(dataset: Dataset) -> dg.AssetsDefinition:
     )
     def _ingest(context: dg.AssetExecutionContext, kafka: KafkaResource, lake: LakeResource) -> dg.MaterializeResult:
         location = lake.location()
-        report = run_dataset(dataset, kafka.connection(), location, log=context.log, run_id=context.run_id)
+        report = run_dataset(dataset, kafka.connection(), location, log=context.log, run_id=context.run.run_id)
         table = location.open_table(dataset.table_path)
         return dg.MaterializeResult(metadata=materialization_metadata(report, table.count() if table else 0))
 

@@ -236,7 +236,9 @@ class _Run:
                 "engine": ENGINE_NAME,
                 "topic": dataset.topic,
                 "records": consumed,
-                "ranges": {str(p): [self.ledger.get(p, self.first_offsets[p] - 1) + 1, o] for p, o in advancing.items()},
+                "ranges": {
+                    str(p): [self.ledger.get(p, self.first_offsets[p] - 1) + 1, o] for p, o in advancing.items()
+                },
             },
             target_file_size=self.target_file_size,
             description=dataset.description,

@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Everything is installed into .venv (pip upgraded first: old pip resolvers loop on the dagster family).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: venv demo test test-fast lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q -e '.[dev,spark]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: venv
+	$(BIN)/ingest-platform demo
+
+test: venv
+	$(BIN)/dagster definitions validate -w workspace.yaml
+	$(BIN)/python -m pytest
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check ingest_platform ingest_platform_tests benchmarks
+
+bench: venv
+	$(BIN)/python benchmarks/ingest_bench.py
+
+clean:
+	rm -rf $(VENV) .demo lake *.egg-info
