@@ -56,6 +56,7 @@ def run_demo(lake_root: Path, scale: float = 1.0, echo=print) -> list[DemoRow]:
                     list(defs.assets or []),
                     resources=defs.resources,
                     instance=instance,
+                    run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
                     raise_on_error=True,
                 )
         rows = []

@@ -1,0 +1,29 @@
+"""The benchmark runs end to end at a tiny size (a smoke test: no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+def test_ingest_bench_smoke(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "ingest_bench.py"), "--records", "3000", "--partitions", "3",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "ingest_bench.json").read_text())
+    assert result["engine_records"] == 3000
+    for key in ("a_raw_consume_records_per_s", "b_arrow_decode_records_per_s", "c_parquet_write_records_per_s",
+                "serial_bound_records_per_s", "d_engine_records_per_s", "ratio_d_to_serial_bound"):
+        assert result[key] > 0, key
+    assert "| (d) engine through the asset |" in (tmp_path / "ingest_bench.md").read_text()
