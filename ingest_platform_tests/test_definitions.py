@@ -145,3 +145,10 @@ def test_materialization_metadata_and_zero_record_run(tmp_path, kafka, kafka_bro
     assert second["records"] == 0 and second["files_written"] == 0
     assert second["dagster/row_count"] == 300
     assert second["delta_commits"] == []
+
+
+def test_repo_dagster_yaml_limits_every_pool_to_one_run(tmp_path):
+    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+    assert instance.run_monitoring_enabled
