@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -50,7 +51,65 @@ class _Batch:
     timestamps: list[int] = field(default_factory=list)
     keys: list[bytes | None] = field(default_factory=list)
     nbytes: int = 0
-    covered: dict[int, int] = field(default_factory=dict)  # partition -> last offset covered (inclusive)
+    skipped: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset) of null values
+    finished: dict[int, int] = field(default_factory=dict)  # partition -> end - 1, for ranges read to the end
+
+    @property
+    def records(self) -> int:
+        return len(self.offsets) + len(self.skipped)
+
+    def progress(self) -> dict[int, tuple[int, int]]:
+        """Per partition: (last offset covered, records consumed) by this batch."""
+        result: dict[int, tuple[int, int]] = {}
+        if self.offsets:
+            grouped = pa.table({"p": self.partitions, "o": self.offsets}).group_by("p").aggregate(
+                [("o", "max"), ("o", "count")]
+            )
+            for p, last, count in zip(*(grouped[c].to_pylist() for c in ("p", "o_max", "o_count"))):
+                result[p] = (last, count)
+        for p, offset in self.skipped:
+            last, count = result.get(p, (-1, 0))
+            result[p] = (max(last, offset), count + 1)
+        for p, end in self.finished.items():
+            last, count = result.get(p, (-1, 0))
+            result[p] = (max(last, end), count)
+        return result
+
+
+class _Committer:
+    """Writes batches on one background thread while the caller consumes the next batch.
+
+    Decoding (Arrow) and writing (deltalake) release the GIL, so on two cores consumption overlaps with
+    them. Commits stay strictly ordered: ``hand_off`` waits for the previous commit, so at most two batches
+    are in memory (one being written, one being filled) and a failed commit stops the run before the next.
+    """
+
+    def __init__(self, run: _Run, consumer: Consumer):
+        self._run = run
+        self._consumer = consumer
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"commit-{run.dataset.name}")
+        self._pending: Future | None = None
+
+    def hand_off(self, batch: _Batch) -> None:
+        self.wait()
+        self._pending = self._executor.submit(self._run._commit, batch, self._consumer)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()  # re-raises the commit's error here, in the run's thread
+
+    def __enter__(self) -> _Committer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+            elif self._pending is not None:
+                self._pending.exception()  # let an in-flight commit finish (it is atomic) before failing
+        finally:
+            self._executor.shutdown(wait=True)
 
 
 class EmbeddedEngine:
@@ -144,16 +203,21 @@ class _Run:
 
     def _consume(self, consumer: Consumer, ranges: list[PartitionRange]) -> None:
         topic = self.dataset.topic
-        ends = self.ends
         pending = {r.partition for r in ranges if r.count > 0}
         consumer.assign([TopicPartition(topic, r.partition, r.start) for r in ranges if r.count > 0])
+        with _Committer(self, consumer) as committer:
+            self._consume_into(consumer, committer, pending)
+
+    def _consume_into(self, consumer: Consumer, committer: _Committer, pending: set[int]) -> None:
+        topic = self.dataset.topic
+        ends = self.ends
         batch = _Batch()
         max_bytes = self.dataset.max_batch_bytes
         last_progress = time.monotonic()
 
         def finish(partition: int) -> None:
             pending.discard(partition)
-            batch.covered[partition] = ends[partition] - 1
+            batch.finished[partition] = ends[partition] - 1
             consumer.pause([TopicPartition(topic, partition)])
 
         while pending:
@@ -174,9 +238,11 @@ class _Run:
                     )
                 continue
             last_progress = time.monotonic()
-            values, parts, offsets, stamps, keys = (
-                batch.values, batch.partitions, batch.offsets, batch.timestamps, batch.keys
-            )
+            add_value, add_partition, add_offset, add_stamp, add_key = (
+                batch.values.append, batch.partitions.append, batch.offsets.append,
+                batch.timestamps.append, batch.keys.append,
+            )  # fmt: skip
+            nbytes = batch.nbytes
             for message in messages:
                 error = message.error()
                 if error is not None:
@@ -188,39 +254,45 @@ class _Run:
                 partition = message.partition()
                 offset = message.offset()
                 end = ends[partition]
-                if offset >= end or partition not in pending:
-                    continue
+                if offset >= end:
+                    continue  # fetched past the range (the partition is paused already)
                 value = message.value()
                 if value is None:
-                    self.report.skipped += 1
+                    batch.skipped.append((partition, offset))
                 else:
                     key = message.key()
-                    values.append(value)
-                    parts.append(partition)
-                    offsets.append(offset)
-                    stamps.append(message.timestamp()[1])
-                    keys.append(key)
-                    batch.nbytes += len(value) + (len(key) if key else 0)
-                batch.covered[partition] = offset
-                self.counts[partition] = self.counts.get(partition, 0) + 1
+                    add_value(value)
+                    add_partition(partition)
+                    add_offset(offset)
+                    add_stamp(message.timestamp()[1])
+                    add_key(key)
+                    nbytes += len(value) + (len(key) if key else 0)
                 if offset == end - 1:
                     finish(partition)
-                if batch.nbytes >= max_bytes:
-                    self._commit(batch, consumer)
+                if nbytes >= max_bytes:
+                    batch.nbytes = nbytes
+                    committer.hand_off(batch)
                     batch = _Batch()
-                    values, parts, offsets, stamps, keys = (
-                        batch.values, batch.partitions, batch.offsets, batch.timestamps, batch.keys
-                    )
-        self._commit(batch, consumer)
+                    nbytes = 0
+                    add_value, add_partition, add_offset, add_stamp, add_key = (
+                        batch.values.append, batch.partitions.append, batch.offsets.append,
+                        batch.timestamps.append, batch.keys.append,
+                    )  # fmt: skip
+            batch.nbytes = nbytes
+        committer.hand_off(batch)
 
     def _commit(self, batch: _Batch, consumer: Consumer) -> None:
         """One Delta commit for the batch, then the monitoring commit to the consumer group."""
         dataset = self.dataset
-        advancing = {p: o for p, o in batch.covered.items() if o > self.ledger.get(p, -1)}
-        consumed = sum(self.counts.values()) - self.report.records
+        progress = batch.progress()
+        for partition, (_, count) in progress.items():
+            self.counts[partition] = self.counts.get(partition, 0) + count
+        advancing = {p: last for p, (last, _) in progress.items() if last > self.ledger.get(p, -1)}
+        consumed = batch.records
+        self.report.records += consumed
+        self.report.skipped += len(batch.skipped)
         if not advancing or not batch.values:
             # Nothing to write. Offsets that carried no row are re-read next run (harmless: they hold no data).
-            self.report.records += consumed
             return
         rows = self._to_arrow(batch)
         rows = decode.align_to_table(rows, self.table_schema, self._describe(batch))
@@ -249,7 +321,6 @@ class _Run:
         self.table_schema = pa.unify_schemas([self.table_schema, rows.schema]) if self.table_schema else rows.schema
         stats = commit_stats(self.uri, version)
         report = self.report
-        report.records += consumed
         report.rows_written += rows.num_rows
         report.bytes_read += batch.nbytes
         report.files_written += stats.files
