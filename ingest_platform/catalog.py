@@ -76,6 +76,13 @@ class Slo(_Strict):
     freshness_s: float | None = Field(None, gt=0)
 
 
+class ExpectedLoad(_Strict):
+    """What the producers are expected to send at peak; drives capacity planning and ``engine: auto``."""
+
+    peak_rps: float = Field(gt=0)
+    record_bytes: int = Field(gt=0)
+
+
 class Dataset(_Strict):
     """One Kafka topic ingested into one Delta table."""
 
@@ -94,6 +101,7 @@ class Dataset(_Strict):
     max_batch_bytes: int = Field(256 * 1024 * 1024, gt=0)
     consumer_group: str | None = None
     slo: Slo = Slo()
+    expected: ExpectedLoad | None = None
     description: str | None = None
     owners: tuple[str, ...] = ()
 

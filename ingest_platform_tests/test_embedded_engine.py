@@ -188,3 +188,25 @@ def test_missing_topic_is_a_clear_error(kafka, lake):
     dataset = json_dataset("no.such.topic.anywhere")
     with pytest.raises(IngestError, match=r"dataset 'events': topic 'no.such.topic.anywhere' is not available"):
         EmbeddedEngine(kafka, lake).run(dataset)
+
+
+def test_a_second_writer_that_lost_the_race_commits_nothing(kafka, lake, make_topic, monkeypatch):
+    """Run A reads the ledger; run B ingests everything; A's commit must then refuse (the ledger moved)."""
+    from ingest_platform.engines import embedded
+    from ingest_platform.lake.commit import ConcurrentWriterError
+
+    topic = make_topic(partitions=2)
+    dataset = json_dataset(topic)
+    produce(kafka, topic, records("orders", 200))
+    original = embedded.append_with_ledger
+
+    def b_wins_then_a_commits(location, request):
+        monkeypatch.setattr(embedded, "append_with_ledger", original)
+        assert EmbeddedEngine(kafka, lake).run(dataset).records == 200  # run B, start to end
+        return original(location, request)  # run A's commit, planned before B ran
+
+    monkeypatch.setattr(embedded, "append_with_ledger", b_wins_then_a_commits)
+    with pytest.raises(ConcurrentWriterError, match="another writer is ingesting this dataset"):
+        EmbeddedEngine(kafka, lake).run(dataset)
+    frame = read_table(lake.table_uri(dataset.table_path))
+    assert frame.height == 200 and frame["order_id"].n_unique() == 200
