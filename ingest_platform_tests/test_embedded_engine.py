@@ -10,7 +10,8 @@ from confluent_kafka import Consumer, TopicPartition
 from deltalake import DeltaTable
 
 from ingest_platform.demo_data import produce, records
-from ingest_platform.engines.embedded import EmbeddedEngine, IngestError
+from ingest_platform.engines.embedded import EmbeddedEngine
+from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.lake.ledger import app_id
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform_tests.helpers import json_dataset, read_table

@@ -21,11 +21,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ingest_platform.catalog import Dataset
 from ingest_platform.engines import decode
-from ingest_platform.engines.planning import PartitionRange, plan_ranges, start_offsets
+from ingest_platform.engines.planning import PartitionRange
 from ingest_platform.engines.report import PartitionProgress, RunReport
-from ingest_platform.kafka.client import KafkaConnection, KafkaReadError, topic_partitions, watermarks
+from ingest_platform.engines.run_plan import IngestError, plan_run
+from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.lake.commit import AppendRequest, append_with_ledger
-from ingest_platform.lake.ledger import read_ledger
 from ingest_platform.lake.tables import LakeLocation, commit_stats
 
 ENGINE_NAME = "embedded"
@@ -35,10 +35,6 @@ CONSUME_BATCH = 10_000
 GROUP_COMMIT_RETRY_S = 15.0
 #: Preferred data-file size (the guide's 256 MB Parquet block), clamped to the dataset's file-size target.
 PREFERRED_FILE_MB = 256
-
-
-class IngestError(RuntimeError):
-    """A run failed; the message names the dataset and what to do. Nothing was committed for the failed batch."""
 
 
 @dataclass
@@ -184,22 +180,13 @@ class _Run:
         return self.report
 
     def _plan(self, consumer: Consumer) -> list[PartitionRange]:
-        dataset, timeout = self.dataset, self.engine.kafka.timeout_s
-        try:
-            partitions = topic_partitions(consumer, dataset.topic, timeout)
-            marks = watermarks(consumer, dataset.topic, partitions, timeout)
-        except KafkaReadError as error:
-            raise IngestError(f"dataset '{dataset.name}': {error}") from None
-        table = self.engine.lake.open_table(dataset.table_path)
-        if table is not None:
-            self.table_schema = pa.schema(table.schema().to_arrow())
-        self.ledger = read_ledger(table, dataset.name, partitions)
-        starts = start_offsets(dataset.name, dataset.topic, self.ledger, marks)
-        ranges = plan_ranges(starts, {p: high for p, (_, high) in marks.items()}, dataset.max_records_per_run)
-        self.ends = {r.partition: r.end for r in ranges}
-        self.first_offsets = {r.partition: r.start for r in ranges}
-        self.report.lag_after = sum(marks[r.partition][1] - r.end for r in ranges)
-        return ranges
+        plan = plan_run(self.dataset, consumer, self.engine.lake, self.engine.kafka.timeout_s)
+        self.table_schema = plan.table_schema
+        self.ledger = dict(plan.ledger)
+        self.ends = {r.partition: r.end for r in plan.ranges}
+        self.first_offsets = {r.partition: r.start for r in plan.ranges}
+        self.report.lag_after = plan.lag_after
+        return plan.ranges
 
     def _consume(self, consumer: Consumer, ranges: list[PartitionRange]) -> None:
         topic = self.dataset.topic

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from ingest_platform.catalog import Dataset
-from ingest_platform.engines.embedded import EmbeddedEngine, IngestError
+from ingest_platform.engines.embedded import EmbeddedEngine
 from ingest_platform.engines.report import RunReport
+from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.lake.tables import LakeLocation
 

@@ -1,0 +1,57 @@
+"""Step 1–4 of a run (docs/DESIGN.md §2), shared by every engine: ledger, watermarks, capped ranges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+from confluent_kafka import Consumer
+from deltalake import DeltaTable
+
+from ingest_platform.catalog import Dataset
+from ingest_platform.engines.planning import PartitionRange, plan_ranges, start_offsets
+from ingest_platform.kafka.client import KafkaReadError, topic_partitions, watermarks
+from ingest_platform.lake.ledger import read_ledger
+from ingest_platform.lake.tables import LakeLocation
+
+
+class IngestError(RuntimeError):
+    """A run failed; the message names the dataset and what to do. Nothing was committed for the failed batch."""
+
+
+@dataclass
+class RunPlan:
+    ranges: list[PartitionRange]
+    ledger: dict[int, int]  # partition -> last offset the table holds, at run start
+    table: DeltaTable | None  # the table's snapshot at run start (None: no table yet)
+    lag_after: int  # records left for later runs by max_records_per_run
+
+    @property
+    def total(self) -> int:
+        return sum(r.count for r in self.ranges)
+
+    @property
+    def table_schema(self) -> pa.Schema | None:
+        return pa.schema(self.table.schema().to_arrow()) if self.table is not None else None
+
+    def describe(self, topic: str) -> str:
+        return ", ".join(f"{topic}[{r.partition}] {r.start}..{r.end - 1}" for r in self.ranges if r.count)
+
+
+def plan_run(dataset: Dataset, consumer: Consumer, lake: LakeLocation, timeout_s: float) -> RunPlan:
+    """The ledger from the table, the watermarks from Kafka (captured now, once) and the capped ranges."""
+    try:
+        partitions = topic_partitions(consumer, dataset.topic, timeout_s)
+        marks = watermarks(consumer, dataset.topic, partitions, timeout_s)
+    except KafkaReadError as error:
+        raise IngestError(f"dataset '{dataset.name}': {error}") from None
+    table = lake.open_table(dataset.table_path)
+    ledger = read_ledger(table, dataset.name, partitions)
+    starts = start_offsets(dataset.name, dataset.topic, ledger, marks)
+    ranges = plan_ranges(starts, {p: high for p, (_, high) in marks.items()}, dataset.max_records_per_run)
+    return RunPlan(
+        ranges=ranges,
+        ledger=ledger,
+        table=table,
+        lag_after=sum(marks[r.partition][1] - r.end for r in ranges),
+    )
