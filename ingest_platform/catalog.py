@@ -97,6 +97,7 @@ class Dataset(_Strict):
     partition_by: tuple[str, ...] = ()
     fields: dict[str, Literal[FIELD_TYPES]] = Field(default_factory=dict, alias="schema")  # type: ignore[valid-type]
     engine: Literal["embedded", "spark", "auto"] = "embedded"
+    spark_profile: str | None = None  # deploy/spark/profiles/<name>.yaml; default chosen by DAGSTER_DEPLOYMENT
     max_records_per_run: int = Field(1_000_000, gt=0)
     max_batch_bytes: int = Field(256 * 1024 * 1024, gt=0)
     consumer_group: str | None = None

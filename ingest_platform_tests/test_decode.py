@@ -91,3 +91,19 @@ def test_align_refuses_a_narrowing_change_and_names_the_field():
         align_to_table(batch, pa.schema([("amount", pa.int64())]), "records t[0] 7..7")
     assert "field 'amount' has type double in records t[0] 7..7" in str(raised.value)
     assert "stores it as int64" in str(raised.value)
+
+
+def test_align_accepts_nested_types_in_another_field_order_and_item_name():
+    """Spark writes struct fields sorted by name and list items named 'element': same data, same table."""
+    batch = pa.table({"items": pa.array([[{"sku": "a", "qty": 1}]])})
+    spark_type = pa.list_(pa.field("element", pa.struct([("price", pa.float64()), ("qty", pa.int64()),
+                                                          ("sku", pa.string())])))
+    aligned = align_to_table(batch, pa.schema([("items", spark_type)]), "records")
+    assert aligned.schema.field("items").type == spark_type
+    assert aligned["items"].to_pylist() == [[{"price": None, "qty": 1, "sku": "a"}]]
+
+
+def test_align_never_drops_a_new_nested_field():
+    batch = pa.table({"s": pa.array([{"x": 1, "new": 2}])})
+    aligned = align_to_table(batch, pa.schema([("s", pa.struct([("x", pa.int64())]))]), "records")
+    assert aligned["s"].to_pylist() == [{"x": 1, "new": 2}]  # left for Delta's schema merge to add

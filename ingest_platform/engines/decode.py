@@ -195,8 +195,8 @@ def align_to_table(batch: pa.Table, table_schema: pa.Schema | None, describe: st
         target = existing.get(field.name)
         if target is None or target == field.type:
             continue
-        if pa.types.is_struct(field.type) and pa.types.is_struct(target):
-            continue  # nested fields evolve through Delta's schema merge; a real conflict fails the write
+        if _is_nested(field.type) and _is_nested(target) and not _fits(field.type, target):
+            continue  # new nested fields: Delta's schema merge adds them; a real conflict fails the write
         if _fits(field.type, target):
             try:
                 batch = batch.set_column(index, pa.field(field.name, target), batch[field.name].cast(target))
@@ -210,8 +210,19 @@ def align_to_table(batch: pa.Table, table_schema: pa.Schema | None, describe: st
     return batch
 
 
+def _is_nested(kind: pa.DataType) -> bool:
+    return pa.types.is_struct(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)
+
+
 def _fits(source: pa.DataType, target: pa.DataType) -> bool:
-    """Whether values of ``source`` can be stored as ``target`` without loss of meaning."""
+    """Whether values of ``source`` can be stored as ``target`` without loss of meaning.
+
+    Nested types fit when every field of ``source`` exists in ``target`` (any order; Spark writes struct
+    fields sorted by name and names list items ``element``) with a fitting type; fields only ``target``
+    has are filled with nulls. A field ``target`` lacks does not fit: casting would drop it.
+    """
+    if source == target:
+        return True
     if pa.types.is_integer(source) and (pa.types.is_integer(target) or pa.types.is_floating(target)):
         return True
     if pa.types.is_floating(source) and pa.types.is_floating(target):
@@ -220,4 +231,7 @@ def _fits(source: pa.DataType, target: pa.DataType) -> bool:
         return True
     if pa.types.is_list(source) and pa.types.is_list(target):
         return _fits(source.value_type, target.value_type) or pa.types.is_null(source.value_type)
+    if pa.types.is_struct(source) and pa.types.is_struct(target):
+        target_fields = {f.name: f.type for f in target}
+        return all(f.name in target_fields and _fits(f.type, target_fields[f.name]) for f in source)
     return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from ingest_platform.catalog import Dataset
 from ingest_platform.engines.embedded import EmbeddedEngine
@@ -11,10 +12,20 @@ from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.lake.tables import LakeLocation
 
+#: Builds (or returns the running) Spark session for a profile name; None means "use the profile files".
+SparkSessionFactory = Callable[[str], object]
+
 
 def resolve_engine(dataset: Dataset) -> str:
     """``auto`` is embedded until the Spark engine lands; then it picks by expected throughput (DESIGN §4)."""
     return "embedded" if dataset.engine == "auto" else dataset.engine
+
+
+def default_spark_session(profile_name: str):
+    from ingest_platform.engines.spark_profiles import load_profile
+    from ingest_platform.engines.spark_session import spark_for_profile
+
+    return spark_for_profile(load_profile(profile_name))
 
 
 def run_dataset(
@@ -23,11 +34,23 @@ def run_dataset(
     lake: LakeLocation,
     log: logging.Logger | None = None,
     run_id: str | None = None,
+    spark_session: SparkSessionFactory | None = None,
+    spark_profile: str | None = None,
 ) -> RunReport:
     engine = resolve_engine(dataset)
     if engine == "embedded":
         return EmbeddedEngine(kafka, lake, log=log).run(dataset, run_id=run_id)
-    raise IngestError(
-        f"dataset '{dataset.name}': engine '{engine}' is not available in this version; "
-        "set engine: embedded (or auto) in the catalog."
-    )
+    if engine == "spark":
+        try:
+            from ingest_platform.engines.spark import SparkEngine
+        except ImportError as error:
+            raise IngestError(
+                f"dataset '{dataset.name}' runs on Spark, but pyspark is not installed ({error}); "
+                "install the 'spark' extra: pip install -e '.[spark]'"
+            ) from None
+        from ingest_platform.engines.spark_profiles import default_profile_name
+
+        profile = dataset.spark_profile or spark_profile or default_profile_name()
+        session = (spark_session or default_spark_session)(profile)
+        return SparkEngine(kafka, lake, session, log=log).run(dataset, run_id=run_id)
+    raise IngestError(f"dataset '{dataset.name}': unknown engine '{engine}'")

@@ -313,3 +313,52 @@ def spark_append_with_offsets(
     if user_metadata is not None:
         writer = writer.option("userMetadata", user_metadata)
     writer.save(str(table_path))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sessions for the Spark engine
+
+
+def kafka_connector_packages() -> list[str]:
+    """spark-sql-kafka-0-10 for the installed pyspark (its kafka-clients and commons-pool2 come transitively)."""
+    import pyspark
+
+    return [f"org.apache.spark:spark-sql-kafka-0-10_{SCALA_BINARY_VERSION}:{pyspark.__version__}"]
+
+
+_SESSIONS: dict[str, SparkSession] = {}
+
+
+def spark_for_profile(profile) -> SparkSession:
+    """The process's Spark session for a profile (deploy/spark/profiles): Delta + Kafka connectors from Maven
+    Central. One session per process: Spark cannot run two, so a second profile in one process is an error."""
+    from pyspark.sql import SparkSession
+
+    if profile.name in _SESSIONS:
+        return _SESSIONS[profile.name]
+    if _SESSIONS:
+        running = next(iter(_SESSIONS))
+        raise RuntimeError(
+            f"this process already runs Spark profile '{running}'; profile '{profile.name}' needs its own process"
+        )
+    extra = {**profile.conf, "spark.jars.packages": ",".join(kafka_connector_packages())}
+    if profile.master.startswith("local"):
+        session = build_local_spark(app_name=f"ingest_platform-{profile.name}", extra_conf=extra)
+    else:
+        ivy = default_ivy_dir()
+        conf = {
+            "spark.jars.packages": ",".join(delta_spark_packages(str(ivy)) + kafka_connector_packages()),
+            "spark.jars.excludes": ",".join(PYSPARK_PROVIDED_EXCLUDES),
+            "spark.jars.ivy": str(ivy),
+            "spark.sql.extensions": DELTA_SQL_EXTENSION,
+            "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+            "spark.sql.session.timeZone": "UTC",
+            "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+            **profile.conf,
+        }
+        builder = SparkSession.builder.master(profile.master).appName(f"ingest_platform-{profile.name}")
+        for key, value in conf.items():
+            builder = builder.config(key, str(value))
+        session = builder.getOrCreate()
+    _SESSIONS[profile.name] = session
+    return session

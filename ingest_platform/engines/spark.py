@@ -1,0 +1,407 @@
+"""The Spark engine: the same run and the same table protocol as the embedded engine, on pyspark.
+
+One run (docs/DESIGN.md §2 and §4): the shared plan (ledger from the table, watermarks captured at start,
+ranges capped by ``max_records_per_run``); a batch read of exactly those offsets with spark-sql-kafka
+(``startingOffsets``/``endingOffsets`` as JSON); JSON decoded with ``from_json`` against the table's schema
+(new top-level fields are inferred and added as nullable columns, a type change fails naming the field);
+then ONE Delta commit holding the data files and one ``txn`` action per partition, written through
+delta-spark's ``OptimisticTransaction`` (its public writer records only one ``txn`` per commit). The
+consumer group is committed afterwards, for monitoring only, exactly as in the embedded engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from ingest_platform.catalog import Dataset
+from ingest_platform.engines.report import PartitionProgress, RunReport
+from ingest_platform.engines.run_plan import IngestError, RunPlan, plan_run
+from ingest_platform.kafka.client import CONSUMER_TUNING, KafkaConnection
+from ingest_platform.lake.commit import RUN_METADATA_KEY, ConcurrentWriterError
+from ingest_platform.lake.ledger import app_id
+from ingest_platform.lake.tables import LakeLocation, commit_stats
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+ENGINE_NAME = "spark"
+#: Preferred data-file size, as in the embedded engine, clamped to the dataset's file-size target.
+PREFERRED_FILE_MB = 256
+DERIVED = ("year", "month", "day", "hour", "date")
+_SPARK_TYPES = {
+    "string": "string", "long": "bigint", "integer": "int", "double": "double", "float": "float",
+    "boolean": "boolean", "timestamp": "timestamp", "date": "date", "binary": "binary",
+}  # fmt: skip
+
+
+def kafka_source_options(kafka: KafkaConnection) -> dict[str, str]:
+    """spark-sql-kafka options: brokers, credentials and the guide's consumer fetch settings (``kafka.*``)."""
+    options = {f"kafka.{key}": str(value) for key, value in kafka.security.items()}
+    options["kafka.bootstrap.servers"] = kafka.bootstrap_servers
+    names = {"fetch.wait.max.ms": "fetch.max.wait.ms", "socket.timeout.ms": "request.timeout.ms"}  # Java names
+    for key, value in CONSUMER_TUNING.items():
+        options[f"kafka.{names.get(key, key)}"] = str(value)
+    options["kafka.isolation.level"] = "read_committed"
+    options["failOnDataLoss"] = "true"
+    return options
+
+
+class SparkEngine:
+    name = ENGINE_NAME
+
+    def __init__(self, kafka: KafkaConnection, lake: LakeLocation, spark: SparkSession, log=None):
+        self.kafka = kafka
+        self.lake = lake
+        self.spark = spark
+        self.log = log or logging.getLogger(__name__)
+
+    def run(self, dataset: Dataset, run_id: str | None = None) -> RunReport:
+        if dataset.format != "json" or dataset.mode != "append":
+            raise IngestError(
+                f"dataset '{dataset.name}': format '{dataset.format}' with mode '{dataset.mode}' is not supported by "
+                "the Spark engine yet (json + append is)."
+            )
+        started = time.monotonic()
+        uri = self.lake.table_uri(dataset.table_path)
+        report = RunReport(dataset=dataset.name, engine=ENGINE_NAME, table_uri=uri)
+        consumer = Consumer(self.kafka.consumer_config(dataset.group_id))
+        try:
+            plan = plan_run(dataset, consumer, self.lake, self.kafka.timeout_s)
+            report.lag_after = plan.lag_after
+            if plan.total == 0:
+                self.log.info(f"{dataset.name}: no new records in {dataset.topic}; nothing to commit")
+            else:
+                self.log.info(f"{dataset.name}: reading {plan.total} records from {plan.describe(dataset.topic)}")
+                _SparkRun(self, dataset, plan, report, run_id or uuid.uuid4().hex).execute()
+                _commit_group(consumer, dataset, plan, self.log)
+        finally:
+            consumer.close()
+        report.duration_s = time.monotonic() - started
+        return report
+
+
+class _SparkRun:
+    def __init__(self, engine: SparkEngine, dataset: Dataset, plan: RunPlan, report: RunReport, run_id: str):
+        self.engine = engine
+        self.spark = engine.spark
+        self.dataset = dataset
+        self.plan = plan
+        self.report = report
+        self.run_id = run_id
+        self.path = engine.lake.table_uri(dataset.table_path)
+        min_mb, max_mb = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
+        self.target_file_bytes = int(min(max_mb, max(min_mb, PREFERRED_FILE_MB)) * 1024 * 1024)
+
+    def execute(self) -> None:
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
+
+        dataset, plan = self.dataset, self.plan
+        ranges = [r for r in plan.ranges if r.count]
+        starting = {dataset.topic: {str(r.partition): r.start for r in ranges}}
+        ending = {dataset.topic: {str(r.partition): r.end for r in ranges}}
+        source = (
+            self.spark.read.format("kafka")
+            .options(**kafka_source_options(self.engine.kafka))
+            .option("subscribe", dataset.topic)
+            .option("startingOffsets", json.dumps(starting))
+            .option("endingOffsets", json.dumps(ending))
+            .load()
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        try:
+            stats = source.groupBy("partition").agg(
+                F.count(F.lit(1)).alias("records"),
+                F.sum(F.when(F.col("value").isNull(), 1).otherwise(0)).alias("skipped"),
+                F.sum(F.coalesce(F.length("value"), F.lit(0)) + F.coalesce(F.length("key"), F.lit(0))).alias("bytes"),
+            ).collect()
+            counts = {row["partition"]: row for row in stats}
+            self.report.records = sum(row["records"] for row in stats)
+            self.report.skipped = sum(row["skipped"] for row in stats)
+            self.report.bytes_read = sum(row["bytes"] or 0 for row in stats)
+            rows = source.where(F.col("value").isNotNull())
+            written = self._write(rows, counts)
+        finally:
+            source.unpersist()
+        self.report.partitions = [
+            PartitionProgress(
+                partition=r.partition,
+                first_offset=r.start,
+                last_offset=r.end - 1 if written else plan.ledger.get(r.partition, r.start - 1),
+                records=counts[r.partition]["records"] if r.partition in counts else 0,
+            )
+            for r in plan.ranges
+        ]
+
+    # -- decoding ---------------------------------------------------------------------------------------------
+
+    def _record_schema(self, rows: DataFrame):
+        """Table schema (record fields) + declared types + inferred types of fields the table lacks."""
+        from pyspark.sql import functions as F
+        from pyspark.sql import types as T
+
+        table_fields = self._table_record_fields()
+        declared = {name: T._parse_datatype_string(_SPARK_TYPES[kind]) for name, kind in self.dataset.fields.items()}
+        known = {**table_fields, **declared}
+        keys = [r.k for r in rows.select(F.explode(F.json_object_keys(F.col("value").cast("string"))).alias("k"))
+                .distinct().collect()]  # fmt: skip
+        new = [k for k in keys if k not in known]
+        inferred: dict[str, T.DataType] = {}
+        if new:
+            inferred_schema = self._infer(rows.select(F.col("value").cast("string").alias("v")))
+            inferred = {f.name: f.dataType for f in inferred_schema.fields if f.name in new}
+            inferred = {k: v for k, v in inferred.items() if not isinstance(v, T.NullType)}
+        fields = [T.StructField(name, dtype, True) for name, dtype in {**known, **inferred}.items()]
+        return T.StructType(fields), set(inferred)
+
+    def _infer(self, json_rows: DataFrame):
+        """JSON schema inference over the batch (only when fields appear that the table does not have)."""
+        from pyspark.sql import DataFrame as PyDataFrame
+
+        jvm = self.spark._jvm
+        strings = getattr(json_rows._jdf, "as")(jvm.org.apache.spark.sql.Encoders.STRING())  # Dataset[String]
+        inferred = PyDataFrame(self.spark._jsparkSession.read().json(strings), self.spark)
+        return inferred.schema
+
+    def _table_record_fields(self) -> dict:
+        from ingest_platform.catalog import RESERVED_COLUMNS
+
+        if not self._table_exists():
+            return {}
+        schema = self.spark.read.format("delta").load(self.path).schema
+        skip = set(RESERVED_COLUMNS) | (set(self.dataset.partition_by) & set(DERIVED))
+        return {f.name: f.dataType for f in schema.fields if f.name not in skip}
+
+    def _table_exists(self) -> bool:
+        return self.plan.table is not None or self._delta_log().tableExists()
+
+    def _delta_log(self):
+        jvm = self.spark._jvm
+        return jvm.org.apache.spark.sql.delta.DeltaLog.forTable(self.spark._jsparkSession, self.path)
+
+    def _decode(self, rows: DataFrame) -> tuple[DataFrame, set[str]]:
+        from pyspark.sql import functions as F
+
+        dataset = self.dataset
+        schema, new_fields = self._record_schema(rows)
+        location = F.concat(
+            F.lit(f"dataset '{dataset.name}', record {dataset.topic}["), F.col("partition").cast("string"),
+            F.lit("] offset "), F.col("offset").cast("string"),
+        )  # fmt: skip
+        parsed = F.from_json(F.col("value").cast("string"), schema, {"mode": "FAILFAST"})
+        frame = rows.select(parsed.alias("r"), "key", "topic", "partition", "offset", "timestamp")
+        record_columns = [F.col(f"r.`{f.name}`").alias(f.name) for f in schema.fields]
+        kafka_time = F.col("timestamp")
+        event_time: Column = kafka_time
+        if dataset.event_time_field and dataset.event_time_field in schema.fieldNames():
+            raw = F.col(f"r.`{dataset.event_time_field}`")
+            field_type = schema[dataset.event_time_field].dataType
+            event_time = F.coalesce(_parse_event_time(raw, field_type, location, dataset.event_time_field), kafka_time)
+        derived = {
+            "year": F.year(event_time), "month": F.month(event_time), "day": F.dayofmonth(event_time),
+            "hour": F.hour(event_time), "date": F.to_date(event_time),
+        }  # fmt: skip
+        partition_columns = [derived[name].cast("int" if name != "date" else "date").alias(name)
+                             for name in dataset.partition_by if name in derived]  # fmt: skip
+        reserved = [
+            F.col("topic").alias("_kafka_topic"),
+            F.col("partition").cast("int").alias("_kafka_partition"),
+            F.col("offset").cast("long").alias("_kafka_offset"),
+            kafka_time.alias("_kafka_timestamp"),
+            F.col("key").alias("_kafka_key"),
+            event_time.alias("_event_time"),
+            F.current_timestamp().alias("_ingested_at"),
+        ]
+        return frame.select(*record_columns, *partition_columns, *reserved), new_fields
+
+    # -- writing ----------------------------------------------------------------------------------------------
+
+    def _write(self, rows: DataFrame, counts: dict) -> bool:
+        from pyspark.sql import functions as F
+
+        dataset, plan = self.dataset, self.plan
+        data, _ = self._decode(rows)
+        self._ensure_table(data)
+        table_schema = self.spark.read.format("delta").load(self.path).schema
+        data = data.select(
+            *[(F.col(f"`{f.name}`") if f.name in data.columns else F.lit(None)).cast(f.dataType).alias(f.name)
+              for f in table_schema.fields]
+        )  # fmt: skip
+        data = self._size_files(data)
+
+        jvm = self.spark._jvm
+        none = getattr(getattr(jvm.scala, "None$"), "MODULE$")
+        delta_log = self._delta_log()
+        txn = delta_log.startTransaction()
+        advancing = {r.partition: r.end - 1 for r in plan.ranges if r.count and r.partition in counts}
+        for partition in advancing:
+            recorded = int(txn.txnVersion(app_id(dataset.name, partition)))  # also registers the read
+            expected = plan.ledger.get(partition, -1)
+            if recorded != expected:
+                raise ConcurrentWriterError(
+                    f"dataset '{dataset.name}': the ledger of {self.path} moved from {expected} to {recorded} for "
+                    f"partition {partition} during this run; another writer is ingesting this dataset. "
+                    "Nothing was committed by this run."
+                )
+        try:
+            files = txn.writeFiles(data._jdf)
+        except Exception as error:  # py4j wraps Spark's failure (FAILFAST decoding, event-time parsing)
+            raise IngestError(self._explain_failure(error, rows)) from None
+        for partition, last in sorted(advancing.items()):
+            txn.updateSetTransaction(app_id(dataset.name, partition), last, none)
+        metadata = {
+            "run_id": self.run_id, "engine": ENGINE_NAME, "topic": dataset.topic, "records": self.report.records,
+            "ranges": {str(p): [plan.ledger.get(p, r_start - 1) + 1, last]
+                       for (p, last), r_start in zip(sorted(advancing.items()), _starts(plan, advancing))},
+        }  # fmt: skip
+        write_op = getattr(getattr(jvm.org.apache.spark.sql.delta.DeltaOperations, "Write$"), "MODULE$")
+        operation = write_op.apply(
+            jvm.org.apache.spark.sql.SaveMode.Append, none, none,
+            jvm.scala.Option.apply(json.dumps({RUN_METADATA_KEY: metadata}, sort_keys=True)),
+            none, none, none, none, none,
+        )  # fmt: skip
+        version = int(txn.commit(files, operation))
+        stats = commit_stats(self.path, version)
+        self.report.commits.append(version)
+        self.report.rows_written = stats.rows
+        self.report.files_written = stats.files
+        self.report.bytes_written = stats.bytes
+        lag = data.agg(F.max(F.unix_timestamp(F.current_timestamp()) - F.unix_timestamp("_event_time"))).first()[0]
+        self.report.max_event_to_commit_lag_s = float(lag) if lag is not None else None
+        self.engine.log.info(f"{dataset.name}: committed version {version}: {stats.rows} rows, {stats.files} files")
+        return True
+
+    def _ensure_table(self, data: DataFrame) -> None:
+        """Create the table (schema, partitioning) or add new top-level columns, as metadata-only commits."""
+        from pyspark.sql import types as T
+
+        dataset = self.dataset
+        if not self._table_exists():
+            from delta.tables import DeltaTable as SparkDeltaTable
+
+            builder = SparkDeltaTable.createIfNotExists(self.spark).location(self.path).addColumns(data.schema)
+            if dataset.partition_by:
+                builder = builder.partitionedBy(*dataset.partition_by)
+            if dataset.description:
+                builder = builder.comment(dataset.description)
+            builder.execute()
+            return
+        if self.plan.table is not None:
+            existing = list(self.plan.table.metadata().partition_columns)
+            if existing != list(dataset.partition_by):
+                raise IngestError(
+                    f"dataset '{dataset.name}': {self.path} is partitioned by {existing}, the catalog says "
+                    f"partition_by: {list(dataset.partition_by)}. Restore the catalog's partition_by, or write a new "
+                    "table."
+                )
+        current = {f.name: f.dataType for f in self.spark.read.format("delta").load(self.path).schema.fields}
+        added = []
+        for field in data.schema.fields:
+            if field.name not in current:
+                if isinstance(field.dataType, T.NullType):
+                    continue
+                added.append(f"`{field.name}` {field.dataType.simpleString()}")
+            elif not _compatible(field.dataType, current[field.name]):
+                raise IngestError(
+                    f"dataset '{dataset.name}': field '{field.name}' has type {field.dataType.simpleString()} in "
+                    f"records {self.plan.describe(dataset.topic)}, but the table stores it as "
+                    f"{current[field.name].simpleString()}. Fix the producer, or declare the field's type under "
+                    "'schema:' in the catalog."
+                )
+        if added:
+            self.spark.sql(f"ALTER TABLE delta.`{self.path}` ADD COLUMNS ({', '.join(added)})")
+
+    def _size_files(self, data: DataFrame) -> DataFrame:
+        """Output files per batch = max(1, data size / target file size) (the guide's file-size rule)."""
+        from pyspark.sql import functions as F
+
+        files = max(1, math.ceil(self.report.bytes_read / self.target_file_bytes))
+        derived = [name for name in self.dataset.partition_by]
+        if derived and files == 1:
+            return data.repartition(*derived)
+        if derived:
+            return data.repartition(files, *derived, F.pmod(F.col("_kafka_offset"), F.lit(files)))
+        return data.repartition(files)
+
+    def _explain_failure(self, error: Exception, rows: DataFrame) -> str:
+        """Turn Spark's decoding failure into the embedded engine's message: which record, which field."""
+        from pyspark.sql import functions as F
+
+        text = str(error)
+        marker = "INGEST_PLATFORM_ERROR:"
+        if marker in text:
+            return text.split(marker, 1)[1].split("\n", 1)[0].strip() + " Nothing was committed."
+        dataset = self.dataset
+        keys = F.json_object_keys(F.col("value").cast("string"))  # null for invalid JSON or a non-object
+        corrupt = rows.select("partition", "offset", "value", keys.alias("k")).where(F.col("k").isNull()) \
+            .orderBy("partition", "offset").first()
+        if corrupt is not None:
+            return (
+                f"dataset '{dataset.name}', record {dataset.topic}[{corrupt['partition']}] offset {corrupt['offset']}: "
+                f"value is not a valid JSON object: {bytes(corrupt['value'])[:120]!r}. Nothing was committed."
+            )
+        return (
+            f"dataset '{dataset.name}': decoding records {self.plan.describe(dataset.topic)} failed: a field's type "
+            f"differs from the table's ({text.splitlines()[0][:300]}). Declare the field's type under 'schema:' in "
+            "the catalog. Nothing was committed."
+        )
+
+
+def _starts(plan: RunPlan, advancing: dict[int, int]) -> list[int]:
+    by_partition = {r.partition: r.start for r in plan.ranges}
+    return [by_partition[p] for p in sorted(advancing)]
+
+
+def _compatible(batch_type, table_type) -> bool:
+    from pyspark.sql import types as T
+
+    if batch_type == table_type or isinstance(batch_type, T.NullType):
+        return True
+    numeric = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
+    if isinstance(batch_type, numeric) and isinstance(table_type, numeric + (T.FloatType, T.DoubleType)):
+        return True
+    if isinstance(batch_type, T.FloatType) and isinstance(table_type, T.DoubleType):
+        return True
+    if isinstance(batch_type, T.StringType) and isinstance(table_type, T.TimestampType | T.DateType):
+        return True
+    return False
+
+
+def _parse_event_time(raw, dtype, location, name: str):
+    """Same rules as the embedded engine: ISO-8601 with or without zone (none = UTC), epoch s or ms (> 1e11)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    if isinstance(dtype, T.TimestampType):
+        return raw
+    if isinstance(dtype, T.NumericType):
+        seconds = F.when(F.abs(raw) > 1e11, raw / 1000.0).otherwise(raw.cast("double"))
+        return F.timestamp_micros((seconds * 1_000_000).cast("long"))
+    text = raw.cast("string")
+    parsed = text.try_cast("timestamp")  # ISO-8601 with Z/offset, without zone (session zone: UTC), date only
+    problem = F.lit(f": field '{name}' is not an ISO-8601 timestamp: ")
+    failure = F.raise_error(F.concat(F.lit("INGEST_PLATFORM_ERROR:"), location, problem, text))
+    return F.when(text.isNotNull() & parsed.isNull(), failure).otherwise(parsed)
+
+
+def _commit_group(consumer: Consumer, dataset: Dataset, plan: RunPlan, log) -> None:
+    """Monitoring only, after the Delta commit (docs/DESIGN.md §2 step 6)."""
+    offsets = [TopicPartition(dataset.topic, r.partition, r.end) for r in plan.ranges if r.count]
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            return
+        except KafkaException as error:
+            if error.args[0].retriable() and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            log.warning(f"{dataset.name}: Delta commit done, consumer group commit failed ({error})")
+            return

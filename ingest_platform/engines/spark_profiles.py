@@ -1,0 +1,79 @@
+"""Spark profiles kept as data under deploy/spark/profiles/: ``local`` (default) and ``k8s`` (production).
+
+A profile is a YAML file with ``master`` and a ``conf`` map of ``spark.*`` settings. ``${VAR}`` in a value
+is read from the environment (cluster address, image, namespace), and a missing variable is an error that
+names the profile file and the variable. The deployment picks the default profile
+(``DAGSTER_DEPLOYMENT``: ``prod``/``production`` -> ``k8s``, anything else -> ``local``); a dataset's
+``spark_profile`` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+PROFILES_ENV = "INGEST_SPARK_PROFILES_DIR"
+PRODUCTION_DEPLOYMENTS = ("prod", "production")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class SparkProfileError(ValueError):
+    """A Spark profile is missing, unreadable or needs an environment variable that is not set."""
+
+
+@dataclass(frozen=True)
+class SparkProfile:
+    name: str
+    master: str
+    conf: Mapping[str, str] = field(default_factory=dict)
+    path: str = ""
+
+
+def profiles_dir() -> Path:
+    configured = os.environ.get(PROFILES_ENV)
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "deploy" / "spark" / "profiles"
+
+
+def default_profile_name(environ: Mapping[str, str] | None = None) -> str:
+    deployment = (environ if environ is not None else os.environ).get("DAGSTER_DEPLOYMENT", "local")
+    return "k8s" if deployment.lower() in PRODUCTION_DEPLOYMENTS else "local"
+
+
+def available_profiles() -> list[str]:
+    directory = profiles_dir()
+    return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+
+
+def load_profile(name: str, environ: Mapping[str, str] | None = None, resolve: bool = True) -> SparkProfile:
+    """The named profile; ``resolve=False`` keeps ``${VAR}`` placeholders (for inspection and preflight)."""
+    env = environ if environ is not None else os.environ
+    path = profiles_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise SparkProfileError(
+            f"Spark profile '{name}' not found: no {path} (available: {', '.join(available_profiles()) or 'none'})"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SparkProfileError(f"{path}: unreadable YAML: {error}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("conf", {}), dict) or "master" not in raw:
+        raise SparkProfileError(f"{path}: expected 'master' and a 'conf' mapping of spark.* settings")
+
+    def fill(key: str, value: object) -> str:
+        text = str(value)
+        if not resolve:
+            return text
+        missing = [var for var in _VARIABLE.findall(text) if not env.get(var)]
+        if missing:
+            raise SparkProfileError(
+                f"{path}: '{key}' needs the environment variable(s) {', '.join(missing)}; set them for this deployment"
+            )
+        return _VARIABLE.sub(lambda m: env[m.group(1)], text)
+
+    conf = {str(k): fill(str(k), v) for k, v in (raw.get("conf") or {}).items()}
+    return SparkProfile(name=name, master=fill("master", raw["master"]), conf=conf, path=str(path))
