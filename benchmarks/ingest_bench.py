@@ -111,7 +111,7 @@ def engine_through_asset(bootstrap: str, topic: str, lake_root: Path) -> dict:
     import dagster as dg
 
     from ingest_platform.defs.assets import build_ingest_asset
-    from ingest_platform.defs.resources import KafkaResource, LakeResource
+    from ingest_platform.defs.resources import KafkaResource, LakeResource, SparkResource
 
     (dataset,) = parse_catalog_text(
         f"datasets:\n  - {{name: bench, source: bench, topic: {topic}, format: json, mode: append, "
@@ -120,7 +120,11 @@ def engine_through_asset(bootstrap: str, topic: str, lake_root: Path) -> dict:
     started = time.perf_counter()
     result = dg.materialize(
         [build_ingest_asset(dataset)],
-        resources={"kafka": KafkaResource(bootstrap_servers=bootstrap), "lake": LakeResource(root=str(lake_root))},
+        resources={
+            "kafka": KafkaResource(bootstrap_servers=bootstrap),
+            "lake": LakeResource(root=str(lake_root)),
+            "spark": SparkResource(),  # not started: the dataset runs on the embedded engine
+        },
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
     wall = time.perf_counter() - started

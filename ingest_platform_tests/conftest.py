@@ -47,3 +47,16 @@ def clean_ingest_env(monkeypatch) -> None:
     for name in list(os.environ):
         if name.startswith("INGEST_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The one Spark session of the test run (the engine's local profile: Delta + Kafka connectors)."""
+    pytest.importorskip("pyspark")
+    pytest.importorskip("delta")
+    from ingest_platform.engines.spark_profiles import load_profile
+    from ingest_platform.engines.spark_session import spark_for_profile
+
+    session = spark_for_profile(load_profile("local"))
+    yield session
+    session.stop()

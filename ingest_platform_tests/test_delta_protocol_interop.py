@@ -32,17 +32,6 @@ def spark_test(func):
     return func
 
 
-@pytest.fixture(scope="session")
-def spark():
-    pytest.importorskip("pyspark")
-    pytest.importorskip("delta")
-    from ingest_platform.engines.spark_session import build_local_spark
-
-    session = build_local_spark(app_name="ingest_platform_tests")
-    yield session
-    session.stop()
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Helpers
 

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from ingest_platform.catalog import Catalog, Dataset
-from ingest_platform.defs.resources import KafkaResource, LakeResource
+from ingest_platform.defs.resources import KafkaResource, LakeResource, SparkResource
 from ingest_platform.engines.report import RunReport
 from ingest_platform.engines.runner import run_dataset
 
@@ -35,9 +35,14 @@ def build_ingest_asset(dataset: Dataset) -> dg.AssetsDefinition:
         pool=pool_name(dataset),
         tags={"ingest/format": dataset.format, "ingest/mode": dataset.mode},
     )
-    def _ingest(context: dg.AssetExecutionContext, kafka: KafkaResource, lake: LakeResource) -> dg.MaterializeResult:
+    def _ingest(
+        context: dg.AssetExecutionContext, kafka: KafkaResource, lake: LakeResource, spark: SparkResource
+    ) -> dg.MaterializeResult:
         location = lake.location()
-        report = run_dataset(dataset, kafka.connection(), location, log=context.log, run_id=context.run.run_id)
+        report = run_dataset(
+            dataset, kafka.connection(), location, log=context.log, run_id=context.run.run_id,
+            spark_session=spark.session, spark_profile=spark.profile,
+        )  # fmt: skip
         table = location.open_table(dataset.table_path)
         return dg.MaterializeResult(metadata=materialization_metadata(report, table.count() if table else 0))
 

@@ -4,6 +4,7 @@ import os
 
 import dagster as dg
 
+from ingest_platform.engines.spark_profiles import default_profile_name
 from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform.settings import Settings
@@ -35,6 +36,21 @@ class KafkaResource(dg.ConfigurableResource):
         )
 
 
+class SparkResource(dg.ConfigurableResource):
+    """Spark sessions from the profiles in deploy/spark/profiles (``local`` default, ``k8s`` in production).
+
+    Nothing starts until a dataset that runs on Spark asks for a session; then one session per run process.
+    """
+
+    profile: str = "local"
+
+    def session(self, profile_name: str | None = None):
+        from ingest_platform.engines.spark_profiles import load_profile
+        from ingest_platform.engines.spark_session import spark_for_profile
+
+        return spark_for_profile(load_profile(profile_name or self.profile))
+
+
 class LakeResource(dg.ConfigurableResource):
     """Root of the lake: tables live at ``<root>/<source>/<name>``."""
 
@@ -62,4 +78,5 @@ def resource_definitions(settings: Settings) -> dg.Definitions:
         sasl_password=_optional_env("INGEST_KAFKA_SASL_PASSWORD"),
         ssl_ca_location=_optional_env("INGEST_KAFKA_SSL_CA_LOCATION"),
     )
-    return dg.Definitions(resources={"kafka": kafka, "lake": LakeResource(root=settings.lake_root)})
+    spark = SparkResource(profile=default_profile_name())
+    return dg.Definitions(resources={"kafka": kafka, "lake": LakeResource(root=settings.lake_root), "spark": spark})

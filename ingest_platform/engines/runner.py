@@ -17,8 +17,12 @@ SparkSessionFactory = Callable[[str], object]
 
 
 def resolve_engine(dataset: Dataset) -> str:
-    """``auto`` is embedded until the Spark engine lands; then it picks by expected throughput (DESIGN §4)."""
-    return "embedded" if dataset.engine == "auto" else dataset.engine
+    """``auto`` picks by the dataset's expected load (the planner's rule, docs/DESIGN.md §6)."""
+    if dataset.engine != "auto":
+        return dataset.engine
+    from ingest_platform.planning.capacity import recommend_engine
+
+    return recommend_engine(dataset)
 
 
 def default_spark_session(profile_name: str):

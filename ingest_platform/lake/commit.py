@@ -104,6 +104,16 @@ def _version_of(lake: LakeLocation, table_path: str, token: str) -> int:
 
 
 def run_metadata_of(entry: Mapping[str, object]) -> dict | None:
-    """The ``ingest_platform.run`` metadata of one ``DeltaTable.history()`` entry, if it has one."""
+    """The ``ingest_platform.run`` metadata of one ``DeltaTable.history()`` entry, if it has one.
+
+    deltalake writes it as a top-level commitInfo field (a JSON string); delta-spark's writer can only set
+    ``userMetadata``, where the Spark engine puts ``{"ingest_platform.run": {...}}``.
+    """
     raw = entry.get(RUN_METADATA_KEY)
-    return json.loads(raw) if isinstance(raw, str) else None
+    if isinstance(raw, str):
+        return json.loads(raw)
+    user = entry.get("userMetadata")
+    if isinstance(user, str) and RUN_METADATA_KEY in user:
+        value = json.loads(user).get(RUN_METADATA_KEY)
+        return value if isinstance(value, dict) else None
+    return None

@@ -1,0 +1,152 @@
+"""Spark engine conformance: same tables as the embedded engine, either engine continues the other's table."""
+
+from __future__ import annotations
+
+import textwrap
+
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from ingest_platform.demo_data import produce, records
+from ingest_platform.engines.embedded import EmbeddedEngine
+from ingest_platform.engines.run_plan import IngestError
+from ingest_platform.engines.runner import run_dataset
+from ingest_platform.lake.commit import run_metadata_of
+from ingest_platform.lake.ledger import app_id
+from ingest_platform.lake.tables import LakeLocation
+from ingest_platform_tests.helpers import dataset_from_yaml, read_table
+
+pytestmark = [pytest.mark.spark, pytest.mark.kafka, pytest.mark.slow]
+
+
+def orders_dataset(topic: str, name: str, engine: str):
+    return dataset_from_yaml(f"""
+        datasets:
+          - name: {name}
+            source: conformance
+            topic: {topic}
+            format: json
+            engine: {engine}
+            event_time_field: created_at
+            partition_by: [year, month, day, hour]
+            schema: {{total: double}}
+    """)
+
+
+def comparable(frame: pl.DataFrame) -> list[dict]:
+    """Rows as plain dicts (struct field order does not matter), ingestion time left out, in Kafka order."""
+    return frame.drop("_ingested_at").sort("_kafka_partition", "_kafka_offset").to_dicts()
+
+
+@pytest.fixture
+def lake(tmp_path) -> LakeLocation:
+    return LakeLocation(str(tmp_path / "lake"))
+
+
+def test_both_engines_give_identical_tables(kafka, lake, make_topic, spark):
+    topic = make_topic(partitions=3)
+    produce(kafka, topic, records("orders", 600, seed=21))
+    produce(kafka, topic, [(b"k", b'{"order_id": "late", "created_at": "2026-01-02 03:04:05", "total": 1}'),
+                           (None, b'{"order_id": "no-time", "total": 2.5, "extra": {"a": [1, 2]}}')])
+    embedded = orders_dataset(topic, "by_embedded", "embedded")
+    spark_ds = orders_dataset(topic, "by_spark", "spark")
+
+    first = EmbeddedEngine(kafka, lake).run(embedded)
+    second = run_dataset(spark_ds, kafka, lake, spark_session=lambda _profile: spark)
+    assert first.records == second.records == 602
+    assert second.rows_written == 602 and second.commits
+
+    by_embedded = read_table(lake.table_uri(embedded.table_path))
+    by_spark = read_table(lake.table_uri(spark_ds.table_path))
+    assert set(by_embedded.columns) == set(by_spark.columns)
+    assert comparable(by_spark) == comparable(by_embedded.select(by_spark.columns))
+    for table in (embedded, spark_ds):
+        delta = DeltaTable(lake.table_uri(table.table_path))
+        assert {p: delta.transaction_version(app_id(table.name, p)) for p in range(3)} == {
+            p: by_spark.filter(pl.col("_kafka_partition") == p)["_kafka_offset"].max() for p in range(3)
+        }
+        assert delta.metadata().partition_columns == ["year", "month", "day", "hour"]
+    # An independent reader (pyarrow over deltalake's file list) agrees on the Spark-written table.
+    assert DeltaTable(lake.table_uri(spark_ds.table_path)).to_pyarrow_table().num_rows == 602
+
+
+def test_alternating_engines_lose_and_duplicate_nothing(kafka, lake, make_topic, spark):
+    topic = make_topic(partitions=2)
+    embedded = orders_dataset(topic, "alternating", "embedded")
+    spark_ds = orders_dataset(topic, "alternating", "spark")
+    runs = [
+        lambda: EmbeddedEngine(kafka, lake).run(embedded),
+        lambda: run_dataset(spark_ds, kafka, lake, spark_session=lambda _profile: spark),
+        lambda: EmbeddedEngine(kafka, lake).run(embedded),
+        lambda: run_dataset(spark_ds, kafka, lake, spark_session=lambda _profile: spark),
+    ]
+    produced = 0
+    for index, run in enumerate(runs):
+        produce(kafka, topic, records("orders", 150, seed=30 + index, start=produced))
+        produced += 150
+        assert run().records == 150
+    assert run_dataset(spark_ds, kafka, lake, spark_session=lambda _profile: spark).commits == []  # caught up
+    frame = read_table(lake.table_uri(embedded.table_path))
+    assert frame.height == produced
+    assert frame.select("_kafka_partition", "_kafka_offset").n_unique() == produced
+    assert frame["order_id"].n_unique() == produced
+    runs_metadata = [run_metadata_of(h) for h in DeltaTable(lake.table_uri(embedded.table_path)).history()]
+    assert sorted(m["engine"] for m in runs_metadata if m) == ["embedded", "embedded", "spark", "spark"]
+
+
+def test_spark_engine_names_a_malformed_record_and_commits_nothing(kafka, lake, make_topic, spark):
+    topic = make_topic()
+    dataset = orders_dataset(topic, "broken", "spark")
+    produce(kafka, topic, [(None, b'{"order_id": "a", "total": 1}'), (None, b'{"order_id": '),
+                           (None, b'{"order_id": "c", "total": 3}')])
+    with pytest.raises(IngestError) as raised:
+        run_dataset(dataset, kafka, lake, spark_session=lambda _profile: spark)
+    assert f"record {topic}[0] offset 1" in str(raised.value)
+    table = lake.open_table(dataset.table_path)
+    assert table is None or table.transaction_version(app_id(dataset.name, 0)) is None
+
+
+def test_spark_profile_of_the_deployment_and_the_dataset(monkeypatch):
+    from ingest_platform.engines.spark_profiles import SparkProfileError, default_profile_name, load_profile
+
+    assert default_profile_name({"DAGSTER_DEPLOYMENT": "prod"}) == "k8s"
+    assert default_profile_name({}) == "local"
+    with pytest.raises(SparkProfileError, match="SPARK_K8S_MASTER|SPARK_K8S_IMAGE"):
+        load_profile("k8s", environ={})
+    k8s = load_profile("k8s", environ={"SPARK_K8S_MASTER": "k8s://https://k:443", "SPARK_K8S_IMAGE": "img",
+                                       "SPARK_K8S_NAMESPACE": "data"})
+    assert k8s.master == "k8s://https://k:443"
+    conf = k8s.conf
+    assert (conf["spark.dynamicAllocation.minExecutors"], conf["spark.dynamicAllocation.maxExecutors"],
+            conf["spark.dynamicAllocation.initialExecutors"]) == ("10", "500", "20")
+    assert conf["spark.serializer"] == "org.apache.spark.serializer.KryoSerializer"
+    assert conf["spark.sql.parquet.block.size"] == str(256 * 1024 * 1024)
+    assert conf["spark.sql.parquet.mergeSchema"] == "false"
+    assert conf["spark.sql.adaptive.skewJoin.enabled"] == "true"
+    with pytest.raises(SparkProfileError, match="not found"):
+        load_profile("nope")
+
+
+def test_dagster_asset_materialize_with_the_spark_engine(tmp_path, kafka, kafka_broker, make_topic):
+    from ingest_platform_tests.test_definitions import _dagster, _env
+
+    topic = make_topic(partitions=2)
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(textwrap.dedent(f"""
+        datasets:
+          - name: orders
+            source: shop
+            topic: {topic}
+            format: json
+            engine: spark
+            partition_by: [date]
+    """))
+    produce(kafka, topic, records("orders", 250))
+    env = _env(tmp_path, INGEST_CATALOG=str(catalog), INGEST_LAKE_ROOT=str(tmp_path / "lake"),
+               INGEST_KAFKA_BOOTSTRAP=kafka_broker.bootstrap)
+    done = _dagster("asset", "materialize", "-m", "ingest_platform.definitions", "--select", "lake/shop/orders",
+                    env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    frame = read_table(str(tmp_path / "lake" / "shop" / "orders"))
+    assert frame.height == 250 and frame["order_id"].n_unique() == 250
