@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ingest_platform.catalog import CatalogError, load_catalog
+from ingest_platform.cli_capacity import plan, preflight, topics
 from ingest_platform.kafka.cli_kafka import kafka
 from ingest_platform.settings import Settings, normalize_lake_root
 
@@ -20,6 +21,9 @@ def main() -> None:
 
 
 main.add_command(kafka)
+main.add_command(plan)  # capacity planning, topics and the guide's checklist (docs/DESIGN.md §6)
+main.add_command(topics)
+main.add_command(preflight)
 
 
 @main.group(help="Inspect and validate the dataset catalog.")

@@ -1,0 +1,1 @@
+"""Capacity planning from the tuning guide's formulas (pure functions; no Kafka, no Dagster)."""
