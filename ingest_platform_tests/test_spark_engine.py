@@ -150,3 +150,15 @@ def test_dagster_asset_materialize_with_the_spark_engine(tmp_path, kafka, kafka_
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     frame = read_table(str(tmp_path / "lake" / "shop" / "orders"))
     assert frame.height == 250 and frame["order_id"].n_unique() == 250
+
+
+def test_spark_engine_names_a_type_conflict_with_the_table(kafka, lake, make_topic, spark):
+    topic = make_topic()
+    dataset = orders_dataset(topic, "conflict", "spark")
+    produce(kafka, topic, [(None, b'{"order_id": "a", "qty": 3}')])
+    EmbeddedEngine(kafka, lake).run(dataset)
+    produce(kafka, topic, [(None, b'{"order_id": "b", "qty": "three"}')])
+    with pytest.raises(IngestError) as raised:
+        run_dataset(dataset, kafka, lake, spark_session=lambda _profile: spark)
+    assert "field 'qty' has type string in the records, but the table stores it as bigint" in str(raised.value)
+    assert DeltaTable(lake.table_uri(dataset.table_path)).transaction_version(app_id(dataset.name, 0)) == 0

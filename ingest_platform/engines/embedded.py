@@ -7,7 +7,6 @@ capped by ``max_records_per_run``, batches of at most ``max_batch_bytes`` writte
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -413,6 +412,3 @@ def _derived_partitions(event_time: pa.Array) -> dict[str, pa.Array]:
         "date": pc.cast(event_time, pa.date32()),
     }
 
-
-def run_report_json(report: RunReport) -> str:
-    return json.dumps(report.as_dict(), default=str, sort_keys=True)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import uuid
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -117,24 +117,28 @@ class _SparkRun:
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         try:
+            # One pass over the batch: counts per partition and the top-level field names (new ones are inferred).
             stats = source.groupBy("partition").agg(
                 F.count(F.lit(1)).alias("records"),
                 F.sum(F.when(F.col("value").isNull(), 1).otherwise(0)).alias("skipped"),
                 F.sum(F.coalesce(F.length("value"), F.lit(0)) + F.coalesce(F.length("key"), F.lit(0))).alias("bytes"),
-            ).collect()
+                F.array_distinct(F.flatten(F.collect_set(F.json_object_keys(F.col("value").cast("string"))))
+                                 ).alias("keys"),
+                F.unix_micros(F.min("timestamp")).alias("oldest_micros"),
+            ).collect()  # fmt: skip
             counts = {row["partition"]: row for row in stats}
             self.report.records = sum(row["records"] for row in stats)
             self.report.skipped = sum(row["skipped"] for row in stats)
             self.report.bytes_read = sum(row["bytes"] or 0 for row in stats)
-            rows = source.where(F.col("value").isNotNull())
-            written = self._write(rows, counts)
+            keys = sorted({key for row in stats for key in (row["keys"] or [])})
+            self._write(source.where(F.col("value").isNotNull()), counts, keys)
         finally:
             source.unpersist()
         self.report.partitions = [
             PartitionProgress(
                 partition=r.partition,
                 first_offset=r.start,
-                last_offset=r.end - 1 if written else plan.ledger.get(r.partition, r.start - 1),
+                last_offset=r.end - 1 if r.count else plan.ledger.get(r.partition, r.start - 1),
                 records=counts[r.partition]["records"] if r.partition in counts else 0,
             )
             for r in plan.ranges
@@ -142,7 +146,7 @@ class _SparkRun:
 
     # -- decoding ---------------------------------------------------------------------------------------------
 
-    def _record_schema(self, rows: DataFrame):
+    def _record_schema(self, rows: DataFrame, keys: list[str]):
         """Table schema (record fields) + declared types + inferred types of fields the table lacks."""
         from pyspark.sql import functions as F
         from pyspark.sql import types as T
@@ -150,8 +154,6 @@ class _SparkRun:
         table_fields = self._table_record_fields()
         declared = {name: T._parse_datatype_string(_SPARK_TYPES[kind]) for name, kind in self.dataset.fields.items()}
         known = {**table_fields, **declared}
-        keys = [r.k for r in rows.select(F.explode(F.json_object_keys(F.col("value").cast("string"))).alias("k"))
-                .distinct().collect()]  # fmt: skip
         new = [k for k in keys if k not in known]
         inferred: dict[str, T.DataType] = {}
         if new:
@@ -186,11 +188,11 @@ class _SparkRun:
         jvm = self.spark._jvm
         return jvm.org.apache.spark.sql.delta.DeltaLog.forTable(self.spark._jsparkSession, self.path)
 
-    def _decode(self, rows: DataFrame) -> tuple[DataFrame, set[str]]:
+    def _decode(self, rows: DataFrame, keys: list[str]) -> tuple[DataFrame, set[str]]:
         from pyspark.sql import functions as F
 
         dataset = self.dataset
-        schema, new_fields = self._record_schema(rows)
+        schema, new_fields = self._record_schema(rows, keys)
         location = F.concat(
             F.lit(f"dataset '{dataset.name}', record {dataset.topic}["), F.col("partition").cast("string"),
             F.lit("] offset "), F.col("offset").cast("string"),
@@ -223,11 +225,11 @@ class _SparkRun:
 
     # -- writing ----------------------------------------------------------------------------------------------
 
-    def _write(self, rows: DataFrame, counts: dict) -> bool:
+    def _write(self, rows: DataFrame, counts: dict, keys: list[str]) -> None:
         from pyspark.sql import functions as F
 
         dataset, plan = self.dataset, self.plan
-        data, _ = self._decode(rows)
+        data, _ = self._decode(rows, keys)
         self._ensure_table(data)
         table_schema = self.spark.read.format("delta").load(self.path).schema
         data = data.select(
@@ -273,10 +275,14 @@ class _SparkRun:
         self.report.rows_written = stats.rows
         self.report.files_written = stats.files
         self.report.bytes_written = stats.bytes
-        lag = data.agg(F.max(F.unix_timestamp(F.current_timestamp()) - F.unix_timestamp("_event_time"))).first()[0]
-        self.report.max_event_to_commit_lag_s = float(lag) if lag is not None else None
+        # The oldest event time from the files' statistics (no extra pass), else the oldest Kafka timestamp.
+        kafka_micros = min((row["oldest_micros"] for row in counts.values() if row["oldest_micros"]), default=None)
+        oldest = stats.oldest_event_time or (
+            datetime.fromtimestamp(kafka_micros / 1e6, timezone.utc) if kafka_micros is not None else None
+        )
+        if oldest is not None:
+            self.report.max_event_to_commit_lag_s = (datetime.now(timezone.utc) - oldest).total_seconds()
         self.engine.log.info(f"{dataset.name}: committed version {version}: {stats.rows} rows, {stats.files} files")
-        return True
 
     def _ensure_table(self, data: DataFrame) -> None:
         """Create the table (schema, partitioning) or add new top-level columns, as metadata-only commits."""
@@ -322,13 +328,13 @@ class _SparkRun:
         """Output files per batch = max(1, data size / target file size) (the guide's file-size rule)."""
         from pyspark.sql import functions as F
 
-        files = max(1, math.ceil(self.report.bytes_read / self.target_file_bytes))
-        derived = [name for name in self.dataset.partition_by]
-        if derived and files == 1:
-            return data.repartition(*derived)
-        if derived:
-            return data.repartition(files, *derived, F.pmod(F.col("_kafka_offset"), F.lit(files)))
-        return data.repartition(files)
+        files = max(1, int(self.report.bytes_read / self.target_file_bytes))
+        partition_by = list(self.dataset.partition_by)
+        if partition_by and files == 1:
+            return data.repartition(*partition_by)
+        if partition_by:
+            return data.repartition(files, *partition_by, F.pmod(F.col("_kafka_offset"), F.lit(files)))
+        return data.coalesce(files)  # no shuffle: neighbouring input partitions share a file
 
     def _explain_failure(self, error: Exception, rows: DataFrame) -> str:
         """Turn Spark's decoding failure into the embedded engine's message: which record, which field."""
@@ -347,10 +353,18 @@ class _SparkRun:
                 f"dataset '{dataset.name}', record {dataset.topic}[{corrupt['partition']}] offset {corrupt['offset']}: "
                 f"value is not a valid JSON object: {bytes(corrupt['value'])[:120]!r}. Nothing was committed."
             )
+        # Every value is a JSON object: a field's type differs from the table's. Infer the batch to name it.
+        table = {f.name: f.dataType for f in self.spark.read.format("delta").load(self.path).schema.fields}
+        batch = self._infer(rows.select(F.col("value").cast("string").alias("v")))
+        conflicts = [
+            f"field '{f.name}' has type {f.dataType.simpleString()} in the records, but the table stores it as "
+            f"{table[f.name].simpleString()}"
+            for f in batch.fields if f.name in table and not _compatible(f.dataType, table[f.name])
+        ]  # fmt: skip
+        what = "; ".join(conflicts) or f"Spark could not decode them ({text.splitlines()[0][:300]})"
         return (
-            f"dataset '{dataset.name}': decoding records {self.plan.describe(dataset.topic)} failed: a field's type "
-            f"differs from the table's ({text.splitlines()[0][:300]}). Declare the field's type under 'schema:' in "
-            "the catalog. Nothing was committed."
+            f"dataset '{dataset.name}', records {self.plan.describe(dataset.topic)}: {what}. Fix the producer, or "
+            "declare the field's type under 'schema:' in the catalog. Nothing was committed."
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
@@ -37,6 +38,7 @@ class CommitStats:
     files: int
     bytes: int
     rows: int
+    oldest_event_time: datetime | None = None  # min of the files' ``_event_time`` statistics, when collected
 
 
 def commit_stats(table_uri: str, version: int) -> CommitStats:
@@ -45,12 +47,17 @@ def commit_stats(table_uri: str, version: int) -> CommitStats:
     with filesystem.open_input_stream(f"{base}/_delta_log/{version:020d}.json") as stream:
         lines = stream.read().decode("utf-8").splitlines()
     files = size = rows = 0
+    oldest: datetime | None = None
     for line in lines:
         add = json.loads(line).get("add") if line.strip() else None
         if add:
             files += 1
             size += int(add.get("size", 0))
-            stats = add.get("stats")
-            if stats:
-                rows += int(json.loads(stats).get("numRecords", 0))
-    return CommitStats(files=files, bytes=size, rows=rows)
+            stats = json.loads(add["stats"]) if add.get("stats") else {}
+            rows += int(stats.get("numRecords", 0))
+            low = (stats.get("minValues") or {}).get("_event_time")
+            if isinstance(low, str):
+                when = datetime.fromisoformat(low.replace("Z", "+00:00"))
+                when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+                oldest = when if oldest is None else min(oldest, when)
+    return CommitStats(files=files, bytes=size, rows=rows, oldest_event_time=oldest)
