@@ -103,6 +103,9 @@ class Dataset(_Strict):
     consumer_group: str | None = None
     slo: Slo = Slo()
     expected: ExpectedLoad | None = None
+    lag_threshold: int | None = Field(None, gt=0)  # records behind that make the lag sensor request a run
+    on_data_loss: Literal["fail", "skip"] = "fail"  # retention gap: fail loudly, or record the gap and go on
+    vacuum_retention_hours: int = Field(168, ge=0)  # files no longer in the table are deleted after this
     description: str | None = None
     owners: tuple[str, ...] = ()
 
