@@ -162,3 +162,38 @@ def test_spark_engine_names_a_type_conflict_with_the_table(kafka, lake, make_top
         run_dataset(dataset, kafka, lake, spark_session=lambda _profile: spark)
     assert "field 'qty' has type string in the records, but the table stores it as bigint" in str(raised.value)
     assert DeltaTable(lake.table_uri(dataset.table_path)).transaction_version(app_id(dataset.name, 0)) == 0
+
+
+def test_a_connector_that_cannot_be_resolved_is_named(tmp_path):
+    """Spark's JVM fails to start when Ivy cannot resolve a connector: the error says which one and why."""
+    import subprocess
+    import sys
+
+    script = textwrap.dedent("""
+        from ingest_platform.engines import spark_session
+        from ingest_platform.engines.spark_profiles import load_profile
+        spark_session.kafka_connector_packages = lambda: ["org.apache.spark:spark-sql-kafka-0-10_2.13:0.0.404"]
+        try:
+            spark_session.spark_for_profile(load_profile("local"))
+        except spark_session.SparkConnectorError as error:
+            print("ERROR:", error)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    message = next(line for line in done.stdout.splitlines() if line.startswith("ERROR:"))
+    assert "org.apache.spark:spark-sql-kafka-0-10_2.13:0.0.404: not on Maven Central (HTTP 404" in message
+    assert "Spark profile 'local' could not start" in message
+
+
+def test_spark_engine_adds_a_new_field_as_a_nullable_column(kafka, lake, make_topic, spark):
+    topic = make_topic()
+    dataset = orders_dataset(topic, "evolving", "spark")
+    produce(kafka, topic, [(None, b'{"order_id": "a", "total": 1.5}')])
+    run_dataset(dataset, kafka, lake, spark_session=lambda _profile: spark)
+    produce(kafka, topic, [(None, b'{"order_id": "b", "total": 2, "email": "b@example.com"}'),
+                           (None, b'{"order_id": "c"}')])
+    report = run_dataset(dataset, kafka, lake, spark_session=lambda _profile: spark)
+    assert report.records == 2 and report.rows_written == 2
+    frame = read_table(lake.table_uri(dataset.table_path)).sort("order_id")
+    assert frame["email"].to_list() == [None, "b@example.com", None]
+    assert frame["total"].to_list() == [1.5, 2.0, None]
+    assert DeltaTable(lake.table_uri(dataset.table_path)).transaction_version(app_id(dataset.name, 0)) == 2

@@ -138,6 +138,7 @@ class _Run:
         self.engine = engine
         self.dataset = dataset
         self.run_id = run_id
+        self.started_at = time.time()  # run metadata: the throughput check divides records by commit - start
         self.log = engine.log
         self.uri = engine.lake.table_uri(dataset.table_path)
         self.report = RunReport(dataset=dataset.name, engine=ENGINE_NAME, table_uri=self.uri)
@@ -146,6 +147,7 @@ class _Run:
         self.first_offsets: dict[int, int] = {}
         self.counts: dict[int, int] = {}
         self.table_schema: pa.Schema | None = None
+        self.data_loss: dict[int, tuple[int, int]] = {}  # skipped retention gaps not yet recorded in a commit
         min_mb, max_mb = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
         self.target_file_size = int(min(max_mb, max(min_mb, PREFERRED_FILE_MB)) * 1024 * 1024)
 
@@ -185,6 +187,13 @@ class _Run:
         self.ends = {r.partition: r.end for r in plan.ranges}
         self.first_offsets = {r.partition: r.start for r in plan.ranges}
         self.report.lag_after = plan.lag_after
+        self.data_loss = dict(plan.data_loss)
+        if plan.data_loss:
+            self.log.warning(
+                f"{self.dataset.name}: records were deleted by Kafka retention before they were ingested: "
+                f"{plan.describe_data_loss(self.dataset.topic)}; skipped (on_data_loss: skip), recorded in the "
+                "next commit's run metadata"
+            )
         return plan.ranges
 
     def _consume(self, consumer: Consumer, ranges: list[PartitionRange]) -> None:
@@ -294,9 +303,12 @@ class _Run:
                 "engine": ENGINE_NAME,
                 "topic": dataset.topic,
                 "records": consumed,
+                "skipped": len(batch.skipped),
+                "started_at": round(self.started_at, 3),
                 "ranges": {
-                    str(p): [self.ledger.get(p, self.first_offsets[p] - 1) + 1, o] for p, o in advancing.items()
+                    str(p): [max(self.ledger.get(p, -1) + 1, self.first_offsets[p]), o] for p, o in advancing.items()
                 },
+                **self._data_loss_metadata(advancing),
             },
             target_file_size=self.target_file_size,
             description=dataset.description,
@@ -304,6 +316,8 @@ class _Run:
         version = append_with_ledger(self.engine.lake, request)
         committed_at = datetime.now(timezone.utc)
         self.ledger.update(advancing)
+        for partition in advancing:
+            self.data_loss.pop(partition, None)
         self.table_schema = pa.unify_schemas([self.table_schema, rows.schema]) if self.table_schema else rows.schema
         stats = commit_stats(self.uri, version)
         report = self.report
@@ -321,6 +335,11 @@ class _Run:
             f"ledger {dict(sorted(advancing.items()))}"
         )
         self._commit_group(consumer, advancing)
+
+    def _data_loss_metadata(self, advancing: dict[int, int]) -> dict[str, object]:
+        """``data_loss: {"<p>": [first lost, last lost]}`` for skipped gaps this commit moves past."""
+        lost = {str(p): list(self.data_loss[p]) for p in sorted(advancing) if p in self.data_loss}
+        return {"data_loss": lost} if lost else {}
 
     def _commit_group(self, consumer: Consumer, advancing: dict[int, int]) -> None:
         """Monitoring only (docs/DESIGN.md §2 step 6): a failure is logged, never fatal."""

@@ -29,8 +29,15 @@ def start_offsets(
     topic: str,
     ledger: Mapping[int, int],
     marks: Mapping[int, tuple[int, int]],
+    on_data_loss: str = "fail",
+    data_loss: dict[int, tuple[int, int]] | None = None,
 ) -> dict[int, int]:
-    """First offset to read per partition; fails loudly on a retention gap or a reset topic."""
+    """First offset to read per partition; fails loudly on a retention gap or a reset topic.
+
+    With ``on_data_loss="skip"`` a retention gap starts the partition at its earliest available offset instead
+    and records the lost range ``(first lost, last lost)`` in ``data_loss`` (for the commit's run metadata).
+    A reset topic fails whatever ``on_data_loss`` says.
+    """
     starts: dict[int, int] = {}
     lost: list[str] = []
     reset: list[str] = []
@@ -39,21 +46,25 @@ def start_offsets(
             starts[partition] = earliest
             continue
         start = ledger[partition] + 1
-        if start < earliest:
+        if start < earliest and on_data_loss == "skip" and data_loss is not None:
+            data_loss[partition] = (start, earliest - 1)
+            start = earliest
+        elif start < earliest:
             lost.append(f"{topic}[{partition}] offsets {start}..{earliest - 1} ({earliest - start} records)")
         elif start > high:
             reset.append(f"{topic}[{partition}]: table holds up to offset {start - 1}, topic ends at {high}")
         starts[partition] = start
-    if lost:
-        raise OffsetRangeError(
-            f"dataset '{dataset}': records were deleted by Kafka retention before they were ingested: "
-            + "; ".join(lost)
-            + ". Nothing was written. Re-produce the data, or accept the loss explicitly before re-running."
-        )
     if reset:
         raise OffsetRangeError(
             f"dataset '{dataset}': the topic is behind the table's offset ledger (deleted and recreated, "
             "or truncated?): " + "; ".join(reset) + ". Nothing was written; the ledger is never rewound silently."
+        )
+    if lost:
+        raise OffsetRangeError(
+            f"dataset '{dataset}': records were deleted by Kafka retention before they were ingested: "
+            + "; ".join(lost)
+            + ". Nothing was written. Re-produce the data, or accept the loss explicitly (on_data_loss: skip) "
+            "before re-running."
         )
     return starts
 

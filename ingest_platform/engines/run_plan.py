@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 from confluent_kafka import Consumer
@@ -25,6 +25,9 @@ class RunPlan:
     ledger: dict[int, int]  # partition -> last offset the table holds, at run start
     table: DeltaTable | None  # the table's snapshot at run start (None: no table yet)
     lag_after: int  # records left for later runs by max_records_per_run
+    #: partition -> (first, last) offsets lost to retention and skipped (``on_data_loss: skip``); recorded in
+    #: the run metadata of the first commit that advances the partition.
+    data_loss: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -33,6 +36,16 @@ class RunPlan:
     @property
     def table_schema(self) -> pa.Schema | None:
         return pa.schema(self.table.schema().to_arrow()) if self.table is not None else None
+
+    def data_loss_metadata(self, partitions) -> dict[str, list[int]]:
+        """``{"<p>": [first lost, last lost]}`` for the given partitions that skipped a retention gap."""
+        return {str(p): list(self.data_loss[p]) for p in sorted(partitions) if p in self.data_loss}
+
+    def describe_data_loss(self, topic: str) -> str:
+        return "; ".join(
+            f"{topic}[{p}] offsets {first}..{last} ({last - first + 1} records)"
+            for p, (first, last) in sorted(self.data_loss.items())
+        )
 
     def describe(self, topic: str) -> str:
         return ", ".join(f"{topic}[{r.partition}] {r.start}..{r.end - 1}" for r in self.ranges if r.count)
@@ -47,11 +60,13 @@ def plan_run(dataset: Dataset, consumer: Consumer, lake: LakeLocation, timeout_s
         raise IngestError(f"dataset '{dataset.name}': {error}") from None
     table = lake.open_table(dataset.table_path)
     ledger = read_ledger(table, dataset.name, partitions)
-    starts = start_offsets(dataset.name, dataset.topic, ledger, marks)
+    data_loss: dict[int, tuple[int, int]] = {}
+    starts = start_offsets(dataset.name, dataset.topic, ledger, marks, dataset.on_data_loss, data_loss)
     ranges = plan_ranges(starts, {p: high for p, (_, high) in marks.items()}, dataset.max_records_per_run)
     return RunPlan(
         ranges=ranges,
         ledger=ledger,
         table=table,
         lag_after=sum(marks[r.partition][1] - r.end for r in ranges),
+        data_loss=data_loss,
     )

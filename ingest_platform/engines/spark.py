@@ -79,6 +79,11 @@ class SparkEngine:
                 self.log.info(f"{dataset.name}: no new records in {dataset.topic}; nothing to commit")
             else:
                 self.log.info(f"{dataset.name}: reading {plan.total} records from {plan.describe(dataset.topic)}")
+                if plan.data_loss:
+                    self.log.warning(
+                        f"{dataset.name}: records deleted by Kafka retention before ingestion were skipped "
+                        f"(on_data_loss: skip): {plan.describe_data_loss(dataset.topic)}"
+                    )
                 _SparkRun(self, dataset, plan, report, run_id or uuid.uuid4().hex).execute()
                 _commit_group(consumer, dataset, plan, self.log)
         finally:
@@ -95,73 +100,72 @@ class _SparkRun:
         self.plan = plan
         self.report = report
         self.run_id = run_id
+        self.started_at = time.time()  # run metadata: the throughput check divides records by commit - start
         self.path = engine.lake.table_uri(dataset.table_path)
         min_mb, max_mb = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
         self.target_file_bytes = int(min(max_mb, max(min_mb, PREFERRED_FILE_MB)) * 1024 * 1024)
 
     def execute(self) -> None:
-        from pyspark import StorageLevel
-        from pyspark.sql import functions as F
-
         dataset, plan = self.dataset, self.plan
-        ranges = [r for r in plan.ranges if r.count]
+        source = self._source()
+        known = self._known_fields()
+        ignored: set[str] = set()  # fields that are null in every record so far: no type to give them yet
+        if not self._table_exists():
+            known, ignored = self._learn_fields(source, known, None)  # first run: one extra pass for the schema
+        while True:
+            txn, files, metrics = self._write_files(source, known)
+            new = [key for key in metrics["keys"] or [] if key not in known and key not in ignored]
+            if not new:
+                break
+            # Fields the table does not know: the files just written are dropped (never committed), the new
+            # fields' types are inferred from the batch and the batch is written again. Rare: schema changes.
+            self.engine.log.info(f"{dataset.name}: new fields {new}: inferring their types and writing again")
+            known, ignored = self._learn_fields(source, known, set(new))
+        self._commit(txn, files, metrics)
+        self.report.partitions = [
+            PartitionProgress(
+                partition=r.partition,
+                first_offset=r.start,
+                last_offset=r.end - 1 if r.count else plan.ledger.get(r.partition, r.start - 1),
+                records=int(metrics.get(f"records_{r.partition}") or 0),
+            )
+            for r in plan.ranges
+        ]
+
+    def _source(self) -> DataFrame:
+        """Exactly the planned offsets, read in one batch (the guide's ``kafka.*`` consumer settings)."""
+        dataset = self.dataset
+        ranges = [r for r in self.plan.ranges if r.count]
         starting = {dataset.topic: {str(r.partition): r.start for r in ranges}}
         ending = {dataset.topic: {str(r.partition): r.end for r in ranges}}
-        source = (
+        return (
             self.spark.read.format("kafka")
             .options(**kafka_source_options(self.engine.kafka))
             .option("subscribe", dataset.topic)
             .option("startingOffsets", json.dumps(starting))
             .option("endingOffsets", json.dumps(ending))
             .load()
-            .persist(StorageLevel.MEMORY_AND_DISK)
         )
-        try:
-            # One pass over the batch: counts per partition and the top-level field names (new ones are inferred).
-            stats = source.groupBy("partition").agg(
-                F.count(F.lit(1)).alias("records"),
-                F.sum(F.when(F.col("value").isNull(), 1).otherwise(0)).alias("skipped"),
-                F.sum(F.coalesce(F.length("value"), F.lit(0)) + F.coalesce(F.length("key"), F.lit(0))).alias("bytes"),
-                F.array_distinct(F.flatten(F.collect_set(F.json_object_keys(F.col("value").cast("string"))))
-                                 ).alias("keys"),
-                F.unix_micros(F.min("timestamp")).alias("oldest_micros"),
-            ).collect()  # fmt: skip
-            counts = {row["partition"]: row for row in stats}
-            self.report.records = sum(row["records"] for row in stats)
-            self.report.skipped = sum(row["skipped"] for row in stats)
-            self.report.bytes_read = sum(row["bytes"] or 0 for row in stats)
-            keys = sorted({key for row in stats for key in (row["keys"] or [])})
-            self._write(source.where(F.col("value").isNotNull()), counts, keys)
-        finally:
-            source.unpersist()
-        self.report.partitions = [
-            PartitionProgress(
-                partition=r.partition,
-                first_offset=r.start,
-                last_offset=r.end - 1 if r.count else plan.ledger.get(r.partition, r.start - 1),
-                records=counts[r.partition]["records"] if r.partition in counts else 0,
-            )
-            for r in plan.ranges
-        ]
 
     # -- decoding ---------------------------------------------------------------------------------------------
 
-    def _record_schema(self, rows: DataFrame, keys: list[str]):
-        """Table schema (record fields) + declared types + inferred types of fields the table lacks."""
+    def _known_fields(self) -> dict:
+        """Record fields with their types: the table's, overridden by the catalog's declared ``schema:``."""
+        from pyspark.sql import types as T
+
+        declared = {name: T._parse_datatype_string(_SPARK_TYPES[kind]) for name, kind in self.dataset.fields.items()}
+        return {**self._table_record_fields(), **declared}
+
+    def _learn_fields(self, source: DataFrame, known: dict, only: set[str] | None) -> tuple[dict, set[str]]:
+        """Known fields plus the inferred types of ``only`` (or of every field the batch has, when None)."""
         from pyspark.sql import functions as F
         from pyspark.sql import types as T
 
-        table_fields = self._table_record_fields()
-        declared = {name: T._parse_datatype_string(_SPARK_TYPES[kind]) for name, kind in self.dataset.fields.items()}
-        known = {**table_fields, **declared}
-        new = [k for k in keys if k not in known]
-        inferred: dict[str, T.DataType] = {}
-        if new:
-            inferred_schema = self._infer(rows.select(F.col("value").cast("string").alias("v")))
-            inferred = {f.name: f.dataType for f in inferred_schema.fields if f.name in new}
-            inferred = {k: v for k, v in inferred.items() if not isinstance(v, T.NullType)}
-        fields = [T.StructField(name, dtype, True) for name, dtype in {**known, **inferred}.items()]
-        return T.StructType(fields), set(inferred)
+        values = source.where(F.col("value").isNotNull()).select(F.col("value").cast("string").alias("v"))
+        inferred = {f.name: f.dataType for f in self._infer(values).fields if only is None or f.name in only}
+        learned = {**{k: v for k, v in inferred.items() if not isinstance(v, T.NullType)}, **known}
+        ignored = {k for k, v in inferred.items() if isinstance(v, T.NullType) and k not in known}
+        return learned, ignored
 
     def _infer(self, json_rows: DataFrame):
         """JSON schema inference over the batch (only when fields appear that the table does not have)."""
@@ -188,11 +192,12 @@ class _SparkRun:
         jvm = self.spark._jvm
         return jvm.org.apache.spark.sql.delta.DeltaLog.forTable(self.spark._jsparkSession, self.path)
 
-    def _decode(self, rows: DataFrame, keys: list[str]) -> tuple[DataFrame, set[str]]:
+    def _decode(self, rows: DataFrame, known: dict) -> DataFrame:
         from pyspark.sql import functions as F
+        from pyspark.sql import types as T
 
         dataset = self.dataset
-        schema, new_fields = self._record_schema(rows, keys)
+        schema = T.StructType([T.StructField(name, dtype, True) for name, dtype in known.items()])
         location = F.concat(
             F.lit(f"dataset '{dataset.name}', record {dataset.topic}["), F.col("partition").cast("string"),
             F.lit("] offset "), F.col("offset").cast("string"),
@@ -221,15 +226,39 @@ class _SparkRun:
             event_time.alias("_event_time"),
             F.current_timestamp().alias("_ingested_at"),
         ]
-        return frame.select(*record_columns, *partition_columns, *reserved), new_fields
+        return frame.select(*record_columns, *partition_columns, *reserved)
 
     # -- writing ----------------------------------------------------------------------------------------------
 
-    def _write(self, rows: DataFrame, counts: dict, keys: list[str]) -> None:
+    def _observed(self, source: DataFrame):
+        """The batch with its figures collected while it is written (Spark ``observe``: no extra pass)."""
+        from pyspark.sql import Observation
+        from pyspark.sql import functions as F
+
+        observation = Observation(f"ingest-{self.run_id}-{uuid.uuid4().hex[:8]}")
+        per_partition = [
+            F.sum(F.when(F.col("partition") == r.partition, 1).otherwise(0)).alias(f"records_{r.partition}")
+            for r in self.plan.ranges if r.count
+        ]  # fmt: skip
+        observed = source.observe(
+            observation,
+            F.count(F.lit(1)).alias("records"),
+            F.sum(F.when(F.col("value").isNull(), 1).otherwise(0)).alias("skipped"),
+            F.sum(F.coalesce(F.length("value"), F.lit(0)) + F.coalesce(F.length("key"), F.lit(0))).alias("bytes"),
+            F.array_distinct(F.flatten(F.collect_set(F.json_object_keys(F.col("value").cast("string"))))).alias("keys"),
+            F.unix_micros(F.min("timestamp")).alias("oldest_micros"),
+            *per_partition,
+        )
+        return observed, observation
+
+    def _write_files(self, source: DataFrame, known: dict):
+        """Decode and write the batch's data files in a new transaction; nothing is committed yet."""
         from pyspark.sql import functions as F
 
         dataset, plan = self.dataset, self.plan
-        data, _ = self._decode(rows, keys)
+        observed, observation = self._observed(source)
+        rows = observed.where(F.col("value").isNotNull())
+        data = self._decode(rows, known)
         self._ensure_table(data)
         table_schema = self.spark.read.format("delta").load(self.path).schema
         data = data.select(
@@ -237,31 +266,38 @@ class _SparkRun:
               for f in table_schema.fields]
         )  # fmt: skip
         data = self._size_files(data)
-
-        jvm = self.spark._jvm
-        none = getattr(getattr(jvm.scala, "None$"), "MODULE$")
-        delta_log = self._delta_log()
-        txn = delta_log.startTransaction()
-        advancing = {r.partition: r.end - 1 for r in plan.ranges if r.count and r.partition in counts}
-        for partition in advancing:
-            recorded = int(txn.txnVersion(app_id(dataset.name, partition)))  # also registers the read
-            expected = plan.ledger.get(partition, -1)
+        txn = self._delta_log().startTransaction()
+        for r in plan.ranges:
+            if not r.count:
+                continue
+            recorded = int(txn.txnVersion(app_id(dataset.name, r.partition)))  # also registers the read
+            expected = plan.ledger.get(r.partition, -1)
             if recorded != expected:
                 raise ConcurrentWriterError(
                     f"dataset '{dataset.name}': the ledger of {self.path} moved from {expected} to {recorded} for "
-                    f"partition {partition} during this run; another writer is ingesting this dataset. "
+                    f"partition {r.partition} during this run; another writer is ingesting this dataset. "
                     "Nothing was committed by this run."
                 )
         try:
             files = txn.writeFiles(data._jdf)
         except Exception as error:  # py4j wraps Spark's failure (FAILFAST decoding, event-time parsing)
-            raise IngestError(self._explain_failure(error, rows)) from None
+            raise IngestError(self._explain_failure(error, source.where(F.col("value").isNotNull()))) from None
+        return txn, files, observation.get
+
+    def _commit(self, txn, files, metrics: dict) -> None:
+        """One Delta commit: the files plus one ``txn`` per partition (the ledger), with the run's metadata."""
+        dataset, plan = self.dataset, self.plan
+        jvm = self.spark._jvm
+        none = getattr(getattr(jvm.scala, "None$"), "MODULE$")
+        self.report.records = int(metrics["records"] or 0)
+        self.report.skipped = int(metrics["skipped"] or 0)
+        self.report.bytes_read = int(metrics["bytes"] or 0)
+        advancing = {r.partition: r.end - 1 for r in plan.ranges if r.count}
         for partition, last in sorted(advancing.items()):
             txn.updateSetTransaction(app_id(dataset.name, partition), last, none)
         metadata = {
             "run_id": self.run_id, "engine": ENGINE_NAME, "topic": dataset.topic, "records": self.report.records,
-            "ranges": {str(p): [plan.ledger.get(p, r_start - 1) + 1, last]
-                       for (p, last), r_start in zip(sorted(advancing.items()), _starts(plan, advancing))},
+            "ranges": {str(r.partition): [r.start, r.end - 1] for r in plan.ranges if r.count},
         }  # fmt: skip
         write_op = getattr(getattr(jvm.org.apache.spark.sql.delta.DeltaOperations, "Write$"), "MODULE$")
         operation = write_op.apply(
@@ -276,7 +312,7 @@ class _SparkRun:
         self.report.files_written = stats.files
         self.report.bytes_written = stats.bytes
         # The oldest event time from the files' statistics (no extra pass), else the oldest Kafka timestamp.
-        kafka_micros = min((row["oldest_micros"] for row in counts.values() if row["oldest_micros"]), default=None)
+        kafka_micros = metrics.get("oldest_micros")
         oldest = stats.oldest_event_time or (
             datetime.fromtimestamp(kafka_micros / 1e6, timezone.utc) if kafka_micros is not None else None
         )
@@ -328,13 +364,26 @@ class _SparkRun:
         """Output files per batch = max(1, data size / target file size) (the guide's file-size rule)."""
         from pyspark.sql import functions as F
 
-        files = max(1, int(self.report.bytes_read / self.target_file_bytes))
+        files = max(1, int(self._expected_output_bytes() / self.target_file_bytes))
         partition_by = list(self.dataset.partition_by)
         if partition_by and files == 1:
             return data.repartition(*partition_by)
         if partition_by:
             return data.repartition(files, *partition_by, F.pmod(F.col("_kafka_offset"), F.lit(files)))
         return data.coalesce(files)  # no shuffle: neighbouring input partitions share a file
+
+    def _expected_output_bytes(self) -> float:
+        """Planned records x the table's Parquet bytes per row (0 for a new table: one file per partition)."""
+        table = self.engine.lake.open_table(self.dataset.table_path)
+        if table is None:
+            return 0.0
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        actions = pa.table(table.get_add_actions(flatten=True))
+        rows = pc.sum(actions["num_records"]).as_py() or 0
+        size = pc.sum(actions["size_bytes"]).as_py() or 0
+        return self.plan.total * size / rows if rows else 0.0
 
     def _explain_failure(self, error: Exception, rows: DataFrame) -> str:
         """Turn Spark's decoding failure into the embedded engine's message: which record, which field."""
@@ -366,11 +415,6 @@ class _SparkRun:
             f"dataset '{dataset.name}', records {self.plan.describe(dataset.topic)}: {what}. Fix the producer, or "
             "declare the field's type under 'schema:' in the catalog. Nothing was committed."
         )
-
-
-def _starts(plan: RunPlan, advancing: dict[int, int]) -> list[int]:
-    by_partition = {r.partition: r.start for r in plan.ranges}
-    return [by_partition[p] for p in sorted(advancing)]
 
 
 def _compatible(batch_type, table_type) -> bool:

@@ -332,8 +332,6 @@ _SESSIONS: dict[str, SparkSession] = {}
 def spark_for_profile(profile) -> SparkSession:
     """The process's Spark session for a profile (deploy/spark/profiles): Delta + Kafka connectors from Maven
     Central. One session per process: Spark cannot run two, so a second profile in one process is an error."""
-    from pyspark.sql import SparkSession
-
     if profile.name in _SESSIONS:
         return _SESSIONS[profile.name]
     if _SESSIONS:
@@ -342,6 +340,47 @@ def spark_for_profile(profile) -> SparkSession:
             f"this process already runs Spark profile '{running}'; profile '{profile.name}' needs its own process"
         )
     extra = {**profile.conf, "spark.jars.packages": ",".join(kafka_connector_packages())}
+    try:
+        session = _start_session(profile, extra)
+    except Exception as error:  # the JVM did not start: usually a connector that Ivy could not resolve
+        raise SparkConnectorError(_diagnose_connectors(profile, error)) from None
+    _SESSIONS[profile.name] = session
+    return session
+
+
+class SparkConnectorError(RuntimeError):
+    """Spark could not start; the message names the connector artifact that failed to resolve, and why."""
+
+
+def _diagnose_connectors(profile, error: Exception) -> str:
+    packages = delta_spark_packages() + kafka_connector_packages()
+    problems = []
+    for coordinate in packages:
+        group, artifact, version = coordinate.split(":")
+        url = f"{MAVEN_CENTRAL}/{group.replace('.', '/')}/{artifact}/{version}/{artifact}-{version}.pom"
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10) as response:
+                ok = 200 <= response.status < 300
+            if not ok:
+                problems.append(f"{coordinate}: Maven Central answered HTTP {response.status}")
+        except urllib.error.HTTPError as http:
+            problems.append(f"{coordinate}: not on Maven Central (HTTP {http.code} for {url})")
+        except (urllib.error.URLError, OSError) as network:
+            problems.append(
+                f"{coordinate}: Maven Central unreachable ({network}); no cached copy in {default_ivy_dir()}"
+            )
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if problems:
+        return f"Spark profile '{profile.name}' could not start: " + "; ".join(problems) + f" ({first_line})"
+    return (
+        f"Spark profile '{profile.name}' could not start ({first_line}); every connector "
+        f"({', '.join(packages)}) is on Maven Central, so see the Spark/Ivy output above for the cause."
+    )
+
+
+def _start_session(profile, extra: dict) -> SparkSession:
+    from pyspark.sql import SparkSession
+
     if profile.master.startswith("local"):
         session = build_local_spark(app_name=f"ingest_platform-{profile.name}", extra_conf=extra)
     else:
@@ -360,5 +399,4 @@ def spark_for_profile(profile) -> SparkSession:
         for key, value in conf.items():
             builder = builder.config(key, str(value))
         session = builder.getOrCreate()
-    _SESSIONS[profile.name] = session
     return session
