@@ -11,6 +11,7 @@ import click
 
 from ingest_platform.catalog import CatalogError, load_catalog
 from ingest_platform.cli_capacity import plan, preflight, topics
+from ingest_platform.cli_checks import checks
 from ingest_platform.kafka.cli_kafka import kafka
 from ingest_platform.settings import Settings, normalize_lake_root
 
@@ -24,6 +25,7 @@ main.add_command(kafka)
 main.add_command(plan)  # capacity planning, topics and the guide's checklist (docs/DESIGN.md §6)
 main.add_command(topics)
 main.add_command(preflight)
+main.add_command(checks)  # asset checks against a lake (docs/DESIGN.md §8)
 
 
 @main.group(help="Inspect and validate the dataset catalog.")

@@ -8,13 +8,16 @@ import dagster as dg
 
 from ingest_platform.catalog import load_catalog
 from ingest_platform.defs.assets import ingestion_definitions
+from ingest_platform.defs.checks import check_definitions
 from ingest_platform.defs.resources import resource_definitions
 from ingest_platform.settings import Settings
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     catalog = load_catalog(settings.catalog_path)
-    return dg.Definitions.merge(ingestion_definitions(catalog), resource_definitions(settings))
+    return dg.Definitions.merge(
+        ingestion_definitions(catalog), check_definitions(catalog), resource_definitions(settings)
+    )
 
 
 defs = build_definitions(Settings.from_env())

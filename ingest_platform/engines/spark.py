@@ -297,8 +297,11 @@ class _SparkRun:
             txn.updateSetTransaction(app_id(dataset.name, partition), last, none)
         metadata = {
             "run_id": self.run_id, "engine": ENGINE_NAME, "topic": dataset.topic, "records": self.report.records,
+            "skipped": self.report.skipped, "started_at": round(self.started_at, 3),
             "ranges": {str(r.partition): [r.start, r.end - 1] for r in plan.ranges if r.count},
         }  # fmt: skip
+        if plan.data_loss_metadata(advancing):  # on_data_loss: skip — the gaps this commit moves past
+            metadata["data_loss"] = plan.data_loss_metadata(advancing)
         write_op = getattr(getattr(jvm.org.apache.spark.sql.delta.DeltaOperations, "Write$"), "MODULE$")
         operation = write_op.apply(
             jvm.org.apache.spark.sql.SaveMode.Append, none, none,
