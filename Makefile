@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast checks-demo lint bench clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,13 @@ demo: venv
 test: venv
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/python -m pytest
+	$(MAKE) checks-demo
+
+# The asset checks of the demo lake, through Dagster's check machinery (ERROR failures exit non-zero).
+checks-demo: venv
+	rm -rf .demo/ci-lake
+	INGEST_CATALOG= $(BIN)/ingest-platform demo --lake-root .demo/ci-lake --scale 0.2
+	INGEST_CATALOG= INGEST_LAKE_ROOT=.demo/ci-lake $(BIN)/ingest-platform checks
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
