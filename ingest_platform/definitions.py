@@ -10,13 +10,17 @@ from ingest_platform.catalog import load_catalog
 from ingest_platform.defs.assets import ingestion_definitions
 from ingest_platform.defs.checks import check_definitions
 from ingest_platform.defs.resources import resource_definitions
+from ingest_platform.defs.sensors import sensor_definitions
 from ingest_platform.settings import Settings
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     catalog = load_catalog(settings.catalog_path)
     return dg.Definitions.merge(
-        ingestion_definitions(catalog), check_definitions(catalog), resource_definitions(settings)
+        ingestion_definitions(catalog),
+        check_definitions(catalog),
+        sensor_definitions(catalog),
+        resource_definitions(settings),
     )
 
 

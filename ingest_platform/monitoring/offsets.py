@@ -1,0 +1,108 @@
+"""What the brokers say about many topics at once: partitions, topic ids, earliest and log-end offsets.
+
+Offsets only, never message data: one metadata request, one ``describe_topics`` (topic ids, which change
+when a topic is deleted and recreated) and two ``list_offsets`` requests (earliest, latest) batched across
+every topic, each with a short timeout. A topic that is missing or cannot be read is reported per topic; it
+does not fail the others. docs/DESIGN.md §7.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from ingest_platform.kafka.client import KafkaConnection
+
+#: Seconds a sensor waits for any one broker request: sensors must stay far below Dagster's 60 s tick timeout.
+DEFAULT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class TopicOffsets:
+    """One topic now: ``{partition: (earliest, log end)}`` and its id (None when it could not be read)."""
+
+    topic: str
+    marks: dict[int, tuple[int, int]] = field(default_factory=dict)
+    topic_id: str | None = None
+    error: str | None = None
+
+    @property
+    def partitions(self) -> int:
+        return len(self.marks)
+
+
+def admin_client(kafka: KafkaConnection, timeout_s: float = DEFAULT_TIMEOUT_S) -> AdminClient:
+    return AdminClient({**kafka.base_config(), "socket.timeout.ms": int(timeout_s * 1000), "log_level": 3})
+
+
+def read_topic_offsets(
+    kafka: KafkaConnection | AdminClient,
+    topics: Iterable[str],
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    with_ids: bool = True,
+) -> dict[str, TopicOffsets]:
+    """Partitions, earliest and log-end offsets (and ids) of ``topics``, batched in a few broker requests."""
+    admin = kafka if isinstance(kafka, AdminClient) else admin_client(kafka, timeout_s)
+    wanted = sorted(set(topics))
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as error:
+        message = f"cannot read the cluster metadata: {error.args[0].str()}"
+        return {t: TopicOffsets(t, error=message) for t in wanted}
+    result: dict[str, TopicOffsets] = {}
+    partitions: list[TopicPartition] = []
+    for topic in wanted:
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None or not info.partitions:
+            reason = info.error.str() if info is not None and info.error is not None else "it does not exist"
+            result[topic] = TopicOffsets(topic, error=f"topic '{topic}' is not available: {reason}")
+        else:
+            partitions += [TopicPartition(topic, p) for p in sorted(info.partitions)]
+    readable = sorted({tp.topic for tp in partitions})
+    ids = _topic_ids(admin, readable, timeout_s) if with_ids and readable else {}
+    earliest, errors = _list_offsets(admin, partitions, OffsetSpec.earliest(), timeout_s)
+    latest, more_errors = _list_offsets(admin, partitions, OffsetSpec.latest(), timeout_s)
+    errors.update(more_errors)
+    for topic in readable:
+        if topic in errors:
+            result[topic] = TopicOffsets(topic, topic_id=ids.get(topic), error=errors[topic])
+            continue
+        marks = {
+            tp.partition: (earliest[(topic, tp.partition)], latest[(topic, tp.partition)])
+            for tp in partitions
+            if tp.topic == topic
+        }
+        result[topic] = TopicOffsets(topic, marks=marks, topic_id=ids.get(topic))
+    return result
+
+
+def _topic_ids(admin: AdminClient, topics: list[str], timeout_s: float) -> dict[str, str]:
+    ids: dict[str, str] = {}
+    futures = admin.describe_topics(TopicCollection(topics), request_timeout=timeout_s)
+    for topic, future in futures.items():
+        try:
+            ids[topic] = str(future.result(timeout=timeout_s).topic_id)
+        except Exception:  # noqa: BLE001 - a topic deleted in between: no id, the offsets say the rest
+            continue
+    return ids
+
+
+def _list_offsets(
+    admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec, timeout_s: float
+) -> tuple[dict[tuple[str, int], int], dict[str, str]]:
+    offsets: dict[tuple[str, int], int] = {}
+    errors: dict[str, str] = {}
+    if not partitions:
+        return offsets, errors
+    futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout_s)
+    for tp, future in futures.items():
+        try:
+            offsets[(tp.topic, tp.partition)] = int(future.result(timeout=timeout_s).offset)
+        except KafkaException as error:
+            errors.setdefault(tp.topic, f"cannot read the offsets of {tp.topic}[{tp.partition}]: {error.args[0].str()}")
+        except Exception as error:  # noqa: BLE001 - timeouts surface as concurrent.futures errors
+            errors.setdefault(tp.topic, f"cannot read the offsets of {tp.topic}[{tp.partition}]: {error!r}")
+    return offsets, errors
