@@ -373,7 +373,8 @@ class _SparkRun:
             return data.repartition(*partition_by)
         if partition_by:
             return data.repartition(files, *partition_by, F.pmod(F.col("_kafka_offset"), F.lit(files)))
-        return data.coalesce(files)  # no shuffle: neighbouring input partitions share a file
+        # A shuffle, not coalesce(): coalesce would shrink the whole stage (read and decode) to `files` tasks.
+        return data.repartition(files)
 
     def _expected_output_bytes(self) -> float:
         """Planned records x the table's Parquet bytes per row (0 for a new table: one file per partition)."""
