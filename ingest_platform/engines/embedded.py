@@ -23,15 +23,13 @@ from ingest_platform.engines import decode
 from ingest_platform.engines.planning import PartitionRange
 from ingest_platform.engines.report import PartitionProgress, RunReport
 from ingest_platform.engines.run_plan import IngestError, plan_run
-from ingest_platform.kafka.client import KafkaConnection
+from ingest_platform.kafka.client import KafkaConnection, commit_group_offsets
 from ingest_platform.lake.commit import AppendRequest, append_with_ledger
 from ingest_platform.lake.tables import LakeLocation, commit_stats
 
 ENGINE_NAME = "embedded"
 #: Messages per ``consume()`` call: large enough to amortise the call, small next to max_batch_bytes.
 CONSUME_BATCH = 10_000
-#: How long the monitoring commit to the consumer group is retried on retriable errors.
-GROUP_COMMIT_RETRY_S = 15.0
 #: Preferred data-file size (the guide's 256 MB Parquet block), clamped to the dataset's file-size target.
 PREFERRED_FILE_MB = 256
 
@@ -343,22 +341,8 @@ class _Run:
 
     def _commit_group(self, consumer: Consumer, advancing: dict[int, int]) -> None:
         """Monitoring only (docs/DESIGN.md §2 step 6): a failure is logged, never fatal."""
-        offsets = [TopicPartition(self.dataset.topic, p, o + 1) for p, o in sorted(advancing.items())]
-        deadline = time.monotonic() + GROUP_COMMIT_RETRY_S
-        while True:
-            try:
-                consumer.commit(offsets=offsets, asynchronous=False)
-                return
-            except KafkaException as error:
-                # The group coordinator moves or loads (e.g. __consumer_offsets created on first use): retry.
-                if error.args[0].retriable() and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                    continue
-                self.log.warning(
-                    f"{self.dataset.name}: the Delta commit succeeded but committing offsets to consumer group "
-                    f"'{self.dataset.group_id}' failed ({error}); lag monitors will lag behind until the next run"
-                )
-                return
+        next_offsets = {p: o + 1 for p, o in advancing.items()}
+        commit_group_offsets(consumer, self.dataset.topic, next_offsets, f"dataset '{self.dataset.name}'", self.log)
 
     def _describe(self, batch: _Batch) -> str:
         spans = {}

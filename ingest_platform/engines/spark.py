@@ -18,12 +18,12 @@ import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer
 
 from ingest_platform.catalog import Dataset
 from ingest_platform.engines.report import PartitionProgress, RunReport
 from ingest_platform.engines.run_plan import IngestError, RunPlan, plan_run
-from ingest_platform.kafka.client import CONSUMER_TUNING, KafkaConnection
+from ingest_platform.kafka.client import CONSUMER_TUNING, KafkaConnection, commit_group_offsets
 from ingest_platform.lake.commit import RUN_METADATA_KEY, ConcurrentWriterError
 from ingest_platform.lake.ledger import app_id
 from ingest_platform.lake.tables import LakeLocation, commit_stats
@@ -455,15 +455,5 @@ def _parse_event_time(raw, dtype, location, name: str):
 
 def _commit_group(consumer: Consumer, dataset: Dataset, plan: RunPlan, log) -> None:
     """Monitoring only, after the Delta commit (docs/DESIGN.md §2 step 6)."""
-    offsets = [TopicPartition(dataset.topic, r.partition, r.end) for r in plan.ranges if r.count]
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-            return
-        except KafkaException as error:
-            if error.args[0].retriable() and time.monotonic() < deadline:
-                time.sleep(0.2)
-                continue
-            log.warning(f"{dataset.name}: Delta commit done, consumer group commit failed ({error})")
-            return
+    next_offsets = {r.partition: r.end for r in plan.ranges if r.count}
+    commit_group_offsets(consumer, dataset.topic, next_offsets, f"dataset '{dataset.name}'", log)

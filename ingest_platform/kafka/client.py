@@ -7,6 +7,8 @@ names; docs/DESIGN.md §5 lists them. Credentials are passed in ``security`` and
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,3 +104,30 @@ def watermarks(consumer: Consumer, topic: str, partitions: list[int], timeout_s:
             ) from None
         result[partition] = (int(low), int(high))
     return result
+
+
+#: How long the monitoring commit to a consumer group is retried on retriable errors.
+GROUP_COMMIT_RETRY_S = 15.0
+
+
+def commit_group_offsets(
+    consumer: Consumer, topic: str, next_offsets: Mapping[int, int], what: str, log: logging.Logger
+) -> bool:
+    """Commit ``next_offsets`` (partition -> next offset to read) to the consumer's group, for monitoring only
+    (docs/DESIGN.md §2 step 6): retried while the coordinator moves or loads, then logged, never raised."""
+    offsets = [TopicPartition(topic, p, o) for p, o in sorted(next_offsets.items())]
+    deadline = time.monotonic() + GROUP_COMMIT_RETRY_S
+    while True:
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            return True
+        except KafkaException as error:
+            # e.g. __consumer_offsets is created on the group's first commit: NOT_COORDINATOR for a moment.
+            if error.args[0].retriable() and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            log.warning(
+                f"{what}: the Delta commit succeeded but committing offsets to the consumer group failed ({error}); "
+                "lag monitors will lag behind until the next run"
+            )
+            return False
