@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from pathlib import Path
 
 import click
 
@@ -60,7 +59,8 @@ def ingest(datasets, run_all, catalog_path, lake_root, bootstrap, verbose) -> No
     from ingest_platform.engines.runner import run_dataset
     from ingest_platform.kafka.client import KafkaConnection
     from ingest_platform.lake.commit import LakeWriteError
-    from ingest_platform.lake.tables import LakeLocation
+    from ingest_platform.lake.storage import lake_location
+    from ingest_platform.lake.tables import LakeAccessError
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     settings = Settings.from_env()
@@ -75,12 +75,12 @@ def ingest(datasets, run_all, catalog_path, lake_root, bootstrap, verbose) -> No
     except KeyError as error:
         raise click.ClickException(error.args[0]) from None
     connection = KafkaConnection(bootstrap or settings.kafka_bootstrap)
-    lake = LakeLocation(normalize_lake_root(lake_root) if lake_root else settings.lake_root)
+    lake = lake_location(normalize_lake_root(lake_root) if lake_root else settings.lake_root)
     failed = False
     for dataset in selected:
         try:
             report = run_dataset(dataset, connection, lake)
-        except (IngestError, OffsetRangeError, LakeWriteError) as error:
+        except (IngestError, OffsetRangeError, LakeWriteError, LakeAccessError) as error:
             click.echo(f"error: {error}", err=True)
             failed = True
             continue
@@ -90,12 +90,14 @@ def ingest(datasets, run_all, catalog_path, lake_root, bootstrap, verbose) -> No
 
 
 @main.command(help="Run the demo: local broker, demo topics, ~200K records, every asset materialized, a summary.")
-@click.option("--lake-root", default=".demo/lake", show_default=True, help="Where the demo lake is written.")
+@click.option("--lake-root", default=".demo/lake", show_default=True, envvar="INGEST_DEMO_LAKE_ROOT",
+              help="Where the demo lake is written (deleted first): a folder or s3://bucket/prefix, S3 settings "
+                   "from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ... ($INGEST_DEMO_LAKE_ROOT).")
 @click.option("--scale", default=1.0, show_default=True, help="Multiply the demo's record counts.")
 def demo(lake_root: str, scale: float) -> None:
     from ingest_platform.demo import format_table, run_demo
 
-    root = Path(normalize_lake_root(lake_root))
+    root = normalize_lake_root(lake_root)
     rows = run_demo(root, scale=scale, echo=click.echo)
     click.echo("")
     click.echo(format_table(rows))

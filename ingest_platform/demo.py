@@ -12,10 +12,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
+
 from ingest_platform.catalog import Catalog, load_catalog
 from ingest_platform.demo_data import produce, records
 from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.kafka.local_broker import LocalKafka, create_topic
+from ingest_platform.lake.storage import is_s3, lake_location
+from ingest_platform.lake.tables import LakeLocation
 from ingest_platform.settings import DEMO_CATALOG, Settings
 
 #: Demo topics: dataset -> (partitions, records). ~200K records in all.
@@ -35,19 +39,20 @@ class DemoRow:
     records_per_s: float
 
 
-def run_demo(lake_root: Path, scale: float = 1.0, echo=print) -> list[DemoRow]:
+def run_demo(lake_root: Path | str, scale: float = 1.0, echo=print) -> list[DemoRow]:
+    """``lake_root`` is a folder or ``s3://bucket/prefix`` (S3 settings from the standard AWS variables)."""
     import dagster as dg
 
     from ingest_platform.definitions import build_definitions
 
     catalog = load_catalog(DEMO_CATALOG)
-    if lake_root.exists():
-        shutil.rmtree(lake_root)  # the topics are new on every demo broker: start the lake over too
+    lake = lake_location(str(lake_root))
+    _clear(lake)  # the topics are new on every demo broker: start the lake over too
     with LocalKafka() as broker:
         echo(f"local Kafka broker {broker.kafka_version} on {broker.bootstrap}")
         kafka = KafkaConnection(broker.bootstrap)
         produced = _create_and_produce(catalog, kafka, broker.bootstrap, scale, echo)
-        settings = Settings(catalog_path=str(DEMO_CATALOG), lake_root=str(lake_root), kafka_bootstrap=broker.bootstrap)
+        settings = Settings(catalog_path=str(DEMO_CATALOG), lake_root=lake.root, kafka_bootstrap=broker.bootstrap)
         defs = build_definitions(settings)
         echo("materializing every asset through Dagster ...")
         with tempfile.TemporaryDirectory(prefix="ingest-demo-dagster-") as home:
@@ -71,7 +76,7 @@ def run_demo(lake_root: Path, scale: float = 1.0, echo=print) -> list[DemoRow]:
                     dataset="/".join(dataset.asset_path),
                     produced=produced[dataset.name],
                     records=int(metadata["records"]),
-                    table_rows=_independent_row_count(lake_root / dataset.table_path),
+                    table_rows=_independent_row_count(lake, dataset.table_path),
                     files=int(metadata["files_written"]),
                     mb=int(metadata["bytes_written"]) / 1e6,
                     records_per_s=float(metadata["records_per_s"]),
@@ -97,11 +102,23 @@ def _create_and_produce(catalog: Catalog, kafka: KafkaConnection, bootstrap: str
     return produced
 
 
-def _independent_row_count(table_dir: Path) -> int:
-    """Row count read with pyarrow's dataset reader over the Delta table's current files."""
-    from deltalake import DeltaTable
+def _clear(lake: LakeLocation) -> None:
+    """Delete the demo lake: the folder, or every object under the S3 prefix (never a whole bucket)."""
+    if not is_s3(lake.root):
+        if Path(lake.root).exists():
+            shutil.rmtree(lake.root)
+        return
+    filesystem, base = lake.filesystem()
+    if "/" not in base.strip("/"):
+        raise ValueError(f"the demo deletes its lake first: give it a prefix, not a whole bucket ({lake.root})")
+    if filesystem.get_file_info(base).type != pafs.FileType.NotFound:
+        filesystem.delete_dir(base)
 
-    return DeltaTable(str(table_dir)).to_pyarrow_dataset().count_rows()
+
+def _independent_row_count(lake: LakeLocation, table_path: str) -> int:
+    """Row count read with pyarrow's dataset reader over the Delta table's current files."""
+    table = lake.open_table(table_path)
+    return 0 if table is None else table.to_pyarrow_dataset().count_rows()
 
 
 def format_table(rows: list[DemoRow]) -> str:

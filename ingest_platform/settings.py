@@ -1,7 +1,8 @@
 """Where the catalog, the lake and Kafka are: environment variables and their defaults.
 
 The same code location serves any catalog: ``INGEST_CATALOG`` (a YAML file or a folder of them),
-``INGEST_LAKE_ROOT`` (a local folder; object-store URIs come with the S3 work) and
+``INGEST_LAKE_ROOT`` (a local folder, or ``s3://bucket/prefix`` reached with the standard AWS environment
+variables, ``ingest_platform/lake/storage.py``) and
 ``INGEST_KAFKA_BOOTSTRAP`` override the defaults below. Read once, where definitions or the CLI start.
 """
 

@@ -6,6 +6,7 @@ from ingest_platform.catalog import Catalog, Dataset
 from ingest_platform.defs.resources import KafkaResource, LakeResource, SparkResource
 from ingest_platform.engines.report import RunReport
 from ingest_platform.engines.runner import run_dataset
+from ingest_platform.lake.storage import is_s3
 
 
 def pool_name(dataset: Dataset) -> str:
@@ -41,7 +42,7 @@ def build_ingest_asset(dataset: Dataset) -> dg.AssetsDefinition:
         location = lake.location()
         report = run_dataset(
             dataset, kafka.connection(), location, log=context.log, run_id=context.run.run_id,
-            spark_session=spark.session, spark_profile=spark.profile,
+            spark_session=lambda profile: spark.session(profile, s3=is_s3(location.root)), spark_profile=spark.profile,
         )  # fmt: skip
         table = location.open_table(dataset.table_path)
         return dg.MaterializeResult(metadata=materialization_metadata(report, table.count() if table else 0))

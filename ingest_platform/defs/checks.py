@@ -70,7 +70,8 @@ def build_dataset_checks(dataset: Dataset) -> dg.AssetChecksDefinition:
         selected = [k.name for k in context.selected_asset_check_keys]
         location = lake.location()
         uri = location.table_uri(dataset.table_path)
-        findings = health.evaluate(dataset, location.open_table(dataset.table_path), uri, selected)
+        table = location.open_table(dataset.table_path)
+        findings = health.evaluate(dataset, table, uri, selected, storage_options=location.storage_options)
         for name, finding in findings.items():
             yield check_result(key, name, finding)
 

@@ -3,9 +3,11 @@
 import os
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from ingest_platform.engines.spark_profiles import default_profile_name
 from ingest_platform.kafka.client import KafkaConnection
+from ingest_platform.lake.storage import S3Config, is_s3, lake_location
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform.settings import Settings
 
@@ -44,20 +46,57 @@ class SparkResource(dg.ConfigurableResource):
 
     profile: str = "local"
 
-    def session(self, profile_name: str | None = None):
+    def session(self, profile_name: str | None = None, s3: bool = False):
         from ingest_platform.engines.spark_profiles import load_profile
         from ingest_platform.engines.spark_session import spark_for_profile
 
-        return spark_for_profile(load_profile(profile_name or self.profile))
+        return spark_for_profile(load_profile(profile_name or self.profile), s3=s3)
 
 
-class LakeResource(dg.ConfigurableResource):
-    """Root of the lake: tables live at ``<root>/<source>/<name>``."""
+class LakeResource(S3Resource):
+    """Root of the lake: tables live at ``<root>/<source>/<name>`` (a folder, or ``s3://bucket/prefix``).
+
+    For S3 it is dagster-aws's ``S3Resource`` (same fields: ``region_name``, ``endpoint_url``, ``use_ssl``,
+    ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``; pass secrets as ``dg.EnvVar``)
+    plus the root; fields left empty fall back to the standard AWS environment variables. ``use_ssl=False``
+    or an ``http://`` endpoint means plain http (``AWS_ALLOW_HTTP``). Not a nested resource on purpose: a
+    resource holding another one is built as a generator, which plain ``build_*_context`` calls cannot use.
+    """
 
     root: str
 
     def location(self) -> LakeLocation:
-        return LakeLocation(root=self.root)
+        if not is_s3(self.root):
+            return lake_location(self.root)
+        return lake_location(self.root, s3_config(self))
+
+
+def s3_config(s3: S3Resource) -> S3Config:
+    """The core's S3 settings from dagster-aws's resource; fields it leaves empty fall back to the environment."""
+    env = S3Config.from_env()
+    return S3Config(
+        endpoint_url=s3.endpoint_url or env.endpoint_url,
+        region=s3.region_name or env.region,
+        access_key_id=s3.aws_access_key_id or env.access_key_id,
+        secret_access_key=s3.aws_secret_access_key or env.secret_access_key,
+        session_token=s3.aws_session_token or env.session_token,
+        allow_http=(not s3.use_ssl) or env.allow_http,
+    )
+
+
+def s3_fields_from_env() -> dict[str, object]:
+    """``S3Resource`` fields: each standard AWS variable as an ``EnvVar`` when it is set (resolved at run time)."""
+    allow_http = (os.environ.get("AWS_ALLOW_HTTP") or "").strip().lower() in {"1", "true", "yes", "on"}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or ""
+    fields = {
+        "endpoint_url": _optional_env("AWS_ENDPOINT_URL"),
+        "region_name": _optional_env("AWS_REGION") or _optional_env("AWS_DEFAULT_REGION"),
+        "aws_access_key_id": _optional_env("AWS_ACCESS_KEY_ID"),
+        "aws_secret_access_key": _optional_env("AWS_SECRET_ACCESS_KEY"),
+        "aws_session_token": _optional_env("AWS_SESSION_TOKEN"),
+    }
+    return {**{k: v for k, v in fields.items() if v is not None},
+            "use_ssl": not (allow_http or endpoint.startswith("http://"))}
 
 
 def _env_or(name: str, default: str) -> str | dg.EnvVar:
@@ -79,4 +118,8 @@ def resource_definitions(settings: Settings) -> dg.Definitions:
         ssl_ca_location=_optional_env("INGEST_KAFKA_SSL_CA_LOCATION"),
     )
     spark = SparkResource(profile=default_profile_name())
-    return dg.Definitions(resources={"kafka": kafka, "lake": LakeResource(root=settings.lake_root), "spark": spark})
+    if is_s3(settings.lake_root):
+        lake = LakeResource(root=settings.lake_root, **s3_fields_from_env())
+    else:
+        lake = LakeResource(root=settings.lake_root)
+    return dg.Definitions(resources={"kafka": kafka, "lake": lake, "spark": spark})

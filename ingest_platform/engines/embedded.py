@@ -317,7 +317,7 @@ class _Run:
         for partition in advancing:
             self.data_loss.pop(partition, None)
         self.table_schema = pa.unify_schemas([self.table_schema, rows.schema]) if self.table_schema else rows.schema
-        stats = commit_stats(self.uri, version)
+        stats = commit_stats(self.uri, version, self.engine.lake.storage_options)
         report = self.report
         report.rows_written += rows.num_rows
         report.bytes_read += batch.nbytes

@@ -25,11 +25,11 @@ def resolve_engine(dataset: Dataset) -> str:
     return recommend_engine(dataset)
 
 
-def default_spark_session(profile_name: str):
+def default_spark_session(profile_name: str, s3: bool = False):
     from ingest_platform.engines.spark_profiles import load_profile
     from ingest_platform.engines.spark_session import spark_for_profile
 
-    return spark_for_profile(load_profile(profile_name))
+    return spark_for_profile(load_profile(profile_name), s3=s3)
 
 
 def run_dataset(
@@ -55,6 +55,11 @@ def run_dataset(
         from ingest_platform.engines.spark_profiles import default_profile_name
 
         profile = dataset.spark_profile or spark_profile or default_profile_name()
-        session = (spark_session or default_spark_session)(profile)
+        if spark_session is None:
+            from ingest_platform.lake.storage import is_s3
+
+            session = default_spark_session(profile, s3=is_s3(lake.root))
+        else:
+            session = spark_session(profile)
         return SparkEngine(kafka, lake, session, log=log).run(dataset, run_id=run_id)
     raise IngestError(f"dataset '{dataset.name}': unknown engine '{engine}'")

@@ -26,6 +26,7 @@ from ingest_platform.engines.run_plan import IngestError, RunPlan, plan_run
 from ingest_platform.kafka.client import CONSUMER_TUNING, KafkaConnection, commit_group_offsets
 from ingest_platform.lake.commit import RUN_METADATA_KEY, ConcurrentWriterError
 from ingest_platform.lake.ledger import app_id
+from ingest_platform.lake.storage import is_s3, s3a_conf, spark_path
 from ingest_platform.lake.tables import LakeLocation, commit_stats
 
 if TYPE_CHECKING:
@@ -101,7 +102,12 @@ class _SparkRun:
         self.report = report
         self.run_id = run_id
         self.started_at = time.time()  # run metadata: the throughput check divides records by commit - start
-        self.path = engine.lake.table_uri(dataset.table_path)
+        self.uri = engine.lake.table_uri(dataset.table_path)
+        self.path = spark_path(self.uri)  # s3:// -> s3a://
+        if is_s3(self.uri):  # this run's endpoint and credentials (and the guide's S3A tuning) for the S3A connector
+            hadoop = self.spark._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
+            for key, value in s3a_conf(engine.lake.storage_options).items():
+                hadoop.set(key, value)
         min_mb, max_mb = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
         self.target_file_bytes = int(min(max_mb, max(min_mb, PREFERRED_FILE_MB)) * 1024 * 1024)
 
@@ -309,7 +315,7 @@ class _SparkRun:
             none, none, none, none, none,
         )  # fmt: skip
         version = int(txn.commit(files, operation))
-        stats = commit_stats(self.path, version)
+        stats = commit_stats(self.uri, version, self.engine.lake.storage_options)
         self.report.commits.append(version)
         self.report.rows_written = stats.rows
         self.report.files_written = stats.files

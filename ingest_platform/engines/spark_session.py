@@ -326,26 +326,54 @@ def kafka_connector_packages() -> list[str]:
     return [f"org.apache.spark:spark-sql-kafka-0-10_{SCALA_BINARY_VERSION}:{pyspark.__version__}"]
 
 
+def hadoop_version() -> str:
+    """The Hadoop release pyspark ships (``hadoop-client-api-<version>.jar``), e.g. ``3.5.0``."""
+    import pyspark
+
+    jars = Path(pyspark.__file__).parent / "jars"
+    for jar in sorted(jars.glob("hadoop-client-api-*.jar")):
+        return jar.name[len("hadoop-client-api-") : -len(".jar")]
+    raise RuntimeError(f"no hadoop-client-api jar in {jars}: cannot pick the hadoop-aws version")
+
+
+def s3_connector_packages() -> list[str]:
+    """hadoop-aws (the S3A connector) matching pyspark's Hadoop; its POM pulls the AWS SDK v2 ``bundle``
+    (software.amazon.awssdk:bundle 2.35.4 for Hadoop 3.5.0: 686 MB, downloaded once into the Ivy cache)."""
+    return [f"org.apache.hadoop:hadoop-aws:{hadoop_version()}"]
+
+
 _SESSIONS: dict[str, SparkSession] = {}
 
 
-def spark_for_profile(profile) -> SparkSession:
+def spark_for_profile(profile, s3: bool = False) -> SparkSession:
     """The process's Spark session for a profile (deploy/spark/profiles): Delta + Kafka connectors from Maven
-    Central. One session per process: Spark cannot run two, so a second profile in one process is an error."""
+    Central, plus the S3A connector when ``s3`` (an S3 lake). One session per process: Spark cannot run two,
+    so a second profile in one process is an error; so is asking for S3 from a session started without it."""
     if profile.name in _SESSIONS:
-        return _SESSIONS[profile.name]
+        session = _SESSIONS[profile.name]
+        if s3 and not _has_s3a(session):
+            raise RuntimeError(
+                f"this process's Spark session (profile '{profile.name}') was started without the S3A connector; "
+                "an S3 lake needs a process whose first Spark session is started for it"
+            )
+        return session
     if _SESSIONS:
         running = next(iter(_SESSIONS))
         raise RuntimeError(
             f"this process already runs Spark profile '{running}'; profile '{profile.name}' needs its own process"
         )
-    extra = {**profile.conf, "spark.jars.packages": ",".join(kafka_connector_packages())}
+    packages = kafka_connector_packages() + (s3_connector_packages() if s3 else [])
+    extra = {**profile.conf, "spark.jars.packages": ",".join(packages)}
     try:
         session = _start_session(profile, extra)
     except Exception as error:  # the JVM did not start: usually a connector that Ivy could not resolve
         raise SparkConnectorError(_diagnose_connectors(profile, error)) from None
     _SESSIONS[profile.name] = session
     return session
+
+
+def _has_s3a(session: SparkSession) -> bool:
+    return "hadoop-aws" in session.sparkContext.getConf().get("spark.jars.packages", "")
 
 
 class SparkConnectorError(RuntimeError):
@@ -386,7 +414,7 @@ def _start_session(profile, extra: dict) -> SparkSession:
     else:
         ivy = default_ivy_dir()
         conf = {
-            "spark.jars.packages": ",".join(delta_spark_packages(str(ivy)) + kafka_connector_packages()),
+            "spark.jars.packages": ",".join(delta_spark_packages(str(ivy)) + extra["spark.jars.packages"].split(",")),
             "spark.jars.excludes": ",".join(PYSPARK_PROVIDED_EXCLUDES),
             "spark.jars.ivy": str(ivy),
             "spark.sql.extensions": DELTA_SQL_EXTENSION,

@@ -257,7 +257,10 @@ def check_freshness(dataset: Dataset, history: History, now: datetime | None = N
 # --- no_loss ------------------------------------------------------------------------------------------------
 
 
-def check_no_loss(dataset: Dataset, table: DeltaTable, table_uri: str, history: History) -> Finding:
+def check_no_loss(
+    dataset: Dataset, table: DeltaTable, table_uri: str, history: History,
+    storage_options: Mapping[str, str] | None = None,
+) -> Finding:
     """The ledger is contiguous per partition and every consumed record is accounted for.
 
     Per Kafka partition, each ingest commit's range must start right after the previous one ended (a gap is
@@ -278,7 +281,7 @@ def check_no_loss(dataset: Dataset, table: DeltaTable, table_uri: str, history: 
         for partition, (first, last) in commit.run["ranges"].items():
             segments[int(partition)].append((int(first), int(last), commit.version, "data"))
         if dataset.mode == "append":
-            rows = commit_stats(table_uri, commit.version).rows
+            rows = commit_stats(table_uri, commit.version, storage_options).rows
             rows_added += rows
             consumed = int(commit.run.get("records", 0))
             dead = int(commit.run.get("dead_lettered", 0))
@@ -383,7 +386,7 @@ def check_names(dataset: Dataset) -> tuple[str, ...]:
 
 def evaluate(
     dataset: Dataset, table: DeltaTable | None, table_uri: str, names: Iterable[str] | None = None,
-    now: datetime | None = None,
+    now: datetime | None = None, storage_options: Mapping[str, str] | None = None,
 ) -> dict[str, Finding]:  # fmt: skip
     """Run the named checks (default: all of the dataset's) against the table; no table -> nothing ingested
     yet: every check passes except a freshness limit."""
@@ -400,7 +403,7 @@ def evaluate(
         THROUGHPUT_SLO: lambda: check_throughput(dataset, history),
         LATENCY_SLO: lambda: check_latency(dataset, table, history),
         FRESHNESS: lambda: check_freshness(dataset, history, now),
-        NO_LOSS: lambda: check_no_loss(dataset, table, table_uri, history),
+        NO_LOSS: lambda: check_no_loss(dataset, table, table_uri, history, storage_options),
         KEY_UNIQUE: lambda: check_key_unique(dataset, table),
     }
     return {name: runners[name]() for name in selected}  # type: ignore[operator]

@@ -12,6 +12,10 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 
+class LakeAccessError(RuntimeError):
+    """The lake cannot be reached (missing bucket, bad credentials, wrong endpoint); nothing was written."""
+
+
 @dataclass(frozen=True)
 class LakeLocation:
     """The lake root (a local folder or an object-store URI) and the storage options to reach it."""
@@ -27,10 +31,23 @@ class LakeLocation:
 
     def open_table(self, table_path: str) -> DeltaTable | None:
         """The table's latest snapshot, or None when no table exists there yet."""
+        uri = self.table_uri(table_path)
         try:
-            return DeltaTable(self.table_uri(table_path), storage_options=dict(self.storage_options) or None)
+            return DeltaTable(uri, storage_options=dict(self.storage_options) or None)
         except TableNotFoundError:
             return None
+        except OSError as error:  # deltalake's I/O errors (S3: missing bucket, refused credentials, no route)
+            if "://" not in self.root:
+                raise
+            from ingest_platform.lake.storage import describe_access_error
+
+            raise LakeAccessError(describe_access_error(uri, self.storage_options, error)) from None
+
+    def filesystem(self, table_path: str = "") -> tuple[pafs.FileSystem, str]:
+        """A pyarrow filesystem with this location's endpoint and credentials, and the table's path in it."""
+        from ingest_platform.lake.storage import filesystem
+
+        return filesystem(self.table_uri(table_path).rstrip("/"), self.storage_options)
 
 
 @dataclass(frozen=True)
@@ -41,9 +58,11 @@ class CommitStats:
     oldest_event_time: datetime | None = None  # min of the files' ``_event_time`` statistics, when collected
 
 
-def commit_stats(table_uri: str, version: int) -> CommitStats:
+def commit_stats(table_uri: str, version: int, storage_options: Mapping[str, str] | None = None) -> CommitStats:
     """Files, bytes and rows added by one commit, read from that commit's log entry (O(commit), not O(table))."""
-    filesystem, base = pafs.FileSystem.from_uri(table_uri)
+    from ingest_platform.lake.storage import filesystem as filesystem_of
+
+    filesystem, base = filesystem_of(table_uri, storage_options)
     with filesystem.open_input_stream(f"{base}/_delta_log/{version:020d}.json") as stream:
         lines = stream.read().decode("utf-8").splitlines()
     files = size = rows = 0

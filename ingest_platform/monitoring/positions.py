@@ -75,7 +75,7 @@ class PositionCache:
                 check.append((request, position))
         if not check:
             return stale
-        filesystem, base = pafs.FileSystem.from_uri(self.lake.table_uri(""))
+        filesystem, base = self.lake.filesystem()
         paths = []
         for request, position in check:
             log = f"{base.rstrip('/')}/{request.table_path}/_delta_log"
