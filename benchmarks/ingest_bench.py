@@ -133,13 +133,18 @@ def engine_through_asset(bootstrap: str, topic: str, lake_root: Path) -> dict:
     return {"metadata": metadata, "materialize_wall_s": wall}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def bench_arguments(doc: str | None, results: Path) -> argparse.Namespace:
+    """The options both throughput benchmarks share: size of the topic and where results go."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=2_000_000)
     parser.add_argument("--record-bytes", type=int, default=400)
     parser.add_argument("--partitions", type=int, default=12)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=results)
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = bench_arguments(__doc__, RESULTS)
     n = args.records
 
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))

@@ -16,7 +16,6 @@ Results: benchmarks/results/spark_bench.json and .md (or --out DIR).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest_bench import make_values  # noqa: E402
+from ingest_bench import bench_arguments, make_values  # noqa: E402
 
 from ingest_platform.catalog import parse_catalog_text  # noqa: E402
 from ingest_platform.demo_data import produce  # noqa: E402
@@ -42,39 +41,25 @@ RESULTS = Path(__file__).parent / "results"
 PRIMING_RECORDS = 1200  # the first run of the steady-state table: creates it and learns the schema
 
 
-def plain_structured_streaming(spark, kafka: KafkaConnection, topic: str, path: Path) -> float:
-    """The guide's 'Structured Streaming Configuration' snippet with an availableNow trigger."""
-    started = time.perf_counter()
-    query = (
-        spark.readStream.format("kafka")
-        .options(**{k: v for k, v in kafka_source_options(kafka).items() if k.startswith("kafka.")})
-        .option("subscribe", topic)
-        .option("startingOffsets", "earliest")
-        .load()
-        .writeStream.format("delta")
-        .option("checkpointLocation", str(path / "_checkpoint"))
-        .trigger(availableNow=True)
-        .start(str(path / "table"))
-    )
-    query.awaitTermination()
-    return time.perf_counter() - started
-
-
-def plain_with_decoding(spark, kafka: KafkaConnection, topic: str, path: Path, schema) -> float:
-    """The same streaming job, but decoding the JSON with ``from_json`` (the schema our engine found): the
-    work a fair comparison adds to the guide's snippet, which stores the raw bytes."""
+def streaming_job(spark, kafka: KafkaConnection, topic: str, path: Path, schema=None) -> float:
+    """The guide's 'Structured Streaming Configuration' snippet with an availableNow trigger (raw bytes), or,
+    with ``schema``, the same job decoding the JSON with ``from_json``: the work a fair comparison adds."""
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
-    query = (
+    stream = (
         spark.readStream.format("kafka")
         .options(**{k: v for k, v in kafka_source_options(kafka).items() if k.startswith("kafka.")})
         .option("subscribe", topic)
         .option("startingOffsets", "earliest")
         .load()
-        .select(F.from_json(F.col("value").cast("string"), schema).alias("r"), "partition", "offset", "timestamp")
-        .select("r.*", "partition", "offset", "timestamp")
-        .writeStream.format("delta")
+    )
+    if schema is not None:
+        stream = stream.select(
+            F.from_json(F.col("value").cast("string"), schema).alias("r"), "partition", "offset", "timestamp"
+        ).select("r.*", "partition", "offset", "timestamp")
+    query = (
+        stream.writeStream.format("delta")
         .option("checkpointLocation", str(path / "_checkpoint"))
         .trigger(availableNow=True)
         .start(str(path / "table"))
@@ -92,12 +77,7 @@ def dataset(topic: str, name: str, engine: str, cap: int = 100_000_000):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=2_000_000)
-    parser.add_argument("--record-bytes", type=int, default=400)
-    parser.add_argument("--partitions", type=int, default=12)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = bench_arguments(__doc__, RESULTS)
     n = args.records
 
     from ingest_platform.engines.spark_profiles import load_profile
@@ -117,7 +97,7 @@ def main() -> int:
             spark.range(10).count()  # a first job, so no run pays the JVM's warm-up alone
 
             lake = LakeLocation(str(work / "lake"))
-            plain_s = plain_structured_streaming(spark, kafka, topic, work / "plain")
+            plain_s = streaming_job(spark, kafka, topic, work / "plain")
             plain_rows = spark.read.format("delta").load(str(work / "plain" / "table")).count()
 
             started = time.perf_counter()
@@ -136,7 +116,7 @@ def main() -> int:
             record_schema = spark.read.format("delta").load(lake.table_uri("bench/spark_engine")).drop(
                 *RESERVED_COLUMNS
             ).schema
-            decoded_s = plain_with_decoding(spark, kafka, topic, work / "plain_decoded", record_schema)
+            decoded_s = streaming_job(spark, kafka, topic, work / "plain_decoded", record_schema)
 
             started = time.perf_counter()
             embedded = EmbeddedEngine(kafka, lake).run(dataset(topic, "embedded_engine", "embedded"))

@@ -164,16 +164,7 @@ def resolve_broker_jars(cache_dir: Path | None = None) -> Path:
         ]
         _log.info("resolving Kafka broker jars: %s", " ".join(cmd))
         try:
-            proc = subprocess.run(
-                cmd,
-                check=False,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                timeout=_MVN_TIMEOUT_S,
-            )
+            proc = _run_captured(cmd, _MVN_TIMEOUT_S)
         except subprocess.TimeoutExpired as exc:
             raise LocalKafkaError(
                 f"mvn did not resolve the Kafka jars from {pom} within {_MVN_TIMEOUT_S:.0f} s:\n"
@@ -400,16 +391,7 @@ class LocalKafka:
             str(self.state_dir / "server.properties"),
         ]
         t0 = time.monotonic()
-        proc = subprocess.run(
-            cmd,
-            check=False,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            timeout=120,
-        )
+        proc = _run_captured(cmd, 120)
         self.timings["format_s"] = time.monotonic() - t0
         with open(self.state_dir / "logs" / "broker.out", "a") as out:
             out.write(f"--- {_now_iso()} kafka-storage format\n{proc.stdout}")
@@ -682,6 +664,14 @@ def create_topic(
                 f"topic {name!r} on {bootstrap} has no leader for every partition after {timeout} s"
             )
         time.sleep(0.1)
+
+
+def _run_captured(cmd: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """Run a tool to completion with stdout and stderr captured together (for error messages)."""
+    return subprocess.run(
+        cmd, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, errors="replace", timeout=timeout_s,
+    )  # fmt: skip
 
 
 def new_cluster_id() -> str:
