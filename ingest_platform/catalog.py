@@ -32,6 +32,10 @@ RESERVED_COLUMNS = (
     "_ingested_at",
 )
 RESERVED_PREFIX = "_kafka_"
+#: Prefix of the engine's change-data-capture columns (docs/DESIGN.md §9): ``_cdc_op``, ``_cdc_position``…
+CDC_PREFIX = "_cdc_"
+#: Suffix of dead-letter tables (``<name>_dlq``); no dataset name may end with it.
+DLQ_SUFFIX = "_dlq"
 #: Types a field may be given under ``schema:`` (Delta primitive types).
 FIELD_TYPES = ("string", "long", "integer", "double", "float", "boolean", "timestamp", "date", "binary")
 
@@ -105,6 +109,9 @@ class Dataset(_Strict):
     expected: ExpectedLoad | None = None
     lag_threshold: int | None = Field(None, gt=0)  # records behind that make the lag sensor request a run
     on_data_loss: Literal["fail", "skip"] = "fail"  # retention gap: fail loudly, or record the gap and go on
+    delete_mode: Literal["hard", "soft"] = "hard"  # upsert deletes: remove the row, or flag it (_cdc_deleted)
+    schema_evolution: Literal["additive", "strict", "quarantine"] = "additive"  # docs/DESIGN.md §9.4
+    max_dlq_ratio: float = Field(0.0, ge=0, le=1)  # share of a batch that may go to <name>_dlq; 0 = fail instead
     vacuum_retention_hours: int = Field(168, ge=0)  # files no longer in the table are deleted after this
     description: str | None = None
     owners: tuple[str, ...] = ()
@@ -114,6 +121,13 @@ class Dataset(_Strict):
     def _identifier(cls, value: str) -> str:
         if not IDENTIFIER.match(value):
             raise ValueError(f"'{value}' must start with a letter and hold only letters, digits and '_'")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _not_dead_letter_name(cls, value: str) -> str:
+        if value.endswith(DLQ_SUFFIX):
+            raise ValueError(f"'{value}' ends with '{DLQ_SUFFIX}', the suffix of dead-letter tables; pick another name")
         return value
 
     @field_validator("topic")
@@ -151,8 +165,22 @@ class Dataset(_Strict):
                     f"'{column}' is neither a derived time column ({', '.join(DERIVED_PARTITIONS)}) "
                     f"nor a field declared under 'schema:' (declare it there with its type)",
                 )
-        if self.mode == "upsert" and not self.key:
+        if self.mode == "upsert" and not self.key and self.format != "debezium":
             raise _FieldError("key", "mode 'upsert' needs the record key fields, e.g. key: [id]")
+        if self.delete_mode == "soft" and (self.mode != "upsert" or self.format != "debezium"):
+            raise _FieldError(
+                "delete_mode", "'soft' applies to Debezium upserts only (format: debezium, mode: upsert)"
+            )
+        if self.schema_evolution == "quarantine" and self.max_dlq_ratio == 0:
+            raise _FieldError(
+                "max_dlq_ratio",
+                "schema_evolution 'quarantine' sends records to the dead-letter table; allow some with "
+                "max_dlq_ratio (e.g. 0.01 for 1 % of a batch)",
+            )
+        for name in self.key:
+            _check_not_reserved(name, field="key")
+        if self.ordering_field is not None:
+            _check_not_reserved(self.ordering_field, field="ordering_field")
         if self.event_time_field is not None:
             _check_not_reserved(self.event_time_field, field="event_time_field")
         return self
@@ -165,6 +193,16 @@ class Dataset(_Strict):
     def table_path(self) -> str:
         """Table location relative to the lake root."""
         return f"{self.source}/{self.name}"
+
+    @property
+    def dlq_table_path(self) -> str:
+        """Dead-letter table location relative to the lake root (docs/DESIGN.md §9.3)."""
+        return f"{self.source}/{self.name}{DLQ_SUFFIX}"
+
+    @property
+    def dlq_name(self) -> str:
+        """The dead-letter table's name, also the dataset part of its ledger app ids."""
+        return f"{self.name}{DLQ_SUFFIX}"
 
     @property
     def group_id(self) -> str:
@@ -180,9 +218,17 @@ class _FieldError(ValueError):
         super().__init__(problem)
 
 
+def is_reserved(name: str) -> bool:
+    """Whether ``name`` belongs to the engine's own columns (docs/DESIGN.md §3, §9)."""
+    return name.startswith((RESERVED_PREFIX, CDC_PREFIX)) or name in RESERVED_COLUMNS
+
+
 def _check_not_reserved(name: str, field: str | None = None) -> None:
-    if name.startswith(RESERVED_PREFIX) or name in RESERVED_COLUMNS:
-        problem = f"'{name}' is reserved for the engine's own columns ({RESERVED_PREFIX}*, _event_time, _ingested_at)"
+    if is_reserved(name):
+        problem = (
+            f"'{name}' is reserved for the engine's own columns "
+            f"({RESERVED_PREFIX}*, {CDC_PREFIX}*, _event_time, _ingested_at)"
+        )
         raise _FieldError(field, problem) if field else ValueError(problem)
 
 

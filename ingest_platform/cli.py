@@ -89,7 +89,7 @@ def ingest(datasets, run_all, catalog_path, lake_root, bootstrap, verbose) -> No
         sys.exit(1)
 
 
-@main.command(help="Run the demo: local broker, demo topics, ~200K records, every asset materialized, a summary.")
+@main.command(help="Run the demo: local broker, demo topics, ~240K records, every asset materialized, a summary.")
 @click.option("--lake-root", default=".demo/lake", show_default=True, envvar="INGEST_DEMO_LAKE_ROOT",
               help="Where the demo lake is written (deleted first): a folder or s3://bucket/prefix, S3 settings "
                    "from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ... ($INGEST_DEMO_LAKE_ROOT).")
@@ -102,9 +102,9 @@ def demo(lake_root: str, scale: float) -> None:
     click.echo("")
     click.echo(format_table(rows))
     click.echo(f"\nlake: {root}")
-    mismatched = [row.dataset for row in rows if not (row.produced == row.records == row.table_rows)]
+    mismatched = [row.dataset for row in rows if not row.ok]
     if mismatched:
-        raise click.ClickException(f"produced, ingested and table row counts differ for {mismatched}")
+        raise click.ClickException(f"produced vs ingested records or table vs expected rows differ for {mismatched}")
 
 
 if __name__ == "__main__":

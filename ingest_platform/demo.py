@@ -1,7 +1,8 @@
-"""``make demo``: a real local broker, the demo topics, ~200K records, every asset materialized through Dagster.
+"""``make demo``: a real local broker, the demo topics, ~240K records, every asset materialized through Dagster.
 
 Prints what was ingested (records, files, MB, records/s) and the row count an independent reader
-(pyarrow over the Delta table) sees next to the count produced.
+(pyarrow over the Delta table) sees next to the count expected: the records produced for append datasets,
+the live keys of the source table for the Debezium (CDC) dataset ``users``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from ingest_platform.catalog import Catalog, load_catalog
+from ingest_platform.catalog import Catalog, Dataset, load_catalog
+from ingest_platform.cdc_data import expected_state, mysql_events, produce_events, scenario
 from ingest_platform.demo_data import produce, records
 from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.kafka.local_broker import LocalKafka, create_topic
@@ -22,8 +24,11 @@ from ingest_platform.lake.storage import is_s3, lake_location
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform.settings import DEMO_CATALOG, Settings
 
-#: Demo topics: dataset -> (partitions, records). ~200K records in all.
-DEMO_VOLUME = {"orders": (6, 100_000), "clicks": (3, 80_000), "payments": (3, 20_000)}
+#: Demo topics: dataset -> (partitions, records). ~200K records in all, plus the CDC dataset ``users``:
+#: a snapshot of that many users, then as many changes (updates, deletes with tombstones, inserts).
+DEMO_VOLUME = {"orders": (6, 100_000), "clicks": (3, 80_000), "payments": (3, 20_000), "users": (3, 20_000)}
+#: The CDC stream's hot key: one user updated this many times in a row.
+CDC_HOT_KEY_UPDATES = 50
 #: Topic settings from the guide (snappy, 1 GB segments, 7-day retention), replication 1 on one local broker.
 LOCAL_TOPIC_CONFIG = {"compression.type": "snappy", "segment.bytes": "1073741824", "retention.ms": "604800000"}
 
@@ -31,12 +36,17 @@ LOCAL_TOPIC_CONFIG = {"compression.type": "snappy", "segment.bytes": "1073741824
 @dataclass
 class DemoRow:
     dataset: str
-    produced: int
-    records: int
-    table_rows: int
+    produced: int  # Kafka records (Debezium: change events and tombstones)
+    records: int  # Kafka records the run consumed
+    table_rows: int  # rows an independent reader sees
+    expected_rows: int  # append: one per record produced; upsert: the source's live keys
     files: int
     mb: float
     records_per_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.produced == self.records and self.table_rows == self.expected_rows
 
 
 def run_demo(lake_root: Path | str, scale: float = 1.0, echo=print) -> list[DemoRow]:
@@ -51,7 +61,7 @@ def run_demo(lake_root: Path | str, scale: float = 1.0, echo=print) -> list[Demo
     with LocalKafka() as broker:
         echo(f"local Kafka broker {broker.kafka_version} on {broker.bootstrap}")
         kafka = KafkaConnection(broker.bootstrap)
-        produced = _create_and_produce(catalog, kafka, broker.bootstrap, scale, echo)
+        produced, expected_rows = _create_and_produce(catalog, kafka, broker.bootstrap, scale, echo)
         settings = Settings(catalog_path=str(DEMO_CATALOG), lake_root=lake.root, kafka_bootstrap=broker.bootstrap)
         defs = build_definitions(settings)
         echo("materializing every asset through Dagster ...")
@@ -77,11 +87,16 @@ def run_demo(lake_root: Path | str, scale: float = 1.0, echo=print) -> list[Demo
                     produced=produced[dataset.name],
                     records=int(metadata["records"]),
                     table_rows=_independent_row_count(lake, dataset.table_path),
+                    expected_rows=expected_rows[dataset.name],
                     files=int(metadata["files_written"]),
                     mb=int(metadata["bytes_written"]) / 1e6,
                     records_per_s=float(metadata["records_per_s"]),
                 )
             )
+            if dataset.format == "debezium":
+                row = rows[-1]
+                echo(f"{row.dataset}: {row.table_rows:,} rows in the table, {row.expected_rows:,} live keys in the "
+                     f"source: {'OK' if row.table_rows == row.expected_rows else 'MISMATCH'}")
     return rows
 
 
@@ -89,17 +104,41 @@ def _node_name(path: list[str]) -> str:
     return "__".join(path)
 
 
-def _create_and_produce(catalog: Catalog, kafka: KafkaConnection, bootstrap: str, scale: float, echo) -> dict[str, int]:
-    produced = {}
+def _create_and_produce(
+    catalog: Catalog, kafka: KafkaConnection, bootstrap: str, scale: float, echo
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Create the topics and produce to them; returns the records produced and the rows expected, by dataset."""
+    produced, expected_rows = {}, {}
     for dataset in catalog.datasets:
         partitions, count = DEMO_VOLUME[dataset.name]
         count = max(1, int(count * scale))
         create_topic(bootstrap, dataset.topic, partitions, LOCAL_TOPIC_CONFIG)
         started = time.monotonic()
-        produced[dataset.name] = produce(kafka, dataset.topic, records(dataset.name, count))
-        echo(f"produced {count:>7,} records to {dataset.topic} ({partitions} partitions) "
+        if dataset.format == "debezium":
+            produced[dataset.name], expected_rows[dataset.name], what = _produce_changes(kafka, dataset, count)
+        else:
+            produced[dataset.name] = expected_rows[dataset.name] = produce(
+                kafka, dataset.topic, records(dataset.name, count)
+            )
+            what = "records"
+        echo(f"produced {produced[dataset.name]:>7,} {what} to {dataset.topic} ({partitions} partitions) "
              f"in {time.monotonic() - started:.1f} s")
-    return produced
+    return produced, expected_rows
+
+
+def _produce_changes(kafka: KafkaConnection, dataset: Dataset, users: int) -> tuple[int, int, str]:
+    """Debezium MySQL events: a snapshot of ``users`` rows, then as many changes. Returns the records
+    produced, the live keys the table must end with, and what was produced (for the log line)."""
+    plan = scenario(keys=users, changes=users, hot_key_updates=CDC_HOT_KEY_UPDATES)
+    # Recent commit times: the snapshot reads 100 rows/ms and each change commits < 50 ms after the one before,
+    # so the stream ends in the last span_ms, before now.
+    span_ms = users // 100 + 50 * (len(plan) - users)
+    start_ms = int(time.time() * 1000) - span_ms - 1_000
+    events = mysql_events(plan, start_ms=start_ms)
+    state = expected_state(events)
+    produced = produce_events(kafka, dataset.topic, events)
+    ops = ", ".join(f"{count:,} {op}" for op, count in sorted(state.by_op.items()))
+    return produced, len(state.rows), f"Debezium events ({ops}, {state.tombstones:,} tombstones)"
 
 
 def _clear(lake: LakeLocation) -> None:
@@ -122,14 +161,15 @@ def _independent_row_count(lake: LakeLocation, table_path: str) -> int:
 
 
 def format_table(rows: list[DemoRow]) -> str:
+    """Per dataset: produced vs ingested records, the table's rows vs the rows expected, and OK/MISMATCH."""
     header = (
-        f"{'dataset':<24} {'produced':>9} {'records':>9} {'rows in table':>13} {'files':>5} {'MB':>7} "
-        f"{'records/s':>10}"
+        f"{'dataset':<24} {'produced':>9} {'records':>9} {'rows in table':>13} {'expected':>9} {'files':>5} "
+        f"{'MB':>7} {'records/s':>10}  check"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(
-            f"{row.dataset:<24} {row.produced:>9,} {row.records:>9,} {row.table_rows:>13,} {row.files:>5} "
-            f"{row.mb:>7.1f} {row.records_per_s:>10,.0f}"
+            f"{row.dataset:<24} {row.produced:>9,} {row.records:>9,} {row.table_rows:>13,} {row.expected_rows:>9,} "
+            f"{row.files:>5} {row.mb:>7.1f} {row.records_per_s:>10,.0f}  {'OK' if row.ok else 'MISMATCH'}"
         )
     return "\n".join(lines)

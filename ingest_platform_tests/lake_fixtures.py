@@ -46,7 +46,7 @@ def commit(
     lake: LakeLocation, dataset: Dataset, data: pa.Table, ranges: Mapping[int, tuple[int, int]],
     records: int | None = None, skipped: int = 0, run_id: str | None = None, started_at: float | None = None,
     data_loss: Mapping[int, tuple[int, int]] | None = None, ledger: Mapping[int, int] | None = None,
-    files: int = 1,
+    files: int = 1, extra: Mapping[str, object] | None = None,
 ) -> None:  # fmt: skip
     """One ingest-like commit: ``data``, the ledger at each range's end (or ``ledger``), run metadata like
     the engines' (``started_at`` only when given)."""
@@ -55,6 +55,7 @@ def commit(
         "records": records if records is not None else data.num_rows + skipped, "skipped": skipped,
         "ranges": {str(p): list(r) for p, r in ranges.items()},
     }  # fmt: skip
+    run.update(extra or {})
     if started_at is not None:
         run["started_at"] = started_at
     if data_loss:

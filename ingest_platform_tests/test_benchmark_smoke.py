@@ -27,3 +27,18 @@ def test_ingest_bench_smoke(tmp_path):
                 "serial_bound_records_per_s", "d_engine_records_per_s", "ratio_d_to_serial_bound"):
         assert result[key] > 0, key
     assert "| (d) engine through the asset |" in (tmp_path / "ingest_bench.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+def test_cdc_bench_smoke(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "cdc_bench.py"), "--keys", "300", "--changes", "600",
+         "--partitions", "2", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "cdc_bench.json").read_text())
+    assert result["c_table_rows"] == result["c_expected_live_keys"] == result["d_table_rows"]
+    assert result["d_upsert"]["rows_updated"] == result["d_steady_updates"] == 300
+    assert "| (c) upsert: last change per key + MERGE |" in (tmp_path / "cdc_bench.md").read_text()

@@ -60,7 +60,7 @@ def test_folder_loads_every_yaml_file(tmp_path):
 
 def test_demo_catalog_is_valid():
     names = [d.name for d in load_catalog(DEMO_CATALOG).datasets]
-    assert names == ["orders", "clicks", "payments"]
+    assert names == ["orders", "clicks", "payments", "users"]
 
 
 def _error(tmp_path: Path, text: str, name: str = "bad.yaml") -> CatalogError:
@@ -87,11 +87,19 @@ def _error(tmp_path: Path, text: str, name: str = "bad.yaml") -> CatalogError:
         (("format: json", "format: json\n    colour: blue"), "colour", "unknown field"),
         (("format: json", "format: json\n    schema: {amount: money}"), "schema.amount", "'string'"),
         (("format: json", "format: json\n    owners: [bob]"), "owners", "email address or 'team:"),
+        (("name: orders", "name: orders_dlq"), "name", "suffix of dead-letter tables"),
+        (("mode: append", "mode: upsert\n    key: [_cdc_op]"), "key", "reserved"),
+        (("mode: append", "mode: upsert\n    key: [id]\n    ordering_field: _kafka_offset"), "ordering_field",
+         "reserved"),
+        (("mode: append", "mode: append\n    delete_mode: soft"), "delete_mode", "Debezium upserts only"),
+        (("mode: append", "mode: append\n    schema_evolution: quarantine"), "max_dlq_ratio", "dead-letter table"),
+        (("mode: append", "mode: append\n    schema_evolution: loose"), "schema_evolution", "'strict'"),
+        (("mode: append", "mode: append\n    max_dlq_ratio: 1.5"), "max_dlq_ratio", "less than or equal to 1"),
     ],
 )
 def test_bad_dataset_field_names_file_dataset_and_field(tmp_path, change, field, words):
     error = _error(tmp_path, VALID.replace(*change))
-    name = "9orders" if "9orders" in change[1] else "orders"
+    name = next((n for n in ("9orders", "orders_dlq") if n in change[1]), "orders")
     assert error.dataset == name
     assert error.field == field
     assert words in str(error)
@@ -145,3 +153,14 @@ def test_top_level_shape_errors():
         parse_catalog_text("datasets: []\nsources: []\n", "x.yaml")
     with pytest.raises(CatalogError, match="expected a mapping"):
         parse_catalog_text("- a\n- b\n", "x.yaml")
+
+
+def test_cdc_dataset_defaults_and_key_from_the_message():
+    """Debezium upserts may leave the key to the message key; the policies have documented defaults."""
+    (users,) = parse_catalog_text(
+        "datasets:\n  - {name: users, source: inventory, topic: mysql.inventory.users, format: debezium, mode: upsert}"
+    )
+    assert users.key == ()
+    assert (users.delete_mode, users.schema_evolution, users.max_dlq_ratio) == ("hard", "additive", 0.0)
+    assert users.dlq_table_path == "inventory/users_dlq"
+    assert users.dlq_name == "users_dlq"

@@ -263,6 +263,22 @@ def test_key_unique_passes_on_unique_keys_and_fails_on_duplicates(lake):
     assert sorted(row["id"] for row in finding.metadata["sample"]) == [3, 4]
 
 
+def test_upsert_no_loss_reconciles_changes_and_key_unique_uses_the_recorded_key(lake):
+    """Upsert commits: consumed = applied + dead-lettered + skipped (rows are not comparable after a MERGE);
+    a Debezium table keyed by the message key has its key recorded in the commit metadata."""
+    ds = dataset_from_yaml(
+        "datasets:\n  - {name: cdc, source: s, topic: t, format: debezium, mode: upsert, max_dlq_ratio: 0.5}"
+    )
+    counts = {"applied": 7, "dead_lettered": 2, "key": ["id"]}
+    commit(lake, ds, rows({0: range(0, 5)}, ids=range(5)), {0: (0, 9)}, records=10, skipped=1, extra=counts)
+    assert evaluate(lake, ds, "no_loss").passed and evaluate(lake, ds, "key_unique").passed
+    commit(lake, ds, rows({0: range(10, 12)}, ids=[1, 2]), {0: (10, 19)}, records=10, skipped=0, extra=counts)
+    finding = evaluate(lake, ds, "no_loss")
+    assert not finding.passed
+    assert finding.metadata["problems"][0]["problem"] == "consumed != applied + dead-lettered + skipped"
+    assert evaluate(lake, ds, "key_unique").metadata["duplicated_keys"] == 2
+
+
 # --- through Dagster ----------------------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ def test_demo_catalog_becomes_one_asset_per_dataset(tmp_path):
     defs = build_definitions(demo_settings(tmp_path))
     graph = defs.resolve_asset_graph()
     keys = sorted(key.to_user_string() for key in graph.get_all_asset_keys())
-    assert keys == ["lake/billing/payments", "lake/shop/clicks", "lake/shop/orders"]
+    assert keys == ["lake/billing/payments", "lake/inventory/users", "lake/shop/clicks", "lake/shop/orders"]
     orders = graph.get(dg.AssetKey(["lake", "shop", "orders"]))
     assert orders.group_name == "shop"
     assert orders.kinds == {"kafka", "delta"}
@@ -45,7 +45,7 @@ def test_demo_catalog_becomes_one_asset_per_dataset(tmp_path):
     pools = {
         key.to_user_string(): defs.resolve_assets_def(key).op.pool for key in graph.get_all_asset_keys()
     }
-    assert len(set(pools.values())) == 3  # each dataset in its own pool
+    assert len(set(pools.values())) == 4  # each dataset in its own pool
     assert pools["lake/shop/orders"] == pool_name(orders_dataset()) == "ingest.shop.orders"
 
 

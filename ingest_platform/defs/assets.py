@@ -52,12 +52,24 @@ def build_ingest_asset(dataset: Dataset) -> dg.AssetsDefinition:
 
 def materialization_metadata(report: RunReport, table_rows: int) -> dict[str, object]:
     """Plain numbers where the UI should plot them over time."""
+    upsert_metadata = {
+        name: dg.MetadataValue.int(getattr(report, name))
+        for name in ("rows_inserted", "rows_updated", "rows_deleted")
+        if getattr(report, name)
+    }
+    if report.dlq_commits:
+        upsert_metadata["dlq_commits"] = dg.MetadataValue.json(report.dlq_commits)
     return {
         "dagster/row_count": dg.MetadataValue.int(table_rows),
         "dagster/uri": dg.MetadataValue.path(report.table_uri),
         "records": dg.MetadataValue.int(report.records),
         "rows_written": dg.MetadataValue.int(report.rows_written),
         "skipped": dg.MetadataValue.int(report.skipped),
+        "applied": dg.MetadataValue.int(report.applied),
+        "dead_lettered": dg.MetadataValue.int(report.dead_lettered),
+        "records_reconcile": dg.MetadataValue.bool(
+            report.records == report.applied + report.dead_lettered + report.skipped
+        ),
         "bytes": dg.MetadataValue.int(report.bytes_read),
         "files_written": dg.MetadataValue.int(report.files_written),
         "bytes_written": dg.MetadataValue.int(report.bytes_written),
@@ -68,10 +80,13 @@ def materialization_metadata(report: RunReport, table_rows: int) -> dict[str, ob
         "lag_after_run": dg.MetadataValue.int(report.lag_after),
         "delta_commits": dg.MetadataValue.json(report.commits),
         "offsets": dg.MetadataValue.json(
-            {str(p.partition): {"first": p.first_offset, "last": p.last_offset, "records": p.records}
-             for p in report.partitions}
+            {
+                str(p.partition): {"first": p.first_offset, "last": p.last_offset, "records": p.records}
+                for p in report.partitions
+            }
         ),
         "engine": dg.MetadataValue.text(report.engine),
+        **upsert_metadata,
     }
 
 

@@ -10,12 +10,13 @@ import io
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-from ingest_platform.catalog import RESERVED_COLUMNS, RESERVED_PREFIX
+from ingest_platform.catalog import is_reserved
 
 UTC_MICROS = pa.timestamp("us", tz="UTC")
 
@@ -43,34 +44,115 @@ class SchemaConflict(ValueError):
     """A field's type in new records differs from the table's; the message names the field and both types."""
 
 
-def decode_json(values: Sequence[bytes], fields: Mapping[str, str], locate: Callable[[int], str]) -> pa.Table:
-    """One row per value. ``fields`` fixes types (catalog ``schema:``); ``locate(i)`` describes value ``i``."""
-    explicit = pa.schema(
-        [(name, pa.string() if kind in _READ_AS_STRING else FIELD_ARROW_TYPES[kind]) for name, kind in fields.items()]
+def declared_schema(fields: Mapping[str, str], known: Mapping[str, pa.DataType] | None = None) -> pa.Schema:
+    """The types Arrow's reader is given: ``known`` primitive types (the table's), overridden by ``fields``."""
+    types = {name: kind for name, kind in (known or {}).items() if _is_primitive(kind)}
+    for name, kind in fields.items():
+        types[name] = pa.string() if kind in _READ_AS_STRING else FIELD_ARROW_TYPES[kind]
+    return pa.schema(list(types.items()))
+
+
+def _is_primitive(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+        or (pa.types.is_string(kind))
     )
+
+
+def read_json_values(values: Sequence[bytes], explicit: pa.Schema) -> pa.Table:
+    """Arrow's bulk JSON reader over the values (one per line); raises ``pa.ArrowInvalid`` as Arrow does."""
     payload = b"\n".join(values)
     # Values with raw newlines inside (pretty-printed JSON) need the slower reader mode.
     newlines_inside = payload.count(b"\n") != len(values) - 1
     block_size = max(_READ_BLOCK_BYTES, _largest(values) + 1)
-    try:
-        table = pajson.read_json(
-            io.BytesIO(payload),
-            read_options=pajson.ReadOptions(block_size=block_size),
-            parse_options=pajson.ParseOptions(
-                explicit_schema=explicit, unexpected_field_behavior="infer", newlines_in_values=newlines_inside
-            ),
-        )
-    except pa.ArrowInvalid as error:
-        # Arrow numbers rows within a block, so a row number names a record only for a one-block batch.
-        _raise_for_first_bad_value(values, locate, str(error), rows_are_exact=len(payload) <= block_size)
-        raise DecodeError(f"the batch could not be decoded as JSON: {error}") from None
+    table = pajson.read_json(
+        io.BytesIO(payload),
+        read_options=pajson.ReadOptions(block_size=block_size),
+        parse_options=pajson.ParseOptions(
+            explicit_schema=explicit, unexpected_field_behavior="infer", newlines_in_values=newlines_inside
+        ),
+    )
     if table.num_rows != len(values):
-        _raise_for_first_bad_value(values, locate, "each record value must be exactly one JSON object", False)
-        raise DecodeError(f"decoded {table.num_rows} rows from {len(values)} values")
-    for name in table.column_names:
-        if name.startswith(RESERVED_PREFIX) or name in RESERVED_COLUMNS:
+        raise pa.ArrowInvalid(f"decoded {table.num_rows} rows from {len(values)} values")
+    return table
+
+
+def decode_json(values: Sequence[bytes], fields: Mapping[str, str], locate: Callable[[int], str]) -> pa.Table:
+    """One row per value. ``fields`` fixes types (catalog ``schema:``); ``locate(i)`` describes value ``i``."""
+    try:
+        table = read_json_values(values, declared_schema(fields))
+    except pa.ArrowInvalid as error:
+        raise_unreadable(values, locate, error)
+    check_not_reserved(table.column_names)
+    return convert_declared(table, fields, locate)
+
+
+def raise_unreadable(values: Sequence[bytes], locate: Callable[[int], str], error: Exception) -> NoReturn:
+    """The ``DecodeError`` for a batch Arrow could not read, naming the first bad value where possible."""
+    payload_bytes = sum(len(v) + 1 for v in values)
+    block_size = max(_READ_BLOCK_BYTES, _largest(values) + 1)
+    # Arrow numbers rows within a block, so a row number names a record only for a one-block batch.
+    _raise_for_first_bad_value(values, locate, str(error), rows_are_exact=payload_bytes <= block_size)
+    raise DecodeError(f"the batch could not be decoded as JSON: {error}") from None
+
+
+def check_not_reserved(names: Sequence[str]) -> None:
+    for name in names:
+        if is_reserved(name):
             raise DecodeError(f"records carry field '{name}', a name reserved for the engine's columns")
-    return _convert_declared(table, fields, locate)
+
+
+def decode_json_tolerant(values: Sequence[bytes], explicit: pa.Schema) -> tuple[pa.Table, list[int], dict[int, str]]:
+    """Like ``decode_json``'s reading, but bad values are set aside instead of failing the batch.
+
+    Bisects the batch: halves that Arrow reads are kept, a single value it cannot read is bad, with the
+    reason. Returns (rows of the good values, their indices, {index: reason}). Only used after the bulk
+    read failed and the dataset dead-letters (``max_dlq_ratio`` > 0): it costs about log2(n) extra reads
+    per bad value. Raises ``DecodeError`` when the good values disagree on an undeclared field's type.
+    """
+    tables: list[pa.Table] = []
+    good: list[int] = []
+    bad: dict[int, str] = {}
+
+    def read(low: int, high: int) -> None:
+        try:
+            tables.append(read_json_values(values[low:high], explicit))
+            good.extend(range(low, high))
+        except pa.ArrowInvalid as error:
+            if high - low == 1:
+                bad[low] = _why_unreadable(values[low], str(error))
+            else:
+                middle = (low + high) // 2
+                read(low, middle)
+                read(middle, high)
+
+    if values:
+        read(0, len(values))
+    if not tables:
+        return pa.table({}), good, bad
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise DecodeError(
+            f"records disagree on a field's type: {error}. Declare the field's type under 'schema:' in the catalog."
+        ) from None
+    return table, good, bad
+
+
+def _why_unreadable(value: bytes, arrow_error: str) -> str:
+    try:
+        parsed = json.loads(value)
+    except ValueError as error:
+        return f"value is not valid JSON ({error})"
+    if not isinstance(parsed, dict):
+        return f"value must be a JSON object, got {type(parsed).__name__}"
+    column = re.search(r"Column\((/[^)]*)\) changed from (\w+) to (\w+)", arrow_error)
+    if column:
+        path, expected, got = column.groups()
+        return f"field '{path.strip('/').replace('/', '.')}' is a {got}, the table stores a {expected}"
+    return f"value does not fit the table's schema ({arrow_error})"
 
 
 def _largest(values: Sequence[bytes]) -> int:
@@ -98,7 +180,7 @@ def _raise_for_first_bad_value(
     )
 
 
-def _convert_declared(table: pa.Table, fields: Mapping[str, str], locate: Callable[[int], str]) -> pa.Table:
+def convert_declared(table: pa.Table, fields: Mapping[str, str], locate: Callable[[int], str]) -> pa.Table:
     for name, kind in fields.items():
         if kind in _READ_AS_STRING and name in table.column_names:
             index = table.column_names.index(name)
@@ -121,9 +203,7 @@ def _cast_or_raise(column: pa.ChunkedArray, target: pa.DataType, name: str) -> p
         raise DecodeError(f"field '{name}' cannot be read as {target}: {error}") from None
 
 
-def parse_timestamps(
-    column: pa.ChunkedArray, name: str, locate: Callable[[int], str] | None = None
-) -> pa.ChunkedArray:
+def parse_timestamps(column: pa.ChunkedArray, name: str, locate: Callable[[int], str] | None = None) -> pa.ChunkedArray:
     """Timestamps (UTC, µs) from ISO-8601 strings (with or without zone; none means UTC), epoch seconds or
     milliseconds (numbers above 1e11 are milliseconds), or Arrow timestamps."""
     kind = column.type
@@ -208,6 +288,57 @@ def align_to_table(batch: pa.Table, table_schema: pa.Schema | None, describe: st
             f"Fix the producer, or declare the field's type under 'schema:' in the catalog."
         )
     return batch
+
+
+def schema_differences(batch: pa.Schema, table: pa.Schema) -> tuple[list[str], dict[str, pa.DataType]]:
+    """Top-level fields the table lacks, and fields whose batch type cannot be stored in the table's type
+    (name -> the table's type). New fields inside structs are not counted (Delta's schema merge adds them).
+    """
+    existing = {field.name: field.type for field in table}
+    new: list[str] = []
+    changed: dict[str, pa.DataType] = {}
+    for field in batch:
+        target = existing.get(field.name)
+        if target is None:
+            new.append(field.name)
+        elif field.type != target and not _fits(field.type, target):
+            if not (_is_nested(field.type) and _is_nested(target)):
+                changed[field.name] = target
+    return new, changed
+
+
+def salvage(column: pa.ChunkedArray | pa.Array, target: pa.DataType) -> tuple[pa.Array, list[int]]:
+    """The values of a column whose batch type differs from the table's that still fit ``target`` one by one,
+    and the rows that do not (for the dead-letter table). Numbers convert to numbers without loss (2.0 to
+    a long, not 2.5) and strings to timestamps or dates (ISO-8601); nothing else does: a quoted number is
+    not a number, as in Spark's JSON reader, so both engines dead-letter the same records.
+    """
+    values = column.to_pylist()
+    source = column.type
+    convertible = (_is_number(source) and _is_number(target)) or (
+        pa.types.is_string(source) and (pa.types.is_timestamp(target) or pa.types.is_date(target))
+    )
+    out: list[object] = []
+    bad: list[int] = []
+    for row, value in enumerate(values):
+        if value is None:
+            out.append(None)
+            continue
+        try:
+            if not convertible:
+                raise pa.ArrowInvalid("not convertible")
+            if pa.types.is_timestamp(target):
+                out.append(parse_timestamps(pa.chunked_array([pa.array([value], source)]), "value")[0].as_py())
+            else:
+                out.append(pa.array([value], source).cast(target)[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, DecodeError):
+            out.append(None)
+            bad.append(row)
+    return pa.array(out, target), bad
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
 
 
 def _is_nested(kind: pa.DataType) -> bool:

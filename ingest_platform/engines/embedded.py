@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -19,12 +19,22 @@ import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ingest_platform.catalog import Dataset
-from ingest_platform.engines import decode
+from ingest_platform.engines.batch_rows import ENGINE_COLUMN_TYPES, KafkaRecords, to_rows
+from ingest_platform.engines.changes import (
+    CDC_OP,
+    DELETE_OP,
+    last_change_per_key,
+    merge_clauses,
+    order_column,
+    quote_datafusion,
+    with_table_columns,
+)
 from ingest_platform.engines.planning import PartitionRange
 from ingest_platform.engines.report import PartitionProgress, RunReport
 from ingest_platform.engines.run_plan import IngestError, plan_run
 from ingest_platform.kafka.client import KafkaConnection, commit_group_offsets
-from ingest_platform.lake.commit import AppendRequest, append_with_ledger
+from ingest_platform.lake.commit import AppendRequest, append_with_ledger, merge_with_ledger
+from ingest_platform.lake.dead_letters import write_dead_letters
 from ingest_platform.lake.tables import LakeLocation, commit_stats
 
 ENGINE_NAME = "embedded"
@@ -51,12 +61,17 @@ class _Batch:
     def records(self) -> int:
         return len(self.offsets) + len(self.skipped)
 
+    def kafka_records(self, topic: str) -> KafkaRecords:
+        return KafkaRecords(topic, self.values, self.partitions, self.offsets, self.timestamps, self.keys)
+
     def progress(self) -> dict[int, tuple[int, int]]:
         """Per partition: (last offset covered, records consumed) by this batch."""
         result: dict[int, tuple[int, int]] = {}
         if self.offsets:
-            grouped = pa.table({"p": self.partitions, "o": self.offsets}).group_by("p").aggregate(
-                [("o", "max"), ("o", "count")]
+            grouped = (
+                pa.table({"p": self.partitions, "o": self.offsets})
+                .group_by("p")
+                .aggregate([("o", "max"), ("o", "count")])
             )
             for p, last, count in zip(*(grouped[c].to_pylist() for c in ("p", "o_max", "o_count"))):
                 result[p] = (last, count)
@@ -121,11 +136,6 @@ class EmbeddedEngine:
         self.idle_timeout_s = idle_timeout_s
 
     def run(self, dataset: Dataset, run_id: str | None = None) -> RunReport:
-        if dataset.format != "json" or dataset.mode != "append":
-            raise IngestError(
-                f"dataset '{dataset.name}': format '{dataset.format}' with mode '{dataset.mode}' is not supported by "
-                "the embedded engine yet (json + append is); CDC datasets come with the Debezium work."
-            )
         return _Run(self, dataset, run_id or uuid.uuid4().hex).execute()
 
 
@@ -275,7 +285,7 @@ class _Run:
         committer.hand_off(batch)
 
     def _commit(self, batch: _Batch, consumer: Consumer) -> None:
-        """One Delta commit for the batch, then the monitoring commit to the consumer group."""
+        """The batch's dead letters (if any), its Delta commit, then the monitoring commit to the group."""
         dataset = self.dataset
         progress = batch.progress()
         for partition, (_, count) in progress.items():
@@ -287,8 +297,28 @@ class _Run:
         if not advancing or not batch.values:
             # Nothing to write. Offsets that carried no row are re-read next run (harmless: they hold no data).
             return
-        rows = self._to_arrow(batch)
-        rows = decode.align_to_table(rows, self.table_schema, self._describe(batch))
+        decoded = to_rows(dataset, batch.kafka_records(dataset.topic), self.table_schema)
+        rows = decoded.rows
+        metadata = {
+            "run_id": self.run_id,
+            "engine": ENGINE_NAME,
+            "topic": dataset.topic,
+            "records": consumed,
+            "applied": rows.num_rows,
+            "dead_lettered": len(decoded.bad),
+            "skipped": len(batch.skipped),
+            "started_at": round(self.started_at, 3),
+            "ranges": {
+                str(p): [max(self.ledger.get(p, -1) + 1, self.first_offsets[p]), o] for p, o in advancing.items()
+            },
+            **self._data_loss_metadata(advancing),
+        }
+        if dataset.mode == "upsert":
+            metadata["key"] = list(decoded.key)
+        if decoded.bad:
+            self._dead_letter(decoded.bad, consumed, advancing, metadata)
+        if rows.num_rows == 0:
+            rows = self._empty_rows()  # every record dead-lettered: the ledger still moves past them
         request = AppendRequest(
             dataset=dataset.name,
             table_path=dataset.table_path,
@@ -296,22 +326,14 @@ class _Run:
             rows=rows,
             covered=advancing,
             expected_ledger=self.ledger,
-            run_metadata={
-                "run_id": self.run_id,
-                "engine": ENGINE_NAME,
-                "topic": dataset.topic,
-                "records": consumed,
-                "skipped": len(batch.skipped),
-                "started_at": round(self.started_at, 3),
-                "ranges": {
-                    str(p): [max(self.ledger.get(p, -1) + 1, self.first_offsets[p]), o] for p, o in advancing.items()
-                },
-                **self._data_loss_metadata(advancing),
-            },
+            run_metadata=metadata,
             target_file_size=self.target_file_size,
             description=dataset.description,
         )
-        version = append_with_ledger(self.engine.lake, request)
+        if dataset.mode == "upsert":
+            version, rows = self._upsert(request, decoded.key)
+        else:
+            version = append_with_ledger(self.engine.lake, request)
         committed_at = datetime.now(timezone.utc)
         self.ledger.update(advancing)
         for partition in advancing:
@@ -319,20 +341,69 @@ class _Run:
         self.table_schema = pa.unify_schemas([self.table_schema, rows.schema]) if self.table_schema else rows.schema
         stats = commit_stats(self.uri, version, self.engine.lake.storage_options)
         report = self.report
+        report.applied += decoded.rows.num_rows
         report.rows_written += rows.num_rows
         report.bytes_read += batch.nbytes
         report.files_written += stats.files
         report.bytes_written += stats.bytes
         report.commits.append(version)
-        oldest = pc.min(rows["_event_time"]).as_py()
+        oldest = pc.min(decoded.rows["_event_time"]).as_py() if decoded.rows.num_rows else None
         if oldest is not None:
             lag = (committed_at - oldest).total_seconds()
             report.max_event_to_commit_lag_s = max(lag, report.max_event_to_commit_lag_s or lag)
         self.log.info(
             f"{dataset.name}: committed version {version}: {rows.num_rows} rows, {stats.files} files, "
-            f"ledger {dict(sorted(advancing.items()))}"
+            f"{len(decoded.bad)} dead-lettered, ledger {dict(sorted(advancing.items()))}"
         )
         self._commit_group(consumer, advancing)
+
+    def _dead_letter(self, bad: list, consumed: int, advancing: dict[int, int], metadata: dict) -> None:
+        """Within ``max_dlq_ratio``: into ``<name>_dlq`` first (its own ledger); above it: fail, commit nothing."""
+        dataset = self.dataset
+        ratio = len(bad) / consumed
+        if ratio > dataset.max_dlq_ratio:
+            first = "; ".join(f"{dataset.topic}[{r.partition}] offset {r.offset}: {r.error}" for r in bad[:3])
+            allowed = (
+                f"max_dlq_ratio is {dataset.max_dlq_ratio:g}"
+                if dataset.max_dlq_ratio
+                else "max_dlq_ratio is 0: dead-lettering is off"
+            )
+            raise IngestError(
+                f"dataset '{dataset.name}': {len(bad)} of {consumed} records ({ratio:.1%}) cannot be applied, and "
+                f"{allowed}. First: {first}. Fix the producer, or raise max_dlq_ratio in the catalog to send such "
+                "records to the dead-letter table. Nothing was committed for this batch."
+            )
+        version, added = write_dead_letters(self.engine.lake, dataset, bad, advancing, metadata)
+        if version is not None:
+            self.report.dlq_commits.append(version)
+        self.report.dead_lettered += len(bad)
+        self.log.warning(
+            f"{dataset.name}: {len(bad)} records dead-lettered to {dataset.dlq_table_path} ({added} new); "
+            f"first: {dataset.topic}[{bad[0].partition}] offset {bad[0].offset}: {bad[0].error}"
+        )
+
+    def _upsert(self, request: AppendRequest, key: tuple[str, ...]) -> tuple[int, pa.Table]:
+        """The batch's last change per key, MERGEd (or, for a new table, appended) with the ledger advance."""
+        dataset = self.dataset
+        changes = last_change_per_key(request.rows, key, order_column(dataset))
+        if self.table_schema is None:
+            if dataset.format == "debezium" and dataset.delete_mode == "hard":
+                changes = changes.filter(pc.not_equal(changes[CDC_OP], DELETE_OP))
+            version = append_with_ledger(self.engine.lake, replace(request, rows=changes))
+            self.report.rows_inserted += changes.num_rows
+            return version, changes
+        changes = with_table_columns(changes, self.table_schema)
+        clauses = merge_clauses(dataset, key, changes.column_names, quote_datafusion)
+        version, metrics = merge_with_ledger(self.engine.lake, replace(request, rows=changes), clauses)
+        self.report.rows_inserted += int(metrics.get("num_target_rows_inserted", 0))
+        self.report.rows_updated += int(metrics.get("num_target_rows_updated", 0))
+        self.report.rows_deleted += int(metrics.get("num_target_rows_deleted", 0))
+        return version, changes
+
+    def _empty_rows(self) -> pa.Table:
+        if self.table_schema is not None:
+            return self.table_schema.empty_table()
+        return pa.schema([(name, kind) for name, kind in ENGINE_COLUMN_TYPES.items()]).empty_table()
 
     def _data_loss_metadata(self, advancing: dict[int, int]) -> dict[str, object]:
         """``data_loss: {"<p>": [first lost, last lost]}`` for skipped gaps this commit moves past."""
@@ -343,75 +414,3 @@ class _Run:
         """Monitoring only (docs/DESIGN.md §2 step 6): a failure is logged, never fatal."""
         next_offsets = {p: o + 1 for p, o in advancing.items()}
         commit_group_offsets(consumer, self.dataset.topic, next_offsets, f"dataset '{self.dataset.name}'", self.log)
-
-    def _describe(self, batch: _Batch) -> str:
-        spans = {}
-        for partition, offset in zip(batch.partitions, batch.offsets):
-            low, high = spans.get(partition, (offset, offset))
-            spans[partition] = (min(low, offset), max(high, offset))
-        return "records " + ", ".join(f"{self.dataset.topic}[{p}] {lo}..{hi}" for p, (lo, hi) in sorted(spans.items()))
-
-    def _to_arrow(self, batch: _Batch) -> pa.Table:
-        dataset = self.dataset
-        n = len(batch.values)
-
-        def locate(index: int) -> str:
-            return (
-                f"dataset '{dataset.name}', record {dataset.topic}[{batch.partitions[index]}] "
-                f"offset {batch.offsets[index]}"
-            )
-
-        try:
-            records = decode.decode_json(batch.values, dataset.fields, locate)
-            records = decode.normalize_for_delta(records)
-        except decode.DecodeError as error:
-            message = str(error)
-            if not message.startswith("dataset '"):
-                message = f"dataset '{dataset.name}', {self._describe(batch)}: {message}"
-            raise IngestError(message + " Nothing was committed for this batch.") from None
-        for name, kind in dataset.fields.items():
-            if name not in records.column_names:
-                records = records.append_column(
-                    pa.field(name, decode.FIELD_ARROW_TYPES[kind]), pa.nulls(n, decode.FIELD_ARROW_TYPES[kind])
-                )
-        stamps = pa.array(batch.timestamps, pa.int64())
-        kafka_time = pc.cast(
-            pc.multiply(pc.if_else(pc.less(stamps, 0), None, stamps), 1000), pa.int64()
-        ).cast(decode.UTC_MICROS)
-        event_time = kafka_time
-        if dataset.event_time_field and dataset.event_time_field in records.column_names:
-            try:
-                parsed = decode.parse_timestamps(records[dataset.event_time_field], dataset.event_time_field, locate)
-            except decode.DecodeError as error:
-                raise IngestError(f"{error}. Nothing was committed for this batch.") from None
-            event_time = pc.coalesce(parsed.combine_chunks(), kafka_time)
-        derived = _derived_partitions(event_time)
-        for name in dataset.partition_by:
-            if name in derived:
-                if name in records.column_names:
-                    records = records.drop_columns([name])
-                records = records.append_column(name, derived[name])
-        ingested_at = pa.scalar(datetime.now(timezone.utc), decode.UTC_MICROS)
-        reserved = {
-            "_kafka_topic": pa.repeat(pa.scalar(dataset.topic, pa.string()), n),
-            "_kafka_partition": pa.array(batch.partitions, pa.int32()),
-            "_kafka_offset": pa.array(batch.offsets, pa.int64()),
-            "_kafka_timestamp": kafka_time,
-            "_kafka_key": pa.array(batch.keys, pa.binary()),
-            "_event_time": event_time,
-            "_ingested_at": pa.repeat(ingested_at, n),
-        }
-        for name, column in reserved.items():
-            records = records.append_column(name, column)
-        return records
-
-
-def _derived_partitions(event_time: pa.Array) -> dict[str, pa.Array]:
-    return {
-        "year": pc.year(event_time).cast(pa.int32()),
-        "month": pc.month(event_time).cast(pa.int32()),
-        "day": pc.day(event_time).cast(pa.int32()),
-        "hour": pc.hour(event_time).cast(pa.int32()),
-        "date": pc.cast(event_time, pa.date32()),
-    }
-

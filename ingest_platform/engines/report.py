@@ -20,7 +20,13 @@ class RunReport:
     table_uri: str
     records: int = 0  # Kafka records consumed
     rows_written: int = 0
-    skipped: int = 0  # records without a value (null), covered by the ledger but not written
+    skipped: int = 0  # records without a value (null; Debezium tombstones), covered by the ledger, not written
+    applied: int = 0  # records decoded into rows (append) or changes (upsert, incl. ones a later change superseded)
+    dead_lettered: int = 0  # records this run sent to <name>_dlq (records = applied + dead_lettered + skipped)
+    rows_inserted: int = 0  # upsert: rows the MERGEs inserted / updated / deleted
+    rows_updated: int = 0
+    rows_deleted: int = 0
+    dlq_commits: list[int] = field(default_factory=list)  # versions of <name>_dlq this run created
     bytes_read: int = 0  # key + value bytes consumed
     files_written: int = 0
     bytes_written: int = 0

@@ -1,11 +1,11 @@
-"""Appending rows and their offsets to a Delta table in one commit (docs/DESIGN.md §2)."""
+"""Appending or merging rows and their offsets into a Delta table in one commit (docs/DESIGN.md §2, §9.2)."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
@@ -40,19 +40,24 @@ class AppendRequest:
     description: str | None = None
 
 
+@dataclass(frozen=True)
+class MergeClauses:
+    """A MERGE of a batch (alias ``s``) into the table (alias ``t``), as SQL text (built by engines/changes.py)."""
+
+    on: str
+    update_all_when: str  # matched, not a delete, guard holds: update every column
+    delete_when: str | None  # hard deletes: matched delete, guard holds
+    soft_delete_when: str | None  # soft deletes: matched delete, guard holds: update ``soft_delete_set``
+    soft_delete_set: dict[str, str]
+    insert_when: str | None  # not matched: insert all columns when this holds (None: always)
+
+
 def append_with_ledger(lake: LakeLocation, request: AppendRequest) -> int:
     """Append ``request.rows`` and advance the ledger in one Delta commit; returns the commit's version."""
     table = lake.open_table(request.table_path)
     uri = lake.table_uri(request.table_path)
     if table is not None:
-        _check_partitioning(table, request, uri)
-        now = read_ledger(table, request.dataset, request.covered)
-        expected = {p: o for p, o in request.expected_ledger.items() if p in request.covered}
-        if now != expected:
-            raise ConcurrentWriterError(
-                f"dataset '{request.dataset}': the ledger of {uri} moved from {expected} to {now} during this run; "
-                "another writer is ingesting this dataset. Nothing was committed by this run."
-            )
+        _check_before_commit(table, request, uri)
     token = uuid.uuid4().hex
     metadata = {**request.run_metadata, "commit_token": token}
     try:
@@ -83,6 +88,65 @@ def append_with_ledger(lake: LakeLocation, request: AppendRequest) -> int:
     return _version_of(lake, request.table_path, token)
 
 
+def merge_with_ledger(lake: LakeLocation, request: AppendRequest, clauses: MergeClauses) -> tuple[int, dict]:
+    """MERGE ``request.rows`` into the existing table and advance the ledger in the same commit.
+
+    Returns the commit's version and deltalake's merge metrics (rows inserted, updated, deleted…).
+    """
+    table = lake.open_table(request.table_path)
+    uri = lake.table_uri(request.table_path)
+    if table is None:
+        raise LakeWriteError(f"dataset '{request.dataset}': {uri} does not exist; a MERGE needs the table")
+    _check_before_commit(table, request, uri)
+    token = uuid.uuid4().hex
+    metadata = {**request.run_metadata, "commit_token": token}
+    try:
+        merger = table.merge(
+            source=request.rows,
+            predicate=clauses.on,
+            source_alias="s",
+            target_alias="t",
+            merge_schema=True,
+            writer_properties=WRITER_PROPERTIES,
+            commit_properties=CommitProperties(
+                app_transactions=ledger_transactions(request.dataset, request.covered),
+                custom_metadata={RUN_METADATA_KEY: json.dumps(metadata, sort_keys=True)},
+            ),
+        ).when_matched_update_all(predicate=clauses.update_all_when)
+        if clauses.delete_when:
+            merger = merger.when_matched_delete(predicate=clauses.delete_when)
+        if clauses.soft_delete_when:
+            merger = merger.when_matched_update(updates=clauses.soft_delete_set, predicate=clauses.soft_delete_when)
+        metrics = merger.when_not_matched_insert_all(predicate=clauses.insert_when).execute()
+    except SchemaMismatchError as error:
+        raise LakeWriteError(
+            f"dataset '{request.dataset}': the changes do not fit the schema of {uri}: {error}. Nothing was committed."
+        ) from None
+    except (DeltaError, OSError) as error:
+        raise LakeWriteError(
+            f"dataset '{request.dataset}': the Delta MERGE into {uri} failed: {error}. Nothing was committed."
+        ) from None
+    version = _find_version(lake, request.table_path, token)
+    if version is None:
+        # Every change lost to the guard (older than the table's rows): deltalake commits nothing, but the
+        # ledger must still move past these offsets, so record them in an empty commit.
+        empty = pa.schema(table.schema().to_arrow()).empty_table()
+        version = append_with_ledger(lake, replace(request, rows=empty))
+    return version, metrics
+
+
+def _check_before_commit(table: DeltaTable, request: AppendRequest, uri: str) -> None:
+    """Same partitioning as the catalog says, and the ledger still where this run read it."""
+    _check_partitioning(table, request, uri)
+    now = read_ledger(table, request.dataset, request.covered)
+    expected = {p: o for p, o in request.expected_ledger.items() if p in request.covered}
+    if now != expected:
+        raise ConcurrentWriterError(
+            f"dataset '{request.dataset}': the ledger of {uri} moved from {expected} to {now} during this run; "
+            "another writer is ingesting this dataset. Nothing was committed by this run."
+        )
+
+
 def _check_partitioning(table: DeltaTable, request: AppendRequest, uri: str) -> None:
     existing = list(table.metadata().partition_columns)
     if existing != list(request.partition_by):
@@ -93,6 +157,13 @@ def _check_partitioning(table: DeltaTable, request: AppendRequest, uri: str) -> 
 
 
 def _version_of(lake: LakeLocation, table_path: str, token: str) -> int:
+    version = _find_version(lake, table_path, token)
+    if version is None:
+        raise LakeWriteError(f"the commit just written to {lake.table_uri(table_path)} is missing from its history")
+    return version
+
+
+def _find_version(lake: LakeLocation, table_path: str, token: str) -> int | None:
     """The version of the commit carrying ``token`` (another writer may have committed right after it)."""
     table = lake.open_table(table_path)
     assert table is not None
@@ -100,7 +171,7 @@ def _version_of(lake: LakeLocation, table_path: str, token: str) -> int:
         raw = entry.get(RUN_METADATA_KEY)
         if raw and json.loads(raw).get("commit_token") == token:
             return int(entry["version"])
-    raise LakeWriteError(f"the commit just written to {lake.table_uri(table_path)} is missing from its history")
+    return None
 
 
 def run_metadata_of(entry: Mapping[str, object]) -> dict | None:

@@ -228,8 +228,9 @@ def _mask(rows: pa.Table, commit: IngestCommit) -> pa.ChunkedArray:
     partition, offset = rows["_kafka_partition"], rows["_kafka_offset"]
     mask = pa.chunked_array([pa.array([False] * rows.num_rows, pa.bool_())])
     for p, (first, last) in commit.run["ranges"].items():
-        inside = pc.and_(pc.equal(partition, int(p)),
-                         pc.and_(pc.greater_equal(offset, int(first)), pc.less_equal(offset, int(last))))
+        inside = pc.and_(
+            pc.equal(partition, int(p)), pc.and_(pc.greater_equal(offset, int(first)), pc.less_equal(offset, int(last)))
+        )
         mask = pc.or_(mask, inside)
     return mask
 
@@ -258,7 +259,10 @@ def check_freshness(dataset: Dataset, history: History, now: datetime | None = N
 
 
 def check_no_loss(
-    dataset: Dataset, table: DeltaTable, table_uri: str, history: History,
+    dataset: Dataset,
+    table: DeltaTable,
+    table_uri: str,
+    history: History,
     storage_options: Mapping[str, str] | None = None,
 ) -> Finding:
     """The ledger is contiguous per partition and every consumed record is accounted for.
@@ -280,6 +284,10 @@ def check_no_loss(
             lost_records += int(last) - int(first) + 1
         for partition, (first, last) in commit.run["ranges"].items():
             segments[int(partition)].append((int(first), int(last), commit.version, "data"))
+        if dataset.mode == "upsert":
+            problem = _upsert_counts_problem(commit)
+            if problem:
+                problems.append(problem)
         if dataset.mode == "append":
             rows = commit_stats(table_uri, commit.version, storage_options).rows
             rows_added += rows
@@ -343,12 +351,31 @@ def check_no_loss(
                    metadata)  # fmt: skip
 
 
+def _upsert_counts_problem(commit: IngestCommit) -> dict[str, object] | None:
+    """Upsert commits: records consumed = changes applied + dead-lettered + skipped (rows are not comparable:
+    a MERGE updates and deletes)."""
+    run = commit.run
+    if "applied" not in run:
+        return None
+    counts = {name: int(run.get(name, 0)) for name in ("records", "applied", "dead_lettered", "skipped")}
+    if counts["records"] == counts["applied"] + counts["dead_lettered"] + counts["skipped"]:
+        return None
+    return {"version": commit.version, "problem": "consumed != applied + dead-lettered + skipped", **counts}
+
+
 # --- key_unique ---------------------------------------------------------------------------------------------
 
 
-def check_key_unique(dataset: Dataset, table: DeltaTable) -> Finding:
-    """No key of an upsert table appears twice (reads the key columns only)."""
+def check_key_unique(dataset: Dataset, table: DeltaTable, history: History | None = None) -> Finding:
+    """No key of an upsert table appears twice (reads the key columns only).
+
+    The key is the catalog's, else (Debezium keyed by the message key) the one the last commit recorded.
+    """
     keys = list(dataset.key)
+    if not keys and history is not None and history.commits:
+        keys = list(history.commits[-1].run.get("key") or [])
+    if not keys:
+        return Finding(True, "no key recorded yet (no upsert commit)", {})
     metadata: dict[str, object] = {"key": ", ".join(keys)}
     missing = [k for k in keys if k not in table.schema().to_arrow().names]
     if missing:
@@ -397,13 +424,14 @@ def evaluate(
             name: Finding(name != FRESHNESS or limit is None, f"no table at {table_uri} yet", {"table_uri": table_uri})
             for name in selected
         }
-    history = read_history(table) if set(selected) - {FILE_SIZE, KEY_UNIQUE} else None
+    needs_history = set(selected) - {FILE_SIZE, KEY_UNIQUE} or (KEY_UNIQUE in selected and not dataset.key)
+    history = read_history(table) if needs_history else None
     runners: Mapping[str, object] = {
         FILE_SIZE: lambda: check_file_size(dataset, table),
         THROUGHPUT_SLO: lambda: check_throughput(dataset, history),
         LATENCY_SLO: lambda: check_latency(dataset, table, history),
         FRESHNESS: lambda: check_freshness(dataset, history, now),
         NO_LOSS: lambda: check_no_loss(dataset, table, table_uri, history, storage_options),
-        KEY_UNIQUE: lambda: check_key_unique(dataset, table),
+        KEY_UNIQUE: lambda: check_key_unique(dataset, table, history),
     }
     return {name: runners[name]() for name in selected}  # type: ignore[operator]

@@ -1,0 +1,189 @@
+"""CDC (Debezium upsert) throughput of the embedded engine against references measured in the same run.
+
+On one local broker: a Debezium MySQL stream of table ``users`` (a snapshot of K rows, then C changes:
+updates, deletes with tombstones, inserts and re-inserts; default 100K + 400K) in a P-partition topic, then
+  (a) raw batch consume of the topic (confluent-kafka ``consume()``, nothing else): the Kafka limit;
+  (b) the same topic as a change log (``mode: append``): decode + write, no MERGE — the engine's own
+      append path on these very records, the reference a MERGE is compared with;
+  (c) the same topic upserted (``mode: upsert``): last change per key + MERGE with the ledger, one commit per
+      batch; the table must end with exactly the source's live keys;
+  (d) steady state: U more updates of existing keys, upserted into the table of K rows (and appended to the
+      change log, as its reference).
+
+    python benchmarks/cdc_bench.py                          # the full size (a few minutes here)
+    python benchmarks/cdc_bench.py --keys 2000 --changes 3000   # a smoke run
+
+Results: benchmarks/results/cdc_bench.json and .md (or --out DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ingest_bench import consume_all  # noqa: E402
+
+from ingest_platform import cdc_data  # noqa: E402
+from ingest_platform.catalog import parse_catalog_text  # noqa: E402
+from ingest_platform.engines.embedded import EmbeddedEngine  # noqa: E402
+from ingest_platform.kafka.client import KafkaConnection  # noqa: E402
+from ingest_platform.kafka.local_broker import LocalKafka, create_topic  # noqa: E402
+from ingest_platform.lake.tables import LakeLocation  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keys", type=int, default=100_000, help="rows in the snapshot")
+    parser.add_argument("--changes", type=int, default=400_000, help="changes after the snapshot")
+    parser.add_argument("--updates", type=int, default=None, help="steady-state updates [default: keys]")
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args()
+
+
+def dataset(topic: str, name: str, mode: str):
+    (parsed,) = parse_catalog_text(
+        f"datasets:\n  - {{name: {name}, source: bench, topic: {topic}, format: debezium, mode: {mode}, "
+        "max_records_per_run: 100000000}\n"
+    )
+    return parsed
+
+
+def timed_run(kafka: KafkaConnection, lake: LakeLocation, target) -> dict:
+    report = EmbeddedEngine(kafka, lake).run(target)
+    return {
+        "records": report.records,
+        "seconds": round(report.duration_s, 3),
+        "records_per_s": round(report.records_per_s),
+        "commits": len(report.commits),
+        "rows_inserted": report.rows_inserted,
+        "rows_updated": report.rows_updated,
+        "rows_deleted": report.rows_deleted,
+    }
+
+
+def steady_updates(events: list, count: int) -> list:
+    """``count`` updates of live keys, continuing the stream (positions after every earlier change)."""
+    state = cdc_data.expected_state(events)
+    live = sorted(state.rows)
+    plan = [("r", ident) for ident in live] + [("u", live[i % len(live)]) for i in range(count)]
+    last_ms = max(json.loads(e.value)["ts_ms"] for e in events if e.value is not None)
+    rendered = cdc_data.mysql_events(plan, seed=99, start_ms=last_ms + 60_000, first_binlog=900_000)
+    return [e for e in rendered if e.value is not None and json.loads(e.value)["op"] == "u"]
+
+
+def main() -> int:
+    args = arguments()
+    updates = args.updates or args.keys
+    work = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
+    try:
+        plan = cdc_data.scenario(keys=args.keys, changes=args.changes, hot_key_updates=100, seed=17)
+        events = cdc_data.mysql_events(plan, binlog_file_bytes=256 * 1024 * 1024)
+        state = cdc_data.expected_state(events)
+        value_bytes = sum(len(e.value) for e in events if e.value is not None)
+        with LocalKafka(heap="2g") as broker:
+            kafka = KafkaConnection(broker.bootstrap)
+            topic = "mysql.inventory.users"
+            create_topic(broker.bootstrap, topic, args.partitions, {"compression.type": "snappy"})
+            started = time.perf_counter()
+            produced_records = cdc_data.produce_events(kafka, topic, events)
+            produce_s = time.perf_counter() - started
+            consume_s, _ = consume_all(kafka, topic, args.partitions, len(events))
+            lake = LakeLocation(str(work / "lake"))
+            changelog, upsert = dataset(topic, "changelog", "append"), dataset(topic, "users", "upsert")
+            append_run = timed_run(kafka, lake, changelog)
+            upsert_run = timed_run(kafka, lake, upsert)
+            table_rows = lake.open_table(upsert.table_path).count()
+            more = steady_updates(events, updates)
+            cdc_data.produce_events(kafka, topic, more)
+            steady_append = timed_run(kafka, lake, changelog)
+            steady_upsert = timed_run(kafka, lake, upsert)
+            rows_after = lake.open_table(upsert.table_path).count()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    n = len(events)
+    a = n / consume_s
+    result = {
+        "benchmark": "cdc_bench",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "kafka_version": broker.kafka_version,
+        "partitions": args.partitions,
+        "snapshot_rows": args.keys,
+        "changes": args.changes,
+        "events": n,
+        "tombstones": state.tombstones,
+        "by_op": state.by_op,
+        "mean_event_bytes": round(value_bytes / (n - state.tombstones), 1),
+        "produce_records_per_s": round(produced_records / produce_s),
+        "a_raw_consume_records_per_s": round(a),
+        "b_changelog_append": append_run,
+        "c_upsert": upsert_run,
+        "c_table_rows": table_rows,
+        "c_expected_live_keys": len(state.rows),
+        "d_steady_updates": len(more),
+        "d_changelog_append": steady_append,
+        "d_upsert": steady_upsert,
+        "d_table_rows": rows_after,
+        "ratio_c_to_a": round(upsert_run["records_per_s"] / a, 3),
+        "ratio_c_to_b": round(upsert_run["records_per_s"] / append_run["records_per_s"], 3),
+        "ratio_d_upsert_to_d_append": round(steady_upsert["records_per_s"] / steady_append["records_per_s"], 3),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cdc_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "cdc_bench.md").write_text(markdown(result))
+    print(markdown(result))
+    if table_rows != len(state.rows) or rows_after != len(state.rows):
+        print(f"table rows {table_rows}/{rows_after}, expected {len(state.rows)} live keys", file=sys.stderr)
+        return 1
+    return 0
+
+
+def markdown(r: dict) -> str:
+    b, c, da, du = r["b_changelog_append"], r["c_upsert"], r["d_changelog_append"], r["d_upsert"]
+    a = r["a_raw_consume_records_per_s"]
+    rows = [
+        ("(a) raw batch consume (confluent-kafka)", r["events"], None, a, ""),
+        ("(b) change log: decode + append", b["records"], b["seconds"], b["records_per_s"], ""),
+        ("(c) upsert: last change per key + MERGE", c["records"], c["seconds"], c["records_per_s"],
+         f"{c['records_per_s'] / a:.3f} of (a), {r['ratio_c_to_b']:.3f} of (b)"),
+        ("(d) steady updates: change log append", da["records"], da["seconds"], da["records_per_s"], ""),
+        ("(d) steady updates: upsert into the table", du["records"], du["seconds"], du["records_per_s"],
+         f"{r['ratio_d_upsert_to_d_append']:.3f} of the append"),
+    ]  # fmt: skip
+    ops = ", ".join(f"{op} {count:,}" for op, count in sorted(r["by_op"].items()))
+    lines = [
+        f"# cdc_bench — Debezium MySQL, {r['snapshot_rows']:,} snapshot rows + {r['changes']:,} changes, "
+        f"{r['partitions']} partitions",
+        "",
+        f"{r['date']}, {r['machine']['cores']} cores, Kafka {r['kafka_version']}, Python {r['machine']['python']}; "
+        f"{r['events']:,} records ({ops}; {r['tombstones']:,} tombstones), {r['mean_event_bytes']:.0f} B per event",
+        "",
+        "| stage | records | seconds | records/s | ratio |",
+        "|---|---:|---:|---:|---|",
+        *[f"| {name} | {count:,} | {'' if s is None else f'{s:.2f}'} | {rate:,} | {ratio} |"
+          for name, count, s, rate, ratio in rows],  # fmt: skip
+        "",
+        f"- upsert table: {r['c_table_rows']:,} rows = {r['c_expected_live_keys']:,} live keys expected; "
+        f"after {r['d_steady_updates']:,} more updates: {r['d_table_rows']:,} rows "
+        f"(MERGE updated {du['rows_updated']:,} rows in {du['commits']} commit(s))",
+        f"- producing the topic: {r['produce_records_per_s']:,} records/s",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
