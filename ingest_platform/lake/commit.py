@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import pyarrow as pa
@@ -60,7 +61,7 @@ def append_with_ledger(lake: LakeLocation, request: AppendRequest) -> int:
         _check_before_commit(table, request, uri)
     token = uuid.uuid4().hex
     metadata = {**request.run_metadata, "commit_token": token}
-    try:
+    with _mapped_errors(request.dataset, f"the Delta commit to {uri}"):
         write_deltalake(
             table if table is not None else uri,
             request.rows,
@@ -72,19 +73,8 @@ def append_with_ledger(lake: LakeLocation, request: AppendRequest) -> int:
             writer_properties=WRITER_PROPERTIES,
             name=request.dataset if table is None else None,
             description=request.description if table is None else None,
-            commit_properties=CommitProperties(
-                app_transactions=ledger_transactions(request.dataset, request.covered),
-                custom_metadata={RUN_METADATA_KEY: json.dumps(metadata, sort_keys=True)},
-            ),
+            commit_properties=_commit_properties(request, metadata),
         )
-    except SchemaMismatchError as error:
-        raise LakeWriteError(
-            f"dataset '{request.dataset}': the records do not fit the schema of {uri}: {error}. Nothing was committed."
-        ) from None
-    except (DeltaError, OSError) as error:
-        raise LakeWriteError(
-            f"dataset '{request.dataset}': the Delta commit to {uri} failed: {error}. Nothing was committed."
-        ) from None
     return _version_of(lake, request.table_path, token)
 
 
@@ -100,7 +90,7 @@ def merge_with_ledger(lake: LakeLocation, request: AppendRequest, clauses: Merge
     _check_before_commit(table, request, uri)
     token = uuid.uuid4().hex
     metadata = {**request.run_metadata, "commit_token": token}
-    try:
+    with _mapped_errors(request.dataset, f"the Delta MERGE into {uri}"):
         merger = table.merge(
             source=request.rows,
             predicate=clauses.on,
@@ -108,24 +98,13 @@ def merge_with_ledger(lake: LakeLocation, request: AppendRequest, clauses: Merge
             target_alias="t",
             merge_schema=True,
             writer_properties=WRITER_PROPERTIES,
-            commit_properties=CommitProperties(
-                app_transactions=ledger_transactions(request.dataset, request.covered),
-                custom_metadata={RUN_METADATA_KEY: json.dumps(metadata, sort_keys=True)},
-            ),
+            commit_properties=_commit_properties(request, metadata),
         ).when_matched_update_all(predicate=clauses.update_all_when)
         if clauses.delete_when:
             merger = merger.when_matched_delete(predicate=clauses.delete_when)
         if clauses.soft_delete_when:
             merger = merger.when_matched_update(updates=clauses.soft_delete_set, predicate=clauses.soft_delete_when)
         metrics = merger.when_not_matched_insert_all(predicate=clauses.insert_when).execute()
-    except SchemaMismatchError as error:
-        raise LakeWriteError(
-            f"dataset '{request.dataset}': the changes do not fit the schema of {uri}: {error}. Nothing was committed."
-        ) from None
-    except (DeltaError, OSError) as error:
-        raise LakeWriteError(
-            f"dataset '{request.dataset}': the Delta MERGE into {uri} failed: {error}. Nothing was committed."
-        ) from None
     version = _find_version(lake, request.table_path, token)
     if version is None:
         # Every change lost to the guard (older than the table's rows): deltalake commits nothing, but the
@@ -133,6 +112,27 @@ def merge_with_ledger(lake: LakeLocation, request: AppendRequest, clauses: Merge
         empty = pa.schema(table.schema().to_arrow()).empty_table()
         version = append_with_ledger(lake, replace(request, rows=empty))
     return version, metrics
+
+
+def _commit_properties(request: AppendRequest, metadata: Mapping[str, object]) -> CommitProperties:
+    """The ledger advance (one ``txn`` per partition) and the run metadata, for the data's own commit."""
+    return CommitProperties(
+        app_transactions=ledger_transactions(request.dataset, request.covered),
+        custom_metadata={RUN_METADATA_KEY: json.dumps(metadata, sort_keys=True)},
+    )
+
+
+@contextmanager
+def _mapped_errors(dataset: str, what: str) -> Iterator[None]:
+    """deltalake's failures as ``LakeWriteError`` naming the dataset and the table."""
+    try:
+        yield
+    except SchemaMismatchError as error:
+        raise LakeWriteError(
+            f"dataset '{dataset}': the records do not fit the schema ({what}): {error}. Nothing was committed."
+        ) from None
+    except (DeltaError, OSError) as error:
+        raise LakeWriteError(f"dataset '{dataset}': {what} failed: {error}. Nothing was committed.") from None
 
 
 def _check_before_commit(table: DeltaTable, request: AppendRequest, uri: str) -> None:
