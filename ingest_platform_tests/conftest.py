@@ -136,3 +136,11 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture
+def lake(tmp_path):
+    """An empty local lake under the test's folder."""
+    from ingest_platform.lake.tables import LakeLocation
+
+    return LakeLocation(str(tmp_path / "lake"))

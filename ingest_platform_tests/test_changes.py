@@ -71,9 +71,14 @@ def test_merge_clauses_guard_and_delete_modes():
     assert hard.on == 't."id" = s."id"'
     assert 's."_cdc_position" >= t."_cdc_position"' in hard.update_all_when
     assert hard.delete_when and hard.insert_when == "s.\"_cdc_op\" <> 'd'"
-    soft = merge_clauses(dataset_from_yaml(yaml % "soft"), ["id"], ["id", "_cdc_op", "_cdc_deleted"], quote_spark)
+    columns = ["id", "name", "_cdc_op", "_cdc_deleted"]
+    soft = merge_clauses(dataset_from_yaml(yaml % "soft"), ["id"], columns, quote_spark)
     assert soft.delete_when is None and soft.insert_when is None
-    assert soft.soft_delete_set == {"_cdc_op": "s.`_cdc_op`", "_cdc_deleted": "s.`_cdc_deleted`"}
+    assert soft.soft_delete_set == {
+        "name": "COALESCE(s.`name`, t.`name`)",  # the delete's before image, unless it only holds the key
+        "_cdc_op": "s.`_cdc_op`",
+        "_cdc_deleted": "s.`_cdc_deleted`",
+    }
     plain = dataset_from_yaml(
         "datasets:\n  - {name: u, source: s, topic: t, format: json, mode: upsert, key: [id], ordering_field: ts}"
     )

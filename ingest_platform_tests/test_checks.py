@@ -42,11 +42,6 @@ def evaluate(lake: LakeLocation, ds, name: str) -> health.Finding:
     return health.evaluate(ds, table, lake.table_uri(ds.table_path), [name])[name]
 
 
-@pytest.fixture
-def lake(tmp_path) -> LakeLocation:
-    return LakeLocation(str(tmp_path / "lake"))
-
-
 def test_every_check_passes_on_a_healthy_table(lake):
     ds = dataset()
     healthy(lake, ds)

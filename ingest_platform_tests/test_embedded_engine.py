@@ -13,7 +13,6 @@ from ingest_platform.demo_data import produce, records
 from ingest_platform.engines.embedded import EmbeddedEngine
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.lake.ledger import app_id
-from ingest_platform.lake.tables import LakeLocation
 from ingest_platform_tests.helpers import json_dataset, read_table
 
 pytestmark = pytest.mark.kafka
@@ -21,11 +20,6 @@ pytestmark = pytest.mark.kafka
 
 def values(items: list[dict]) -> list[tuple[bytes | None, bytes]]:
     return [(None, json.dumps(item).encode()) for item in items]
-
-
-@pytest.fixture
-def lake(tmp_path) -> LakeLocation:
-    return LakeLocation(str(tmp_path / "lake"))
 
 
 def test_n_then_nothing_then_m_more_exactly_once(kafka, lake, make_topic):

@@ -117,7 +117,7 @@ class _BatchDecoder:
             return table
         except pa.ArrowInvalid as error:
             if not self.tolerant:
-                decode.raise_unreadable(values, lambda i: self.records.locate(self.dataset.name, i), error)
+                decode.raise_unreadable(values, lambda i: self.records.locate(self.dataset.name, i), error, known)
         table, self.kept, bad = decode.decode_json_tolerant(values, known)
         self.bad.update(bad)
         return table
@@ -199,9 +199,13 @@ class _BatchDecoder:
         table_types = self._record_types()
         new, changed = decode.schema_differences(fields.schema, pa.schema(list(table_types.items())))
         if policy == "strict" and (new or changed):
-            parts = [f"new field(s) {', '.join(repr(n) for n in new)}"] if new else []
+            named = [f"'{n}' ({decode.delta_type_name(fields[n].type)})" for n in new]
+            parts = [f"new field(s) {', '.join(named)}"] if new else []
             if changed:
-                kinds = [f"'{n}' ({fields[n].type}, the table stores {t})" for n, t in changed.items()]
+                kinds = [
+                    f"'{n}' ({decode.delta_type_name(fields[n].type)}, the table stores {decode.delta_type_name(t)})"
+                    for n, t in changed.items()
+                ]
                 parts.append(f"changed type(s) {', '.join(kinds)}")
             raise self.fail(
                 f"dataset '{self.dataset.name}', {self._describe()} do not match the table's schema "
@@ -217,8 +221,11 @@ class _BatchDecoder:
             for name, target in changed.items():
                 converted, rows = decode.salvage(fields[name], target)
                 for row in rows:
-                    value = fields[name][row].as_py()
-                    self._reject(row, f"field '{name}' is {value!r} ({fields[name].type}), the table stores {target}")
+                    self._reject(
+                        row,
+                        f"field '{name}' has type {decode.delta_type_name(fields[name].type)}, the table stores "
+                        f"{decode.delta_type_name(target)}",
+                    )
                 fields = fields.set_column(fields.column_names.index(name), pa.field(name, target), converted)
         return decode.align_to_table(fields, pa.schema(list(table_types.items())), self._describe())
 

@@ -22,7 +22,7 @@ CDC_DELETED_AT = "_cdc_deleted_at"
 #: Debezium ops that change a row; others (``t`` truncate, ``m`` message) are dead-lettered.
 APPLIED_OPS = ("c", "r", "u", "d")
 DELETE_OP = "d"
-#: Columns a soft delete updates (the row's data columns keep their last values).
+#: Columns a soft delete sets from the delete itself (data columns take its ``before`` image where not null).
 SOFT_DELETE_COLUMNS = (
     CDC_OP, CDC_POSITION, CDC_DELETED, CDC_DELETED_AT,
     "_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp", "_kafka_key", "_event_time",
@@ -134,6 +134,12 @@ def merge_clauses(
     is_delete = f"s.{quote(CDC_OP)} = '{DELETE_OP}'"
     not_delete = f"s.{quote(CDC_OP)} <> '{DELETE_OP}'"
     if dataset.delete_mode == "soft":
-        updates = {name: f"s.{quote(name)}" for name in SOFT_DELETE_COLUMNS if name in columns}
+        # The delete's ``before`` image holds the row's last values (MySQL, Postgres with REPLICA IDENTITY
+        # FULL): they win over what the table has, unless null (a key-only Postgres ``before``).
+        updates = {
+            name: f"s.{quote(name)}" if name in SOFT_DELETE_COLUMNS else f"COALESCE(s.{quote(name)}, t.{quote(name)})"
+            for name in columns
+            if name not in key
+        }
         return MergeClauses(on, f"{not_delete} AND {guard}", None, f"{is_delete} AND {guard}", updates, None)
     return MergeClauses(on, f"{not_delete} AND {guard}", f"{is_delete} AND {guard}", None, {}, not_delete)

@@ -89,8 +89,26 @@ def decode_json(values: Sequence[bytes], fields: Mapping[str, str], locate: Call
     return convert_declared(table, fields, locate)
 
 
-def raise_unreadable(values: Sequence[bytes], locate: Callable[[int], str], error: Exception) -> NoReturn:
-    """The ``DecodeError`` for a batch Arrow could not read, naming the first bad value where possible."""
+def raise_unreadable(
+    values: Sequence[bytes], locate: Callable[[int], str], error: Exception, known: pa.Schema | None = None
+) -> NoReturn:
+    """The ``DecodeError`` for a batch Arrow could not read, naming the first bad value where possible.
+
+    With ``known`` (the table's types), a value whose field does not fit its column is named with both types.
+    """
+    for index, value in enumerate(values):
+        problem = _json_object_problem(value)
+        if problem:
+            raise DecodeError(f"{locate(index)}: {problem}: {value[:120]!r}")
+    if known is not None and len(known):
+        try:
+            bad = decode_json_tolerant(values, known)[2]
+        except DecodeError:
+            bad = {}
+        if bad:
+            first = min(bad)
+            raise DecodeError(f"{locate(first)}: {bad[first]}. Fix the producer, or declare the field's type under "
+                              "'schema:' in the catalog.")  # fmt: skip
     payload_bytes = sum(len(v) + 1 for v in values)
     block_size = max(_READ_BLOCK_BYTES, _largest(values) + 1)
     # Arrow numbers rows within a block, so a row number names a record only for a one-block batch.
@@ -122,7 +140,7 @@ def decode_json_tolerant(values: Sequence[bytes], explicit: pa.Schema) -> tuple[
             good.extend(range(low, high))
         except pa.ArrowInvalid as error:
             if high - low == 1:
-                bad[low] = _why_unreadable(values[low], str(error))
+                bad[low] = _why_unreadable(values[low], str(error), explicit)
             else:
                 middle = (low + high) // 2
                 read(low, middle)
@@ -141,18 +159,54 @@ def decode_json_tolerant(values: Sequence[bytes], explicit: pa.Schema) -> tuple[
     return table, good, bad
 
 
-def _why_unreadable(value: bytes, arrow_error: str) -> str:
+def _json_object_problem(value: bytes) -> str | None:
     try:
         parsed = json.loads(value)
     except ValueError as error:
         return f"value is not valid JSON ({error})"
     if not isinstance(parsed, dict):
         return f"value must be a JSON object, got {type(parsed).__name__}"
+    return None
+
+
+def _why_unreadable(value: bytes, arrow_error: str, explicit: pa.Schema) -> str:
+    problem = _json_object_problem(value)
+    if problem:
+        return problem
     column = re.search(r"Column\((/[^)]*)\) changed from (\w+) to (\w+)", arrow_error)
     if column:
-        path, expected, got = column.groups()
-        return f"field '{path.strip('/').replace('/', '.')}' is a {got}, the table stores a {expected}"
+        path, _, got = column.groups()
+        parts = path.strip("/").split("/")
+        target = _type_at(explicit, parts)
+        stores = f", the table stores {delta_type_name(target)}" if target is not None else ""
+        return f"field '{parts[-1]}' has type {got}{stores}"
     return f"value does not fit the table's schema ({arrow_error})"
+
+
+def _type_at(schema: pa.Schema, path: Sequence[str]) -> pa.DataType | None:
+    """The type at a JSON path (``after/balance``) in an explicit reading schema, if it names one."""
+    fields = {f.name: f.type for f in schema}
+    kind = None
+    for part in path:
+        kind = fields.get(part)
+        if kind is None:
+            return None
+        fields = {f.name: f.type for f in kind} if pa.types.is_struct(kind) else {}
+    return kind
+
+
+#: Arrow types by the names Delta and Spark give them, so both engines word a type mismatch the same way.
+_DELTA_TYPE_NAMES = {
+    pa.int8(): "tinyint", pa.int16(): "smallint", pa.int32(): "int", pa.int64(): "bigint", pa.float32(): "float",
+    pa.float64(): "double", pa.string(): "string", pa.large_string(): "string", pa.bool_(): "boolean",
+    pa.date32(): "date", pa.binary(): "binary",
+}  # fmt: skip
+
+
+def delta_type_name(kind: pa.DataType) -> str:
+    if pa.types.is_timestamp(kind):
+        return "timestamp"
+    return _DELTA_TYPE_NAMES.get(kind, str(kind))
 
 
 def _largest(values: Sequence[bytes]) -> int:
@@ -163,14 +217,9 @@ def _raise_for_first_bad_value(
     values: Sequence[bytes], locate: Callable[[int], str], reason: str, rows_are_exact: bool
 ) -> None:
     for index, value in enumerate(values):
-        try:
-            parsed = json.loads(value)
-        except ValueError as error:
-            raise DecodeError(f"{locate(index)}: value is not valid JSON ({error}): {value[:120]!r}") from None
-        if not isinstance(parsed, dict):
-            raise DecodeError(
-                f"{locate(index)}: value must be a JSON object, got {type(parsed).__name__}: {value[:120]!r}"
-            )
+        problem = _json_object_problem(value)
+        if problem:
+            raise DecodeError(f"{locate(index)}: {problem}: {value[:120]!r}")
     # Every value parses alone: the batch failed on a type change inside it (Arrow names the field and row).
     row = re.search(r"in row (\d+)", reason)
     exact = rows_are_exact and row is not None and int(row.group(1)) < len(values)

@@ -307,6 +307,7 @@ class _Run:
             "applied": rows.num_rows,
             "dead_lettered": len(decoded.bad),
             "skipped": len(batch.skipped),
+            "tombstones": len(batch.skipped),  # null values; for Debezium, the deletes' compaction markers
             "started_at": round(self.started_at, 3),
             "ranges": {
                 str(p): [max(self.ledger.get(p, -1) + 1, self.first_offsets[p]), o] for p, o in advancing.items()
@@ -362,7 +363,7 @@ class _Run:
         dataset = self.dataset
         ratio = len(bad) / consumed
         if ratio > dataset.max_dlq_ratio:
-            first = "; ".join(f"{dataset.topic}[{r.partition}] offset {r.offset}: {r.error}" for r in bad[:3])
+            first = "; ".join(f"record {dataset.topic}[{r.partition}] offset {r.offset}: {r.error}" for r in bad[:3])
             allowed = (
                 f"max_dlq_ratio is {dataset.max_dlq_ratio:g}"
                 if dataset.max_dlq_ratio

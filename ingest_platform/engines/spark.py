@@ -1,12 +1,13 @@
 """The Spark engine: the same run and the same table protocol as the embedded engine, on pyspark.
 
-One run (docs/DESIGN.md §2 and §4): the shared plan (ledger from the table, watermarks captured at start,
+One run (docs/DESIGN.md §2, §4 and §9): the shared plan (ledger from the table, watermarks captured at start,
 ranges capped by ``max_records_per_run``); a batch read of exactly those offsets with spark-sql-kafka
-(``startingOffsets``/``endingOffsets`` as JSON); JSON decoded with ``from_json`` against the table's schema
-(new top-level fields are inferred and added as nullable columns, a type change fails naming the field);
-then ONE Delta commit holding the data files and one ``txn`` action per partition, written through
-delta-spark's ``OptimisticTransaction`` (its public writer records only one ``txn`` per commit). The
-consumer group is committed afterwards, for monitoring only, exactly as in the embedded engine.
+(``startingOffsets``/``endingOffsets`` as JSON); values decoded with ``from_json`` against the table's schema
+(JSON objects, or Debezium row images); records that cannot be applied go to ``<name>_dlq`` within
+``max_dlq_ratio``, before the main commit. Appends are ONE Delta commit holding the data files and one ``txn``
+action per partition, written through delta-spark's ``OptimisticTransaction``. Upserts reduce the batch to the
+last change per key and MERGE it one Kafka partition per commit, because delta-spark's MERGE records one
+``txn`` per commit. The consumer group is committed afterwards, for monitoring only.
 """
 
 from __future__ import annotations
@@ -15,16 +16,29 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer
 
-from ingest_platform.catalog import Dataset
+from ingest_platform.catalog import Dataset, is_reserved
+from ingest_platform.engines import spark_changes as sc
+from ingest_platform.engines.changes import (
+    CDC_DELETED,
+    CDC_DELETED_AT,
+    CDC_OP,
+    CDC_POSITION,
+    DELETE_OP,
+    quote_spark,
+)
 from ingest_platform.engines.report import PartitionProgress, RunReport
 from ingest_platform.engines.run_plan import IngestError, RunPlan, plan_run
+from ingest_platform.engines.spark_merge import SparkUpsert
+from ingest_platform.engines.spark_session import append_operation, scala_none
 from ingest_platform.kafka.client import CONSUMER_TUNING, KafkaConnection, commit_group_offsets
 from ingest_platform.lake.commit import RUN_METADATA_KEY, ConcurrentWriterError
+from ingest_platform.lake.dead_letters import BadRecord, write_dead_letters
 from ingest_platform.lake.ledger import app_id
 from ingest_platform.lake.storage import is_s3, s3a_conf, spark_path
 from ingest_platform.lake.tables import LakeLocation, commit_stats
@@ -40,6 +54,10 @@ _SPARK_TYPES = {
     "string": "string", "long": "bigint", "integer": "int", "double": "double", "float": "float",
     "boolean": "boolean", "timestamp": "timestamp", "date": "date", "binary": "binary",
 }  # fmt: skip
+#: delta-spark's idempotent-write confs (delta PR #1555): a write or MERGE whose version is not above the
+#: recorded ``txn`` of the app id is skipped; a committed one records it. One pair per commit.
+#: Bad records named in a failure message.
+NAMED_BAD_RECORDS = 5
 
 
 def kafka_source_options(kafka: KafkaConnection) -> dict[str, str]:
@@ -64,11 +82,6 @@ class SparkEngine:
         self.log = log or logging.getLogger(__name__)
 
     def run(self, dataset: Dataset, run_id: str | None = None) -> RunReport:
-        if dataset.format != "json" or dataset.mode != "append":
-            raise IngestError(
-                f"dataset '{dataset.name}': format '{dataset.format}' with mode '{dataset.mode}' is not supported by "
-                "the Spark engine yet (json + append is)."
-            )
         started = time.monotonic()
         uri = self.lake.table_uri(dataset.table_path)
         report = RunReport(dataset=dataset.name, engine=ENGINE_NAME, table_uri=uri)
@@ -93,7 +106,36 @@ class SparkEngine:
         return report
 
 
-class _SparkRun:
+@dataclass
+class _Counts:
+    """What a run's batch holds, per Kafka partition (records = applied + dead-lettered + tombstones)."""
+
+    records: dict[int, int] = field(default_factory=dict)
+    tombstones: dict[int, int] = field(default_factory=dict)  # null values: covered, skipped, never written
+    bad: dict[int, int] = field(default_factory=dict)  # records that cannot be applied
+    type_mismatches: int = 0  # of the bad: a field whose type differs from the table's
+    fields: set[str] = field(default_factory=set)  # top-level field names of the records (row images)
+    key_fields: list[str] = field(default_factory=list)  # field names of the message keys (Debezium upserts)
+    bytes: int = 0
+    oldest_micros: int | None = None  # the oldest Kafka timestamp
+    oldest_event_micros: int | None = None  # upserts: the oldest event time of the changes
+
+    def total(self, what: dict[int, int]) -> int:
+        return sum(what.values())
+
+    def applied(self, partition: int) -> int:
+        return self.records.get(partition, 0) - self.tombstones.get(partition, 0) - self.bad.get(partition, 0)
+
+    def figures(self, partitions) -> dict[str, int]:
+        """The run metadata's counts for the commit covering ``partitions``."""
+        records = sum(self.records.get(p, 0) for p in partitions)
+        tombstones = sum(self.tombstones.get(p, 0) for p in partitions)
+        bad = sum(self.bad.get(p, 0) for p in partitions)
+        return {"records": records, "applied": records - tombstones - bad, "dead_lettered": bad,
+                "skipped": tombstones, "tombstones": tombstones}  # fmt: skip
+
+
+class _SparkRun(SparkUpsert):
     def __init__(self, engine: SparkEngine, dataset: Dataset, plan: RunPlan, report: RunReport, run_id: str):
         self.engine = engine
         self.spark = engine.spark
@@ -110,50 +152,254 @@ class _SparkRun:
                 hadoop.set(key, value)
         min_mb, max_mb = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
         self.target_file_bytes = int(min(max_mb, max(min_mb, PREFERRED_FILE_MB)) * 1024 * 1024)
+        # PERMISSIVE decoding (bad values become dead letters) only when the dataset can use it; otherwise
+        # FAILFAST: the fast path of plain appends, failing on the first bad value.
+        self.tolerant = dataset.max_dlq_ratio > 0 or dataset.schema_evolution == "strict"
+        self.ledger = dict(plan.ledger)
+        self.counts = _Counts()
+        self.table_existed = self._table_exists()  # a run that creates the table takes the batch's schema
+
+    @property
+    def _read_ranges(self):
+        return [r for r in self.plan.ranges if r.count]
 
     def execute(self) -> None:
-        dataset, plan = self.dataset, self.plan
-        source = self._source()
-        known = self._known_fields()
-        ignored: set[str] = set()  # fields that are null in every record so far: no type to give them yet
-        if not self._table_exists():
-            known, ignored = self._learn_fields(source, known, None)  # first run: one extra pass for the schema
-        while True:
-            txn, files, metrics = self._write_files(source, known)
-            new = [key for key in metrics["keys"] or [] if key not in known and key not in ignored]
-            if not new:
-                break
-            # Fields the table does not know: the files just written are dropped (never committed), the new
-            # fields' types are inferred from the batch and the batch is written again. Rare: schema changes.
-            self.engine.log.info(f"{dataset.name}: new fields {new}: inferring their types and writing again")
-            known, ignored = self._learn_fields(source, known, set(new))
-        self._commit(txn, files, metrics)
+        if self.dataset.mode == "upsert":
+            self._execute_upsert()
+        else:
+            self._execute_append()
         self.report.partitions = [
             PartitionProgress(
                 partition=r.partition,
                 first_offset=r.start,
-                last_offset=r.end - 1 if r.count else plan.ledger.get(r.partition, r.start - 1),
-                records=int(metrics.get(f"records_{r.partition}") or 0),
+                last_offset=r.end - 1 if r.count else self.plan.ledger.get(r.partition, r.start - 1),
+                records=self.counts.records.get(r.partition, 0),
             )
-            for r in plan.ranges
+            for r in self.plan.ranges
+        ]
+        counts, report = self.counts, self.report
+        report.records = counts.total(counts.records)
+        report.skipped = counts.total(counts.tombstones)
+        report.dead_lettered = counts.total(counts.bad)
+        report.applied = report.records - report.skipped - report.dead_lettered
+        report.bytes_read = counts.bytes
+
+    # -- append: one pass, one commit -------------------------------------------------------------------------
+
+    def _execute_append(self) -> None:
+        source = self._source()
+        known = self._known_fields()
+        ignored: set[str] = set()  # fields that are null in every record so far: no type to give them yet
+        if not self.table_existed:  # first run: one extra pass for the schema
+            known, ignored = self._learn_fields(self._texts(self._prepared(source), ()), known, None)
+            if self.tolerant or self.dataset.format == "debezium":
+                self._check_bad_before_creating(source, known)
+
+        def decoded() -> DataFrame:  # the batch as last decoded; made again only when it has bad records
+            return self._decoded(self._prepared(source), known, ())
+
+        while True:
+            txn, files = self._write_files(source, known)
+            self._check_schema_policy(source, known, ())
+            self._dead_letters(decoded, known, write=False)  # above max_dlq_ratio: fail before adding columns
+            learned = self._evolve(source, known, ignored, ())
+            if learned is None:
+                break
+            # Fields the table does not know: the files just written are dropped (never committed), the new
+            # fields' types are inferred from the batch and the batch is written again. Rare: schema changes.
+            known, ignored = learned
+        self._dead_letters(decoded, known)
+        self._commit(txn, files)
+
+    def _check_bad_before_creating(self, source: DataFrame, known: dict) -> None:
+        """A first run above ``max_dlq_ratio`` fails before it creates the table (one more pass, first run only;
+        the planned offsets stand in for the records, the exact check follows the write)."""
+        decoded = self._decoded(self._prepared(source), known, ())
+        self._read_metrics(decoded.agg(*self._record_aggregates(fields=False)).first().asDict())
+        self._dead_letters(lambda: decoded, known, write=False, records=self.plan.total)
+
+    def _write_files(self, source: DataFrame, known: dict):
+        """Decode and write the batch's data files in a new transaction; nothing is committed yet."""
+        from pyspark.sql import functions as F
+
+        observed, source_metrics = self._observe_source(source)
+        prepared = self._prepared(observed)
+        decoded, record_metrics = self._observe_records(self._decoded(prepared, known, ()))
+        data = self._table_rows(decoded)
+        self._ensure_table(data)
+        data = self._size_files(self._to_table_schema(data))
+        txn = self._delta_log().startTransaction()
+        for r in self._read_ranges:
+            self._check_ledger(r.partition, int(txn.txnVersion(app_id(self.dataset.name, r.partition))))
+        try:
+            files = txn.writeFiles(data._jdf)
+        except Exception as error:  # py4j wraps Spark's failure (FAILFAST decoding, event-time parsing)
+            raise IngestError(self._explain_failure(error, prepared.where(F.col(sc.ERROR).isNull()))) from None
+        self._read_metrics(source_metrics.get, record_metrics.get)
+        return txn, files
+
+    def _observe_source(self, source: DataFrame):
+        """The batch with its figures collected while it is written (Spark ``observe``: no extra pass)."""
+        from pyspark.sql import Observation
+        from pyspark.sql import functions as F
+
+        observation = Observation(f"ingest-{self.run_id}-{uuid.uuid4().hex[:8]}")
+        observed = source.observe(
+            observation,
+            F.sum(F.coalesce(F.length("value"), F.lit(0)) + F.coalesce(F.length("key"), F.lit(0))).alias("bytes"),
+            F.unix_micros(F.min("timestamp")).alias("oldest_micros"),
+            *self._per_partition("records", "partition", F.lit(True)),
+            *self._per_partition("tombstones", "partition", F.col("value").isNull()),
+        )
+        return observed, observation
+
+    def _observe_records(self, decoded: DataFrame):
+        from pyspark.sql import Observation
+
+        observation = Observation(f"records-{self.run_id}-{uuid.uuid4().hex[:8]}")
+        observed = decoded.observe(observation, *self._record_aggregates())
+        return observed, observation
+
+    def _record_aggregates(self, fields: bool = True) -> list[Column]:
+        """Field names (of good records), bad records per partition and type mismatches, over decoded records."""
+        from pyspark.sql import functions as F
+
+        error = F.col(sc.ERROR)
+        aggregates = [
+            F.sum(F.when(error == sc.TYPE_MISMATCH, 1).otherwise(0)).alias("type_mismatches"),
+            *self._per_partition("bad", "_kafka_partition", error.isNotNull()),
+        ]
+        if not fields:
+            return aggregates
+        names = [sc.field_names(sc.TEXT).alias("fields")]
+        if self.dataset.format == "debezium" and not self.dataset.key:
+            names.append(sc.field_names(sc.KEY_TEXT).alias("key_fields"))
+        return names + aggregates
+
+    def _per_partition(self, name: str, column: str, condition: Column) -> list[Column]:
+        from pyspark.sql import functions as F
+
+        return [
+            F.sum(F.when((F.col(column) == r.partition) & condition, 1).otherwise(0)).alias(f"{name}_{r.partition}")
+            for r in self._read_ranges
         ]
 
-    def _source(self) -> DataFrame:
-        """Exactly the planned offsets, read in one batch (the guide's ``kafka.*`` consumer settings)."""
+    def _read_metrics(self, *metrics: dict) -> None:
+        """Fill ``self.counts`` from observed or aggregated figures (keys ``<name>_<partition>`` per partition)."""
+        counts = self.counts
+        for values in metrics:
+            for r in self._read_ranges:
+                for name in ("records", "tombstones", "bad"):
+                    if f"{name}_{r.partition}" in values:
+                        getattr(counts, name)[r.partition] = int(values[f"{name}_{r.partition}"] or 0)
+            if "fields" in values:
+                counts.fields = set(values["fields"] or [])
+            if "key_fields" in values:  # message keys' fields are columns too (they fill the row image)
+                counts.key_fields = sorted(values["key_fields"] or [])
+                counts.fields |= set(counts.key_fields)
+            if "type_mismatches" in values:
+                counts.type_mismatches = int(values["type_mismatches"] or 0)
+            if "bytes" in values:
+                counts.bytes = int(values["bytes"] or 0)
+            for name in ("oldest_micros", "oldest_event_micros"):
+                if name in values:
+                    setattr(counts, name, values[name])
+
+    def _commit(self, txn, files, key=None) -> int:
+        """One Delta commit: the files plus one ``txn`` per partition (the ledger), with the run's metadata."""
+        jvm = self.spark._jvm
+        advancing = {r.partition: r.end - 1 for r in self._read_ranges}
+        for partition, last in sorted(advancing.items()):
+            txn.updateSetTransaction(app_id(self.dataset.name, partition), last, scala_none(jvm))
+        metadata = json.dumps({RUN_METADATA_KEY: self._metadata(advancing, key)}, sort_keys=True)
+        version = int(txn.commit(files, append_operation(jvm, metadata)))
+        self.ledger.update(advancing)
+        stats = self._record_commit(version)
+        self.report.rows_written += stats.rows
+        self.report.rows_inserted += stats.rows if self.dataset.mode == "upsert" else 0
+        self._record_lag(stats.oldest_event_time)
+        self.engine.log.info(
+            f"{self.dataset.name}: committed version {version}: {stats.rows} rows, {stats.files} files"
+        )
+        return version
+
+    def _metadata(self, advancing: dict[int, int], key=None) -> dict:
+        """The commit's ``ingest_platform.run`` metadata (docs/DESIGN.md §2, §9.3)."""
         dataset = self.dataset
-        ranges = [r for r in self.plan.ranges if r.count]
-        starting = {dataset.topic: {str(r.partition): r.start for r in ranges}}
-        ending = {dataset.topic: {str(r.partition): r.end for r in ranges}}
+        metadata = {
+            "run_id": self.run_id, "engine": ENGINE_NAME, "topic": dataset.topic,
+            "started_at": round(self.started_at, 3),
+            "ranges": {str(r.partition): [r.start, advancing[r.partition]] for r in self._read_ranges
+                       if r.partition in advancing},
+            **self.counts.figures(advancing),
+        }  # fmt: skip
+        if key:
+            metadata["key"] = list(key)
+        if self.plan.data_loss_metadata(advancing):  # on_data_loss: skip — the gaps this commit moves past
+            metadata["data_loss"] = self.plan.data_loss_metadata(advancing)
+        return metadata
+
+    def _record_commit(self, version: int):
+        stats = commit_stats(self.uri, version, self.engine.lake.storage_options)
+        self.report.commits.append(version)
+        self.report.files_written += stats.files
+        self.report.bytes_written += stats.bytes
+        return stats
+
+    def _record_lag(self, oldest_event: datetime | None) -> None:
+        """Event-to-commit lag: the changes' oldest event time (upserts: a MERGE also rewrites old rows), else
+        the files' statistics (no extra pass), else the oldest Kafka timestamp."""
+        micros = self.counts.oldest_event_micros
+        oldest = datetime.fromtimestamp(micros / 1e6, timezone.utc) if micros is not None else oldest_event
+        if oldest is None and self.counts.oldest_micros is not None:
+            oldest = datetime.fromtimestamp(self.counts.oldest_micros / 1e6, timezone.utc)
+        if oldest is not None:
+            lag = (datetime.now(timezone.utc) - oldest).total_seconds()
+            self.report.max_event_to_commit_lag_s = max(lag, self.report.max_event_to_commit_lag_s or lag)
+
+    def _check_ledger(self, partition: int, recorded: int) -> None:
+        """The ledger must still be where this run read it; another writer moved it otherwise."""
+        expected = self.ledger.get(partition, -1)
+        if recorded != expected:
+            raise ConcurrentWriterError(
+                f"dataset '{self.dataset.name}': the ledger of {self.path} moved from {expected} to {recorded} for "
+                f"partition {partition} during this run; another writer is ingesting this dataset. "
+                "Nothing more was committed by this run."
+            )
+
+    # -- decoding ---------------------------------------------------------------------------------------------
+
+    def _source(self) -> DataFrame:
+        """Exactly the planned offsets, read in one batch (the guide's ``kafka.*`` consumer settings).
+
+        ``assign``, not ``subscribe``: a partition without new records is not read at all (spark-sql-kafka
+        refuses offsets for a subset of the subscribed partitions)."""
+        dataset = self.dataset
+        starting = {dataset.topic: {str(r.partition): r.start for r in self._read_ranges}}
+        ending = {dataset.topic: {str(r.partition): r.end for r in self._read_ranges}}
         return (
             self.spark.read.format("kafka")
             .options(**kafka_source_options(self.engine.kafka))
-            .option("subscribe", dataset.topic)
+            .option("assign", json.dumps({dataset.topic: [r.partition for r in self._read_ranges]}))
             .option("startingOffsets", json.dumps(starting))
             .option("endingOffsets", json.dumps(ending))
             .load()
         )
 
-    # -- decoding ---------------------------------------------------------------------------------------------
+    def _prepared(self, source: DataFrame) -> DataFrame:
+        """Records with a value (tombstones are only counted), with their JSON text and envelope columns."""
+        from pyspark.sql import functions as F
+
+        return sc.prepare(source.where(F.col("value").isNotNull()), self.dataset)
+
+    def _texts(self, prepared: DataFrame, key) -> DataFrame:
+        """The JSON objects whose fields become columns: values, or row images (and message keys)."""
+        from pyspark.sql import functions as F
+
+        texts = prepared.where(F.col(sc.ERROR).isNull()).select(F.col(sc.TEXT).alias("v"))
+        if sc.KEY_TEXT in prepared.columns and not self.dataset.key:
+            texts = texts.unionByName(prepared.select(F.col(sc.KEY_TEXT).alias("v")))
+        return texts.where(F.json_object_keys(F.col("v")).isNotNull())
 
     def _known_fields(self) -> dict:
         """Record fields with their types: the table's, overridden by the catalog's declared ``schema:``."""
@@ -162,16 +408,59 @@ class _SparkRun:
         declared = {name: T._parse_datatype_string(_SPARK_TYPES[kind]) for name, kind in self.dataset.fields.items()}
         return {**self._table_record_fields(), **declared}
 
-    def _learn_fields(self, source: DataFrame, known: dict, only: set[str] | None) -> tuple[dict, set[str]]:
+    def _learn_fields(self, texts: DataFrame, known: dict, only: set[str] | None) -> tuple[dict, set[str]]:
         """Known fields plus the inferred types of ``only`` (or of every field the batch has, when None)."""
-        from pyspark.sql import functions as F
         from pyspark.sql import types as T
 
-        values = source.where(F.col("value").isNotNull()).select(F.col("value").cast("string").alias("v"))
-        inferred = {f.name: f.dataType for f in self._infer(values).fields if only is None or f.name in only}
+        inferred = {f.name: f.dataType for f in self._infer(texts).fields if only is None or f.name in only}
+        inferred.pop("_corrupt_record", None)
         learned = {**{k: v for k, v in inferred.items() if not isinstance(v, T.NullType)}, **known}
         ignored = {k for k, v in inferred.items() if isinstance(v, T.NullType) and k not in known}
         return learned, ignored
+
+    def _evolve(self, source: DataFrame, known: dict, ignored: set[str], key) -> tuple[dict, set[str]] | None:
+        """New fields of the batch under the dataset's schema policy: learned (additive), or None when the
+        known fields stay."""
+        new = sorted(name for name in self.counts.fields if name not in known and name not in ignored)
+        reserved = [name for name in new if is_reserved(name)]
+        if reserved:
+            raise IngestError(
+                f"dataset '{self.dataset.name}', records {self.plan.describe(self.dataset.topic)}: records carry "
+                f"field(s) {reserved}, names reserved for the engine's columns. Rename them in the producer. "
+                "Nothing was committed."
+            )
+        if not new or self.dataset.schema_evolution != "additive":
+            return None  # strict failed already on new fields with values; quarantine dead-letters their records
+        self.engine.log.info(f"{self.dataset.name}: new fields {new}: inferring their types")
+        return self._learn_fields(self._texts(self._prepared(source), key), known, set(new))
+
+    def _check_schema_policy(self, source: DataFrame, known: dict, key) -> None:
+        """``strict``: a new field or a changed type fails the run, naming every one (docs/DESIGN.md §9.4)."""
+        from pyspark.sql import types as T
+
+        dataset = self.dataset
+        if dataset.schema_evolution != "strict" or not self.table_existed:
+            return
+        new = [name for name in self.counts.fields if name not in known]
+        if not new and not self.counts.type_mismatches:
+            return
+        batch = {f.name: f.dataType for f in self._infer(self._texts(self._prepared(source), key)).fields}
+        added = [f"'{name}' ({batch[name].simpleString()})" for name in sorted(new)
+                 if name in batch and not isinstance(batch[name], T.NullType)]  # fmt: skip
+        changed = [
+            f"'{name}' ({batch[name].simpleString()}, the table stores {known[name].simpleString()})"
+            for name in sorted(batch) if name in known and not _compatible(batch[name], known[name])
+        ]  # fmt: skip
+        parts = ([f"new field(s) {', '.join(added)}"] if added else []) + (
+            [f"changed type(s) {', '.join(changed)}"] if changed else []
+        )
+        if not parts:
+            return  # only fields that are null in every record: nothing to add yet
+        raise IngestError(
+            f"dataset '{dataset.name}', records {self.plan.describe(dataset.topic)} do not match the table's schema "
+            f"(schema_evolution: strict): {'; '.join(parts)}. Change the table deliberately (ALTER TABLE … ADD "
+            "COLUMNS), or use schema_evolution: additive or quarantine, then re-run. Nothing was committed."
+        )
 
     def _infer(self, json_rows: DataFrame):
         """JSON schema inference over the batch (only when fields appear that the table does not have)."""
@@ -183,13 +472,11 @@ class _SparkRun:
         return inferred.schema
 
     def _table_record_fields(self) -> dict:
-        from ingest_platform.catalog import RESERVED_COLUMNS
-
         if not self._table_exists():
             return {}
         schema = self.spark.read.format("delta").load(self.path).schema
-        skip = set(RESERVED_COLUMNS) | (set(self.dataset.partition_by) & set(DERIVED))
-        return {f.name: f.dataType for f in schema.fields if f.name not in skip}
+        skip = set(self.dataset.partition_by) & set(DERIVED)
+        return {f.name: f.dataType for f in schema.fields if f.name not in skip and not is_reserved(f.name)}
 
     def _table_exists(self) -> bool:
         return self.plan.table is not None or self._delta_log().tableExists()
@@ -198,136 +485,145 @@ class _SparkRun:
         jvm = self.spark._jvm
         return jvm.org.apache.spark.sql.delta.DeltaLog.forTable(self.spark._jsparkSession, self.path)
 
-    def _decode(self, rows: DataFrame, known: dict) -> DataFrame:
+    def _decoded(self, prepared: DataFrame, known: dict, key) -> DataFrame:
+        """The table's columns for every record, plus ``ERROR`` (why a record cannot be applied) and the raw
+        value and JSON text (for the dead-letter table)."""
         from pyspark.sql import functions as F
-        from pyspark.sql import types as T
 
         dataset = self.dataset
-        schema = T.StructType([T.StructField(name, dtype, True) for name, dtype in known.items()])
-        location = F.concat(
-            F.lit(f"dataset '{dataset.name}', record {dataset.topic}["), F.col("partition").cast("string"),
-            F.lit("] offset "), F.col("offset").cast("string"),
-        )  # fmt: skip
-        parsed = F.from_json(F.col("value").cast("string"), schema, {"mode": "FAILFAST"})
-        frame = rows.select(parsed.alias("r"), "key", "topic", "partition", "offset", "timestamp")
-        record_columns = [F.col(f"r.`{f.name}`").alias(f.name) for f in schema.fields]
-        kafka_time = F.col("timestamp")
-        event_time: Column = kafka_time
-        if dataset.event_time_field and dataset.event_time_field in schema.fieldNames():
-            raw = F.col(f"r.`{dataset.event_time_field}`")
-            field_type = schema[dataset.event_time_field].dataType
-            event_time = F.coalesce(_parse_event_time(raw, field_type, location, dataset.event_time_field), kafka_time)
+        frame = sc.decode(prepared, known, self.tolerant)
+        record = {name: F.col(f"_kafka_record.`{name}`") for name in known}
+        if sc.KEY_TEXT in frame.columns:
+            # Debezium without a catalog key: the message key's fields fill the columns the image lacks.
+            frame = frame.withColumn("_kafka_key_record", F.from_json(F.col(sc.KEY_TEXT), _struct(known)))
+            for name in known:
+                record[name] = F.coalesce(record[name], F.col(f"_kafka_key_record.`{name}`"))
+        event_time = self._event_time(frame, known)
         derived = {
             "year": F.year(event_time), "month": F.month(event_time), "day": F.dayofmonth(event_time),
             "hour": F.hour(event_time), "date": F.to_date(event_time),
         }  # fmt: skip
-        partition_columns = [derived[name].cast("int" if name != "date" else "date").alias(name)
-                             for name in dataset.partition_by if name in derived]  # fmt: skip
-        reserved = [
+        columns = [column.alias(name) for name, column in record.items()]
+        columns += [derived[name].cast("int" if name != "date" else "date").alias(name)
+                    for name in dataset.partition_by if name in derived]  # fmt: skip
+        columns += [
             F.col("topic").alias("_kafka_topic"),
             F.col("partition").cast("int").alias("_kafka_partition"),
             F.col("offset").cast("long").alias("_kafka_offset"),
-            kafka_time.alias("_kafka_timestamp"),
+            F.col("timestamp").alias("_kafka_timestamp"),
             F.col("key").alias("_kafka_key"),
             event_time.alias("_event_time"),
             F.current_timestamp().alias("_ingested_at"),
         ]
-        return frame.select(*record_columns, *partition_columns, *reserved)
+        if dataset.format == "debezium":
+            columns += [F.col(CDC_OP), F.col(CDC_POSITION)]
+            if dataset.delete_mode == "soft":
+                deleted = F.col(CDC_OP) == DELETE_OP
+                columns += [deleted.alias(CDC_DELETED), F.when(deleted, event_time).alias(CDC_DELETED_AT)]
+        helpers = [sc.TEXT, sc.ERROR] + ([sc.KEY_TEXT] if sc.KEY_TEXT in frame.columns else [])
+        decoded = frame.select(*columns, F.col("value").alias("_kafka_value"), *helpers)
+        return self._check_records(decoded, known, key)
+
+    def _check_records(self, decoded: DataFrame, known: dict, key) -> DataFrame:
+        """Dead-letter reasons that need the decoded row: quarantined new fields, a missing key (upserts)."""
+        from pyspark.sql import functions as F
+
+        if self.dataset.schema_evolution == "quarantine":
+            unknown = sc.unknown_fields(list(known))
+            reason = F.concat(F.lit("field '"), F.element_at(unknown, 1),
+                              F.lit("' is not in the table (schema_evolution: quarantine)"))  # fmt: skip
+            decoded = sc.with_error(decoded, F.size(unknown) > 0, reason)
+        if self.dataset.mode == "upsert":
+            missing, reason = sc.missing_key(key, decoded.columns)
+            decoded = sc.with_error(decoded, missing, reason)
+        return decoded
+
+    def _event_time(self, frame: DataFrame, known: dict) -> Column:
+        """``event_time_field`` parsed; else Debezium's source time; else the Kafka timestamp."""
+        from pyspark.sql import functions as F
+
+        dataset = self.dataset
+        fallbacks = [F.col("timestamp")]
+        if dataset.format == "debezium":
+            fallbacks.insert(0, F.timestamp_millis(F.col(sc.SOURCE_MS)))
+        if dataset.event_time_field and dataset.event_time_field in known:
+            location = F.concat(
+                F.lit(f"dataset '{dataset.name}', record {dataset.topic}["), F.col("partition").cast("string"),
+                F.lit("] offset "), F.col("offset").cast("string"),
+            )  # fmt: skip
+            raw = F.when(F.col(sc.ERROR).isNull(), F.col(f"_kafka_record.`{dataset.event_time_field}`"))
+            parsed = _parse_event_time(raw, known[dataset.event_time_field], location, dataset.event_time_field)
+            fallbacks.insert(0, parsed)
+        return F.coalesce(*fallbacks) if len(fallbacks) > 1 else fallbacks[0]
+
+    @staticmethod
+    def _table_rows(decoded: DataFrame) -> DataFrame:
+        from pyspark.sql import functions as F
+
+        return decoded.where(F.col(sc.ERROR).isNull()).drop("_kafka_value", sc.TEXT, sc.ERROR, sc.KEY_TEXT)
+
+    # -- dead letters -----------------------------------------------------------------------------------------
+
+    def _dead_letters(self, decoded, known: dict, write: bool = True, records: int | None = None) -> None:
+        """Bad records over ``max_dlq_ratio`` fail the run (nothing committed); else they go to the DLQ first
+        (``write``). ``decoded`` makes the decoded batch (only called when there are bad records to read)."""
+        dataset = self.dataset
+        bad = self.counts.total(self.counts.bad)
+        records = self.counts.total(self.counts.records) if records is None else records
+        over = bad > dataset.max_dlq_ratio * records
+        if not bad or not (over or write):
+            return
+        dead = self._collect_bad(decoded(), known, limit=NAMED_BAD_RECORDS if over else None)
+        if over:
+            named = "; ".join(f"record {dataset.topic}[{r.partition}] offset {r.offset}: {r.error}" for r in dead)
+            raise IngestError(
+                f"dataset '{dataset.name}': {bad} of {records} records cannot be applied, more than max_dlq_ratio "
+                f"{dataset.max_dlq_ratio:g} allows: {named}{'; …' if bad > len(dead) else ''}. Fix the producer (or "
+                "the catalog's key/schema:), or raise max_dlq_ratio to send such records to the dead-letter table "
+                f"{dataset.dlq_table_path}. Nothing was committed."
+            )
+        if not write:
+            return
+        covered = {r.partition: r.end - 1 for r in self._read_ranges}
+        run = {"run_id": self.run_id, "engine": ENGINE_NAME, "topic": dataset.topic,
+               "started_at": round(self.started_at, 3),
+               "ranges": {str(r.partition): [r.start, r.end - 1] for r in self._read_ranges}}  # fmt: skip
+        version, added = write_dead_letters(self.engine.lake, dataset, dead, covered, run)
+        if version is not None:
+            self.report.dlq_commits.append(version)
+        self.engine.log.warning(
+            f"{dataset.name}: {bad} records dead-lettered to {dataset.dlq_table_path} ({added} new, version {version})"
+        )
+
+    def _collect_bad(self, decoded: DataFrame, known: dict, limit: int | None) -> list[BadRecord]:
+        """The bad records on the driver (few: bounded by max_dlq_ratio, or ``limit`` when failing)."""
+        from pyspark.sql import functions as F
+
+        bad = decoded.where(F.col(sc.ERROR).isNotNull()).select(
+            "_kafka_partition", "_kafka_offset", F.unix_millis("_kafka_timestamp").alias("ms"), "_kafka_key",
+            "_kafka_value", sc.TEXT, sc.ERROR,
+        ).orderBy("_kafka_partition", "_kafka_offset")  # fmt: skip
+        rows = bad.limit(limit).collect() if limit else bad.collect()
+        return [
+            BadRecord(
+                partition=row["_kafka_partition"], offset=row["_kafka_offset"], timestamp_ms=row["ms"],
+                key=_bytes(row["_kafka_key"]), value=_bytes(row["_kafka_value"]),
+                error=sc.explain(row[sc.ERROR], _bytes(row["_kafka_value"]), row[sc.TEXT], known),
+            )
+            for row in rows
+        ]  # fmt: skip
 
     # -- writing ----------------------------------------------------------------------------------------------
 
-    def _observed(self, source: DataFrame):
-        """The batch with its figures collected while it is written (Spark ``observe``: no extra pass)."""
-        from pyspark.sql import Observation
+    def _to_table_schema(self, data: DataFrame) -> DataFrame:
+        """Exactly the table's columns, cast to its types; a column the batch lacks is null."""
         from pyspark.sql import functions as F
 
-        observation = Observation(f"ingest-{self.run_id}-{uuid.uuid4().hex[:8]}")
-        per_partition = [
-            F.sum(F.when(F.col("partition") == r.partition, 1).otherwise(0)).alias(f"records_{r.partition}")
-            for r in self.plan.ranges if r.count
-        ]  # fmt: skip
-        observed = source.observe(
-            observation,
-            F.count(F.lit(1)).alias("records"),
-            F.sum(F.when(F.col("value").isNull(), 1).otherwise(0)).alias("skipped"),
-            F.sum(F.coalesce(F.length("value"), F.lit(0)) + F.coalesce(F.length("key"), F.lit(0))).alias("bytes"),
-            F.array_distinct(F.flatten(F.collect_set(F.json_object_keys(F.col("value").cast("string"))))).alias("keys"),
-            F.unix_micros(F.min("timestamp")).alias("oldest_micros"),
-            *per_partition,
-        )
-        return observed, observation
-
-    def _write_files(self, source: DataFrame, known: dict):
-        """Decode and write the batch's data files in a new transaction; nothing is committed yet."""
-        from pyspark.sql import functions as F
-
-        dataset, plan = self.dataset, self.plan
-        observed, observation = self._observed(source)
-        rows = observed.where(F.col("value").isNotNull())
-        data = self._decode(rows, known)
-        self._ensure_table(data)
         table_schema = self.spark.read.format("delta").load(self.path).schema
-        data = data.select(
+        return data.select(
             *[(F.col(f"`{f.name}`") if f.name in data.columns else F.lit(None)).cast(f.dataType).alias(f.name)
               for f in table_schema.fields]
         )  # fmt: skip
-        data = self._size_files(data)
-        txn = self._delta_log().startTransaction()
-        for r in plan.ranges:
-            if not r.count:
-                continue
-            recorded = int(txn.txnVersion(app_id(dataset.name, r.partition)))  # also registers the read
-            expected = plan.ledger.get(r.partition, -1)
-            if recorded != expected:
-                raise ConcurrentWriterError(
-                    f"dataset '{dataset.name}': the ledger of {self.path} moved from {expected} to {recorded} for "
-                    f"partition {r.partition} during this run; another writer is ingesting this dataset. "
-                    "Nothing was committed by this run."
-                )
-        try:
-            files = txn.writeFiles(data._jdf)
-        except Exception as error:  # py4j wraps Spark's failure (FAILFAST decoding, event-time parsing)
-            raise IngestError(self._explain_failure(error, source.where(F.col("value").isNotNull()))) from None
-        return txn, files, observation.get
-
-    def _commit(self, txn, files, metrics: dict) -> None:
-        """One Delta commit: the files plus one ``txn`` per partition (the ledger), with the run's metadata."""
-        dataset, plan = self.dataset, self.plan
-        jvm = self.spark._jvm
-        none = getattr(getattr(jvm.scala, "None$"), "MODULE$")
-        self.report.records = int(metrics["records"] or 0)
-        self.report.skipped = int(metrics["skipped"] or 0)
-        self.report.bytes_read = int(metrics["bytes"] or 0)
-        advancing = {r.partition: r.end - 1 for r in plan.ranges if r.count}
-        for partition, last in sorted(advancing.items()):
-            txn.updateSetTransaction(app_id(dataset.name, partition), last, none)
-        metadata = {
-            "run_id": self.run_id, "engine": ENGINE_NAME, "topic": dataset.topic, "records": self.report.records,
-            "skipped": self.report.skipped, "started_at": round(self.started_at, 3),
-            "ranges": {str(r.partition): [r.start, r.end - 1] for r in plan.ranges if r.count},
-        }  # fmt: skip
-        if plan.data_loss_metadata(advancing):  # on_data_loss: skip — the gaps this commit moves past
-            metadata["data_loss"] = plan.data_loss_metadata(advancing)
-        write_op = getattr(getattr(jvm.org.apache.spark.sql.delta.DeltaOperations, "Write$"), "MODULE$")
-        operation = write_op.apply(
-            jvm.org.apache.spark.sql.SaveMode.Append, none, none,
-            jvm.scala.Option.apply(json.dumps({RUN_METADATA_KEY: metadata}, sort_keys=True)),
-            none, none, none, none, none,
-        )  # fmt: skip
-        version = int(txn.commit(files, operation))
-        stats = commit_stats(self.uri, version, self.engine.lake.storage_options)
-        self.report.commits.append(version)
-        self.report.rows_written = stats.rows
-        self.report.files_written = stats.files
-        self.report.bytes_written = stats.bytes
-        # The oldest event time from the files' statistics (no extra pass), else the oldest Kafka timestamp.
-        kafka_micros = metrics.get("oldest_micros")
-        oldest = stats.oldest_event_time or (
-            datetime.fromtimestamp(kafka_micros / 1e6, timezone.utc) if kafka_micros is not None else None
-        )
-        if oldest is not None:
-            self.report.max_event_to_commit_lag_s = (datetime.now(timezone.utc) - oldest).total_seconds()
-        self.engine.log.info(f"{dataset.name}: committed version {version}: {stats.rows} rows, {stats.files} files")
 
     def _ensure_table(self, data: DataFrame) -> None:
         """Create the table (schema, partitioning) or add new top-level columns, as metadata-only commits."""
@@ -354,16 +650,16 @@ class _SparkRun:
                 )
         current = {f.name: f.dataType for f in self.spark.read.format("delta").load(self.path).schema.fields}
         added = []
-        for field in data.schema.fields:
-            if field.name not in current:
-                if isinstance(field.dataType, T.NullType):
+        for field_ in data.schema.fields:
+            if field_.name not in current:
+                if isinstance(field_.dataType, T.NullType):
                     continue
-                added.append(f"`{field.name}` {field.dataType.simpleString()}")
-            elif not _compatible(field.dataType, current[field.name]):
+                added.append(f"{quote_spark(field_.name)} {field_.dataType.simpleString()}")
+            elif not _compatible(field_.dataType, current[field_.name]):
                 raise IngestError(
-                    f"dataset '{dataset.name}': field '{field.name}' has type {field.dataType.simpleString()} in "
+                    f"dataset '{dataset.name}': field '{field_.name}' has type {field_.dataType.simpleString()} in "
                     f"records {self.plan.describe(dataset.topic)}, but the table stores it as "
-                    f"{current[field.name].simpleString()}. Fix the producer, or declare the field's type under "
+                    f"{current[field_.name].simpleString()}. Fix the producer, or declare the field's type under "
                     "'schema:' in the catalog."
                 )
         if added:
@@ -391,6 +687,8 @@ class _SparkRun:
         import pyarrow.compute as pc
 
         actions = pa.table(table.get_add_actions(flatten=True))
+        if actions.num_rows == 0:
+            return 0.0
         rows = pc.sum(actions["num_records"]).as_py() or 0
         size = pc.sum(actions["size_bytes"]).as_py() or 0
         return self.plan.total * size / rows if rows else 0.0
@@ -404,9 +702,13 @@ class _SparkRun:
         if marker in text:
             return text.split(marker, 1)[1].split("\n", 1)[0].strip() + " Nothing was committed."
         dataset = self.dataset
-        keys = F.json_object_keys(F.col("value").cast("string"))  # null for invalid JSON or a non-object
-        corrupt = rows.select("partition", "offset", "value", keys.alias("k")).where(F.col("k").isNull()) \
-            .orderBy("partition", "offset").first()
+        keys = F.json_object_keys(F.col(sc.TEXT))  # null for invalid JSON or a non-object
+        corrupt = (
+            rows.select("partition", "offset", "value", sc.TEXT, keys.alias("k"))
+            .where(F.col("k").isNull() & F.col(sc.TEXT).isNotNull())
+            .orderBy("partition", "offset")
+            .first()
+        )
         if corrupt is not None:
             return (
                 f"dataset '{dataset.name}', record {dataset.topic}[{corrupt['partition']}] offset {corrupt['offset']}: "
@@ -414,7 +716,7 @@ class _SparkRun:
             )
         # Every value is a JSON object: a field's type differs from the table's. Infer the batch to name it.
         table = {f.name: f.dataType for f in self.spark.read.format("delta").load(self.path).schema.fields}
-        batch = self._infer(rows.select(F.col("value").cast("string").alias("v")))
+        batch = self._infer(rows.where(F.col(sc.TEXT).isNotNull()).select(F.col(sc.TEXT).alias("v")))
         conflicts = [
             f"field '{f.name}' has type {f.dataType.simpleString()} in the records, but the table stores it as "
             f"{table[f.name].simpleString()}"
@@ -425,6 +727,16 @@ class _SparkRun:
             f"dataset '{dataset.name}', records {self.plan.describe(dataset.topic)}: {what}. Fix the producer, or "
             "declare the field's type under 'schema:' in the catalog. Nothing was committed."
         )
+
+
+def _struct(fields: dict):
+    from pyspark.sql import types as T
+
+    return T.StructType([T.StructField(name, dtype, True) for name, dtype in fields.items()])
+
+
+def _bytes(value) -> bytes | None:
+    return bytes(value) if value is not None else None
 
 
 def _compatible(batch_type, table_type) -> bool:

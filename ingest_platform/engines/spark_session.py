@@ -307,9 +307,7 @@ def spark_append_with_offsets(
     ``OptimisticTransaction`` (``updateSetTransaction`` per app id + ``commit``), see
     ingest_platform_tests/test_delta_protocol_interop.py::test_multi_txn_commit_via_internal_api.
     """
-    writer = (
-        df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", int(version))
-    )
+    writer = df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", int(version))
     if user_metadata is not None:
         writer = writer.option("userMetadata", user_metadata)
     writer.save(str(table_path))
@@ -428,3 +426,18 @@ def _start_session(profile, extra: dict) -> SparkSession:
             builder = builder.config(key, str(value))
         session = builder.getOrCreate()
     return session
+
+
+def scala_none(jvm):
+    """Scala's ``None``, for JVM calls that take an ``Option``."""
+    return getattr(getattr(jvm.scala, "None$"), "MODULE$")
+
+
+def append_operation(jvm, user_metadata: str):
+    """``DeltaOperations.Write`` (append) carrying ``userMetadata``, for commits through the internal API."""
+    none = scala_none(jvm)
+    write_op = getattr(getattr(jvm.org.apache.spark.sql.delta.DeltaOperations, "Write$"), "MODULE$")
+    return write_op.apply(
+        jvm.org.apache.spark.sql.SaveMode.Append, none, none, jvm.scala.Option.apply(user_metadata),
+        none, none, none, none, none,
+    )  # fmt: skip
