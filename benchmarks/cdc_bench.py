@@ -8,10 +8,13 @@ updates, deletes with tombstones, inserts and re-inserts; default 100K + 400K) i
   (c) the same topic upserted (``mode: upsert``): last change per key + MERGE with the ledger, one commit per
       batch; the table must end with exactly the source's live keys;
   (d) steady state: U more updates of existing keys, upserted into the table of K rows (and appended to the
-      change log, as its reference).
+      change log, as its reference);
+  (e) with --spark: the Spark engine upserting the same topic into its own table (one MERGE per Kafka
+      partition), then the same steady updates; its table must equal the embedded engine's row count.
 
     python benchmarks/cdc_bench.py                          # the full size (a few minutes here)
     python benchmarks/cdc_bench.py --keys 2000 --changes 3000   # a smoke run
+    python benchmarks/cdc_bench.py --spark                  # also the Spark engine (local profile)
 
 Results: benchmarks/results/cdc_bench.json and .md (or --out DIR).
 """
@@ -48,6 +51,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--changes", type=int, default=400_000, help="changes after the snapshot")
     parser.add_argument("--updates", type=int, default=None, help="steady-state updates [default: keys]")
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--spark", action="store_true", help="also time the Spark engine (e)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args()
 
@@ -60,8 +64,13 @@ def dataset(topic: str, name: str, mode: str):
     return parsed
 
 
-def timed_run(kafka: KafkaConnection, lake: LakeLocation, target) -> dict:
-    report = EmbeddedEngine(kafka, lake).run(target)
+def timed_run(kafka: KafkaConnection, lake: LakeLocation, target, spark=None) -> dict:
+    if spark is None:
+        report = EmbeddedEngine(kafka, lake).run(target)
+    else:
+        from ingest_platform.engines.spark import SparkEngine
+
+        report = SparkEngine(kafka, lake, spark).run(target)
     return {
         "records": report.records,
         "seconds": round(report.duration_s, 3),
@@ -81,6 +90,23 @@ def steady_updates(events: list, count: int) -> list:
     last_ms = max(json.loads(e.value)["ts_ms"] for e in events if e.value is not None)
     rendered = cdc_data.mysql_events(plan, seed=99, start_ms=last_ms + 60_000, first_binlog=900_000)
     return [e for e in rendered if e.value is not None and json.loads(e.value)["op"] == "u"]
+
+
+def spark_upserts(kafka: KafkaConnection, lake: LakeLocation, topic: str, first: int) -> dict:
+    """(e): the Spark engine over the same topic: the first ``first`` records, then the steady updates."""
+    from ingest_platform.engines.spark_profiles import load_profile
+    from ingest_platform.engines.spark_session import spark_for_profile
+
+    started = time.perf_counter()
+    spark = spark_for_profile(load_profile("local"))
+    spark.range(10).count()  # the JVM's warm-up is not the engine's
+    session_s = time.perf_counter() - started
+    target = dataset(topic, "users_spark", "upsert")
+    capped = target.model_copy(update={"max_records_per_run": first})
+    initial = timed_run(kafka, lake, capped, spark)
+    steady = timed_run(kafka, lake, target, spark)
+    return {"session_start_s": round(session_s, 1), "upsert": initial, "steady_upsert": steady,
+            "table_rows": lake.open_table(target.table_path).count()}  # fmt: skip
 
 
 def main() -> int:
@@ -110,6 +136,7 @@ def main() -> int:
             steady_append = timed_run(kafka, lake, changelog)
             steady_upsert = timed_run(kafka, lake, upsert)
             rows_after = lake.open_table(upsert.table_path).count()
+            spark_runs = spark_upserts(kafka, lake, topic, len(events)) if args.spark else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -141,10 +168,16 @@ def main() -> int:
         "ratio_c_to_b": round(upsert_run["records_per_s"] / append_run["records_per_s"], 3),
         "ratio_d_upsert_to_d_append": round(steady_upsert["records_per_s"] / steady_append["records_per_s"], 3),
     }
+    if spark_runs:
+        result["e_spark"] = spark_runs
+        result["ratio_e_to_c"] = round(spark_runs["upsert"]["records_per_s"] / upsert_run["records_per_s"], 3)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cdc_bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "cdc_bench.md").write_text(markdown(result))
     print(markdown(result))
+    if spark_runs and spark_runs["table_rows"] != len(state.rows):
+        print(f"Spark table rows {spark_runs['table_rows']}, expected {len(state.rows)} live keys", file=sys.stderr)
+        return 1
     if table_rows != len(state.rows) or rows_after != len(state.rows):
         print(f"table rows {table_rows}/{rows_after}, expected {len(state.rows)} live keys", file=sys.stderr)
         return 1
@@ -163,6 +196,14 @@ def markdown(r: dict) -> str:
         ("(d) steady updates: upsert into the table", du["records"], du["seconds"], du["records_per_s"],
          f"{r['ratio_d_upsert_to_d_append']:.3f} of the append"),
     ]  # fmt: skip
+    if "e_spark" in r:
+        e = r["e_spark"]
+        rows += [
+            ("(e) Spark engine: upsert of the same records", e["upsert"]["records"], e["upsert"]["seconds"],
+             e["upsert"]["records_per_s"], f"{r['ratio_e_to_c']:.3f} of (c)"),
+            ("(e) Spark engine: steady updates", e["steady_upsert"]["records"], e["steady_upsert"]["seconds"],
+             e["steady_upsert"]["records_per_s"], f"{e['steady_upsert']['commits']} MERGE commits"),
+        ]  # fmt: skip
     ops = ", ".join(f"{op} {count:,}" for op, count in sorted(r["by_op"].items()))
     lines = [
         f"# cdc_bench — Debezium MySQL, {r['snapshot_rows']:,} snapshot rows + {r['changes']:,} changes, "
@@ -180,6 +221,8 @@ def markdown(r: dict) -> str:
         f"after {r['d_steady_updates']:,} more updates: {r['d_table_rows']:,} rows "
         f"(MERGE updated {du['rows_updated']:,} rows in {du['commits']} commit(s))",
         f"- producing the topic: {r['produce_records_per_s']:,} records/s",
+        *([f"- Spark session start {r['e_spark']['session_start_s']} s (not counted); Spark table "
+           f"{r['e_spark']['table_rows']:,} rows"] if "e_spark" in r else []),  # fmt: skip
         "",
     ]
     return "\n".join(lines)
