@@ -35,11 +35,13 @@ class SparkUpsert:
 
         # Several passes read the batch (figures, bad records, one MERGE per partition): read Kafka once.
         source = self._source().persist(StorageLevel.MEMORY_AND_DISK)
-        reduced = None
+        reduced = decoded = None
         try:
             prepared = self._prepared(source)
             key, known = self._key_and_fields(source, prepared)
-            decoded = self._decoded(prepared, known, key)
+            # Cached: later filters on the decoded rows would otherwise be pushed below the envelope parsing
+            # and copy its from_json calls into the filter (hundreds per row); the first pass fills the cache.
+            decoded = self._decoded(prepared, known, key).persist(StorageLevel.MEMORY_AND_DISK)
             self._count_bad(decoded, prepared)
             self._check_schema_policy(source, known, key)  # strict: a changed type fails before any commit
             self._dead_letters(lambda: decoded, known)
@@ -51,8 +53,9 @@ class SparkUpsert:
                 self._merge_partitions(reduced, key)
         finally:
             source.unpersist()
-            if reduced is not None:
-                reduced.unpersist()
+            for frame in (decoded, reduced):
+                if frame is not None:
+                    frame.unpersist()
 
     def _key_and_fields(self, source: DataFrame, prepared: DataFrame) -> tuple[list[str], dict]:
         """The batch's figures, its key columns, and the record fields under the schema policy (no commit)."""
@@ -118,11 +121,19 @@ class SparkUpsert:
         self._ensure_table(reduced)  # new columns first (metadata-only commit), so the MERGE needs no evolution
         source = self._to_table_schema(reduced)
         clauses = merge_clauses(self.dataset, key, source.columns, quote_spark)
+        self._merge_source = None  # the reduced batch, computed once by the first MERGE (see _merge)
         for r in self._read_ranges:
-            changes = source.where(F.col("_kafka_partition") == r.partition)
+            changes = lambda p=r.partition: self._checkpointed(source).where(F.col("_kafka_partition") == p)  # noqa: E731
             self._merge_partition(r.partition, r.end - 1, changes, clauses, key)
 
-    def _merge_partition(self, partition: int, last: int, changes: DataFrame, clauses, key: list[str]) -> None:
+    def _checkpointed(self, source: DataFrame) -> DataFrame:
+        """``source`` computed once for all MERGEs. Each MERGE materialises its source, and that does not use a
+        persisted frame's cache: every MERGE decoded and reduced the whole batch again."""
+        if self._merge_source is None:
+            self._merge_source = source.localCheckpoint(eager=True)
+        return self._merge_source
+
+    def _merge_partition(self, partition: int, last: int, changes, clauses, key: list[str]) -> None:
         """One commit for one Kafka partition: its changes MERGEd, its ``txn`` recorded, or only the ``txn``."""
         dataset = self.dataset
         app = app_id(dataset.name, partition)
@@ -154,8 +165,9 @@ class SparkUpsert:
             f"{updated} updated, {deleted} deleted"
         )
 
-    def _merge(self, changes: DataFrame, clauses, app: str, last: int, metadata: dict) -> None:
-        """delta-spark MERGE (aliases t, s) carrying the partition's ``txn`` and the run metadata."""
+    def _merge(self, changes, clauses, app: str, last: int, metadata: dict) -> None:
+        """delta-spark MERGE (aliases t, s) carrying the partition's ``txn`` and the run metadata. ``changes``
+        makes the partition's changes (the first call computes the batch: its failure is the MERGE's)."""
         from delta.tables import DeltaTable as SparkDeltaTable
 
         conf = self.spark.conf
@@ -163,7 +175,7 @@ class SparkUpsert:
         conf.set(TXN_VERSION, str(last))
         conf.set(USER_METADATA, json.dumps({RUN_METADATA_KEY: metadata}, sort_keys=True))
         try:
-            merger = SparkDeltaTable.forPath(self.spark, self.path).alias("t").merge(changes.alias("s"), clauses.on)
+            merger = SparkDeltaTable.forPath(self.spark, self.path).alias("t").merge(changes().alias("s"), clauses.on)
             merger = merger.whenMatchedUpdateAll(condition=clauses.update_all_when)
             if clauses.delete_when:
                 merger = merger.whenMatchedDelete(condition=clauses.delete_when)
