@@ -15,14 +15,13 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest_platform.catalog import Dataset, is_reserved
+from ingest_platform.catalog import DERIVED_PARTITIONS, Dataset, is_reserved
 from ingest_platform.engines import decode
 from ingest_platform.engines.changes import CDC_DELETED, CDC_DELETED_AT, CDC_OP, CDC_POSITION, DELETE_OP
 from ingest_platform.engines.debezium import fill_key_from_message, read_events, unwrap
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.lake.dead_letters import BadRecord
 
-DERIVED = ("year", "month", "day", "hour", "date")
 #: The engine's columns every table has (docs/DESIGN.md §3).
 ENGINE_COLUMN_TYPES = {
     "_kafka_topic": pa.string(),
@@ -126,7 +125,7 @@ class _BatchDecoder:
         """The table's record fields (not the engine's columns), whose types new values must fit."""
         if self.table_schema is None:
             return {}
-        derived = set(self.dataset.partition_by) & set(DERIVED)
+        derived = set(self.dataset.partition_by) & set(DERIVED_PARTITIONS)
         return {f.name: f.type for f in self.table_schema if not is_reserved(f.name) and f.name not in derived}
 
     def _json(self) -> pa.Table:

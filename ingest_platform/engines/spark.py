@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer
 
-from ingest_platform.catalog import Dataset, is_reserved
+from ingest_platform.catalog import DERIVED_PARTITIONS, Dataset, is_reserved
 from ingest_platform.engines import spark_changes as sc
 from ingest_platform.engines.changes import (
     CDC_DELETED,
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 ENGINE_NAME = "spark"
 #: Preferred data-file size, as in the embedded engine, clamped to the dataset's file-size target.
 PREFERRED_FILE_MB = 256
-DERIVED = ("year", "month", "day", "hour", "date")
 _SPARK_TYPES = {
     "string": "string", "long": "bigint", "integer": "int", "double": "double", "float": "float",
     "boolean": "boolean", "timestamp": "timestamp", "date": "date", "binary": "binary",
@@ -475,7 +474,7 @@ class _SparkRun(SparkUpsert):
         if not self._table_exists():
             return {}
         schema = self.spark.read.format("delta").load(self.path).schema
-        skip = set(self.dataset.partition_by) & set(DERIVED)
+        skip = set(self.dataset.partition_by) & set(DERIVED_PARTITIONS)
         return {f.name: f.dataType for f in schema.fields if f.name not in skip and not is_reserved(f.name)}
 
     def _table_exists(self) -> bool:
