@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: venv demo test test-fast checks-demo lint bench clean
+.PHONY: venv system-deps demo test test-fast checks-demo lint bench clean
 
 venv: $(STAMP)
 
@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# Debian packages the tests and local tooling need (deploy/local/debian-packages.txt); a no-op when present.
+system-deps:
+	deploy/local/install-debian-packages.sh
+
 demo: venv
 	$(BIN)/ingest-platform demo
 
-test: venv
+test: venv system-deps
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/python -m pytest
 	$(MAKE) checks-demo
