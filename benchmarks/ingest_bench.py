@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from ingest_platform.catalog import parse_catalog_text
 from ingest_platform.demo_data import produce, records
-from ingest_platform.engines.decode import decode_json, normalize_for_delta
+from ingest_platform.engines.embedded.decode import decode_json, normalize_for_delta
 from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.kafka.local_broker import LocalKafka, create_topic
 

@@ -34,7 +34,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from ingest_platform.catalog import load_catalog  # noqa: E402
 from ingest_platform.definitions import build_definitions  # noqa: E402
 from ingest_platform.defs.sensors import LAG_SENSOR  # noqa: E402
-from ingest_platform.engines.embedded import EmbeddedEngine  # noqa: E402
+from ingest_platform.engines.embedded.engine import EmbeddedEngine  # noqa: E402
 from ingest_platform.kafka.client import KafkaConnection  # noqa: E402
 from ingest_platform.kafka.local_broker import LocalKafka  # noqa: E402
 from ingest_platform.lake.tables import LakeLocation  # noqa: E402

@@ -12,7 +12,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, write_deltalake
 
 from ingest_platform.catalog import Dataset
-from ingest_platform.engines.decode import UTC_MICROS
+from ingest_platform.engines.embedded.decode import UTC_MICROS
 from ingest_platform.lake.commit import RUN_METADATA_KEY
 from ingest_platform.lake.ledger import ledger_transactions
 from ingest_platform.lake.tables import LakeLocation

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from ingest_platform import cdc_data
-from ingest_platform.engines import embedded as embedded_engine
+from ingest_platform.engines.embedded import engine as embedded_engine
 from ingest_platform.engines import spark as spark_engine
-from ingest_platform.engines.embedded import EmbeddedEngine
+from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.engines.spark import SparkEngine
 from ingest_platform.engines.spark_merge import TXN_APP_ID, TXN_VERSION

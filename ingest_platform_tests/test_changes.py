@@ -7,7 +7,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from ingest_platform.engines import decode
+from ingest_platform.engines.embedded import decode
 from ingest_platform.engines.changes import (
     last_change_per_key,
     merge_clauses,
@@ -17,7 +17,7 @@ from ingest_platform.engines.changes import (
     quote_datafusion,
     quote_spark,
 )
-from ingest_platform.engines.debezium import read_events
+from ingest_platform.engines.embedded.debezium import read_events
 from ingest_platform_tests.helpers import dataset_from_yaml
 
 MYSQL = {"connector": "mysql", "file": "mysql-bin.000003", "pos": 154, "row": 2, "ts_ms": 1_764_000_000_000}

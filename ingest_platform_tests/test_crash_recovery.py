@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, TopicPartition
 from deltalake import DeltaTable
 
 from ingest_platform.demo_data import produce, records
-from ingest_platform.engines.embedded import EmbeddedEngine
+from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.lake.ledger import app_id
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform_tests.helpers import json_dataset, read_table
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 CRASHING_RUN = textwrap.dedent(
     """
     import os, signal, sys
-    from ingest_platform.engines import embedded
+    from ingest_platform.engines.embedded import engine as embedded
     from ingest_platform.kafka.client import KafkaConnection
     from ingest_platform.lake.tables import LakeLocation
     from ingest_platform_tests.helpers import json_dataset

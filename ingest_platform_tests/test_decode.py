@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from ingest_platform.engines.decode import (
+from ingest_platform.engines.embedded.decode import (
     DecodeError,
     SchemaConflict,
     align_to_table,

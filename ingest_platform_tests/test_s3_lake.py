@@ -20,7 +20,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from ingest_platform.demo_data import produce, records
-from ingest_platform.engines.embedded import EmbeddedEngine
+from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.lake.ledger import app_id
 from ingest_platform.lake.storage import S3Config, lake_location
 from ingest_platform.lake.tables import LakeAccessError, commit_stats

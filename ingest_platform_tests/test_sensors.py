@@ -18,7 +18,7 @@ from ingest_platform.definitions import build_definitions
 from ingest_platform.defs import sensors
 from ingest_platform.defs.sensors import DATASET_TAG, LAG_SENSOR, PARTITION_SENSOR
 from ingest_platform.demo_data import produce, records
-from ingest_platform.engines.embedded import EmbeddedEngine
+from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.engines.planning import OffsetRangeError
 from ingest_platform.lake.commit import run_metadata_of
 from ingest_platform.lake.tables import LakeLocation

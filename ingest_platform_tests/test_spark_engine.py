@@ -9,7 +9,7 @@ import pytest
 from deltalake import DeltaTable
 
 from ingest_platform.demo_data import produce, records
-from ingest_platform.engines.embedded import EmbeddedEngine
+from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.engines.runner import run_dataset
 from ingest_platform.lake.commit import run_metadata_of

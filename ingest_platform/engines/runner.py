@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from ingest_platform.catalog import Dataset
-from ingest_platform.engines.embedded import EmbeddedEngine
+from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.engines.report import RunReport
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.kafka.client import KafkaConnection

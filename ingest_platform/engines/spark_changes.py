@@ -1,6 +1,6 @@
 """Spark column expressions for change records and bad records (docs/DESIGN.md §9).
 
-The Spark twin of ``engines/debezium.py`` and ``engines/changes.py``: Debezium envelopes (with or without the
+The Spark twin of ``engines/embedded/debezium.py`` and ``engines/changes.py``: Debezium envelopes (with or without the
 JSON converter's ``schema``/``payload`` wrapper) become a row image as JSON text, an op, a source position
 (the exact string of ``changes.position_of``) and an event time; records that cannot be applied get a reason
 in the ``ERROR`` column instead of failing the job. Reasons Spark cannot phrase (why a value is not JSON, which

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ingest_platform.catalog import Dataset
-from ingest_platform.engines.batch_rows import ENGINE_COLUMN_TYPES, KafkaRecords, to_rows
+from ingest_platform.engines.embedded.batch_rows import ENGINE_COLUMN_TYPES, KafkaRecords, to_rows
 from ingest_platform.engines.changes import (
     CDC_OP,
     DELETE_OP,

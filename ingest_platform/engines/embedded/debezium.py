@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest_platform.engines.changes import APPLIED_OPS, DELETE_OP, position_column
-from ingest_platform.engines.decode import DecodeError, normalize_for_delta
+from ingest_platform.engines.embedded.decode import DecodeError, normalize_for_delta
 
 
 @dataclass
