@@ -68,7 +68,7 @@ def timed_run(kafka: KafkaConnection, lake: LakeLocation, target, spark=None) ->
     if spark is None:
         report = EmbeddedEngine(kafka, lake).run(target)
     else:
-        from ingest_platform.engines.spark import SparkEngine
+        from ingest_platform.engines.spark.engine import SparkEngine
 
         report = SparkEngine(kafka, lake, spark).run(target)
     return {
@@ -94,8 +94,8 @@ def steady_updates(events: list, count: int) -> list:
 
 def spark_upserts(kafka: KafkaConnection, lake: LakeLocation, topic: str, first: int) -> dict:
     """(e): the Spark engine over the same topic: the first ``first`` records, then the steady updates."""
-    from ingest_platform.engines.spark_profiles import load_profile
-    from ingest_platform.engines.spark_session import spark_for_profile
+    from ingest_platform.engines.spark.profiles import load_profile
+    from ingest_platform.engines.spark.session import spark_for_profile
 
     started = time.perf_counter()
     spark = spark_for_profile(load_profile("local"))

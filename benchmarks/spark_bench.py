@@ -32,7 +32,7 @@ from ingest_bench import bench_arguments, make_values  # noqa: E402
 from ingest_platform.catalog import parse_catalog_text  # noqa: E402
 from ingest_platform.demo_data import produce  # noqa: E402
 from ingest_platform.engines.embedded.engine import EmbeddedEngine  # noqa: E402
-from ingest_platform.engines.spark import SparkEngine, kafka_source_options  # noqa: E402
+from ingest_platform.engines.spark.engine import SparkEngine, kafka_source_options  # noqa: E402
 from ingest_platform.kafka.client import KafkaConnection  # noqa: E402
 from ingest_platform.kafka.local_broker import LocalKafka, create_topic  # noqa: E402
 from ingest_platform.lake.tables import LakeLocation  # noqa: E402
@@ -80,8 +80,8 @@ def main() -> int:
     args = bench_arguments(__doc__, RESULTS)
     n = args.records
 
-    from ingest_platform.engines.spark_profiles import load_profile
-    from ingest_platform.engines.spark_session import spark_for_profile
+    from ingest_platform.engines.spark.profiles import load_profile
+    from ingest_platform.engines.spark.session import spark_for_profile
 
     work = Path(tempfile.mkdtemp(prefix="spark-bench-"))
     try:

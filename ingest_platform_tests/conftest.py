@@ -54,8 +54,8 @@ def spark():
     """The one Spark session of the test run (the engine's local profile: Delta + Kafka connectors)."""
     pytest.importorskip("pyspark")
     pytest.importorskip("delta")
-    from ingest_platform.engines.spark_profiles import load_profile
-    from ingest_platform.engines.spark_session import spark_for_profile
+    from ingest_platform.engines.spark.profiles import load_profile
+    from ingest_platform.engines.spark.session import spark_for_profile
 
     session = spark_for_profile(load_profile("local"))
     yield session

@@ -11,11 +11,11 @@ import pytest
 
 from ingest_platform import cdc_data
 from ingest_platform.engines.embedded import engine as embedded_engine
-from ingest_platform.engines import spark as spark_engine
+from ingest_platform.engines.spark import engine as spark_engine
 from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.engines.run_plan import IngestError
-from ingest_platform.engines.spark import SparkEngine
-from ingest_platform.engines.spark_merge import TXN_APP_ID, TXN_VERSION
+from ingest_platform.engines.spark.engine import SparkEngine
+from ingest_platform.engines.spark.merge import TXN_APP_ID, TXN_VERSION
 from ingest_platform.lake import health
 from ingest_platform.lake.commit import run_metadata_of
 from ingest_platform.lake.dead_letters import read_dead_letters
@@ -75,7 +75,7 @@ def test_a_merge_whose_txn_version_is_recorded_is_skipped(spark, tmp_path):
     a version at or below the recorded one, and commits the txn even when no row changes."""
     from delta.tables import DeltaTable as SparkDeltaTable
 
-    from ingest_platform.engines.spark_session import spark_read_ledger
+    from ingest_platform.engines.spark.session import spark_read_ledger
 
     path = str(tmp_path / "t")
     spark.createDataFrame([(1, "a", 10)], "id long, v string, o long").write.format("delta").save(path)

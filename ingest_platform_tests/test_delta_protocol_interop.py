@@ -118,7 +118,7 @@ def deltalake_table(tmp_path: Path) -> Path:
 
 @spark_test
 def test_spark_reads_deltalake_rows_and_ledger(spark, deltalake_table: Path) -> None:
-    from ingest_platform.engines.spark_session import spark_read_ledger
+    from ingest_platform.engines.spark.session import spark_read_ledger
 
     expected = rows(DeltaTable(str(deltalake_table)).to_pyarrow_table())
     assert rows(spark.read.format("delta").load(str(deltalake_table)).toArrow()) == expected
@@ -138,7 +138,7 @@ def test_spark_reads_deltalake_rows_and_ledger(spark, deltalake_table: Path) -> 
 
 @spark_test
 def test_spark_skips_append_already_in_deltalake_ledger(spark, deltalake_table: Path) -> None:
-    from ingest_platform.engines.spark_session import spark_append_with_offsets, spark_read_ledger
+    from ingest_platform.engines.spark.session import spark_append_with_offsets, spark_read_ledger
 
     path = str(deltalake_table)
     version_before = DeltaTable(path).version()
@@ -164,7 +164,7 @@ def test_spark_skips_append_already_in_deltalake_ledger(spark, deltalake_table: 
 @spark_test
 def test_deltalake_reads_spark_commit(spark, deltalake_table: Path) -> None:
     pl = pytest.importorskip("polars")
-    from ingest_platform.engines.spark_session import spark_append_with_offsets
+    from ingest_platform.engines.spark.session import spark_append_with_offsets
 
     path = str(deltalake_table)
     before = DeltaTable(path).to_pyarrow_table()
@@ -193,7 +193,7 @@ def test_deltalake_reads_spark_commit(spark, deltalake_table: Path) -> None:
 
 @spark_test
 def test_deltalake_continues_after_spark_commit(spark, deltalake_table: Path) -> None:
-    from ingest_platform.engines.spark_session import spark_append_with_offsets, spark_read_ledger
+    from ingest_platform.engines.spark.session import spark_append_with_offsets, spark_read_ledger
 
     path = str(deltalake_table)
     spark_append_with_offsets(spark_df(spark, platform_table(100)), path, "orders-1", 29)
@@ -234,7 +234,7 @@ def test_platform_types_deltalake_table_written_by_spark(spark, tmp_path: Path) 
 
 @spark_test
 def test_platform_types_spark_table_written_by_deltalake(spark, tmp_path: Path) -> None:
-    from ingest_platform.engines.spark_session import spark_append_with_offsets
+    from ingest_platform.engines.spark.session import spark_append_with_offsets
 
     path = tmp_path / "types_spark"
     first = platform_table(0)
@@ -436,7 +436,7 @@ def test_deltalake_uri_write_does_not_link_the_ledger_read(tmp_path: Path) -> No
 
 @spark_test
 def test_deltalake_detects_concurrent_spark_commit_of_same_app_id(spark, tmp_path: Path) -> None:
-    from ingest_platform.engines.spark_session import spark_append_with_offsets
+    from ingest_platform.engines.spark.session import spark_append_with_offsets
 
     path, stale, _ = _stale_pair(tmp_path)
     spark_append_with_offsets(spark_df(spark, platform_table(10)), path, "orders-0", 19)

@@ -108,7 +108,7 @@ def test_spark_engine_names_a_malformed_record_and_commits_nothing(kafka, lake, 
 
 
 def test_spark_profile_of_the_deployment_and_the_dataset(monkeypatch):
-    from ingest_platform.engines.spark_profiles import SparkProfileError, default_profile_name, load_profile
+    from ingest_platform.engines.spark.profiles import SparkProfileError, default_profile_name, load_profile
 
     assert default_profile_name({"DAGSTER_DEPLOYMENT": "prod"}) == "k8s"
     assert default_profile_name({}) == "local"
@@ -170,8 +170,8 @@ def test_a_connector_that_cannot_be_resolved_is_named(tmp_path):
     import sys
 
     script = textwrap.dedent("""
-        from ingest_platform.engines import spark_session
-        from ingest_platform.engines.spark_profiles import load_profile
+        from ingest_platform.engines.spark import session as spark_session
+        from ingest_platform.engines.spark.profiles import load_profile
         spark_session.kafka_connector_packages = lambda: ["org.apache.spark:spark-sql-kafka-0-10_2.13:0.0.404"]
         try:
             spark_session.spark_for_profile(load_profile("local"))

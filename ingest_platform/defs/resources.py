@@ -5,7 +5,7 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from ingest_platform.engines.spark_profiles import default_profile_name
+from ingest_platform.engines.spark.profiles import default_profile_name
 from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.lake.storage import S3Config, is_s3, lake_location
 from ingest_platform.lake.tables import LakeLocation
@@ -47,8 +47,8 @@ class SparkResource(dg.ConfigurableResource):
     profile: str = "local"
 
     def session(self, profile_name: str | None = None, s3: bool = False):
-        from ingest_platform.engines.spark_profiles import load_profile
-        from ingest_platform.engines.spark_session import spark_for_profile
+        from ingest_platform.engines.spark.profiles import load_profile
+        from ingest_platform.engines.spark.session import spark_for_profile
 
         return spark_for_profile(load_profile(profile_name or self.profile), s3=s3)
 

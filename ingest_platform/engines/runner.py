@@ -26,8 +26,8 @@ def resolve_engine(dataset: Dataset) -> str:
 
 
 def default_spark_session(profile_name: str, s3: bool = False):
-    from ingest_platform.engines.spark_profiles import load_profile
-    from ingest_platform.engines.spark_session import spark_for_profile
+    from ingest_platform.engines.spark.profiles import load_profile
+    from ingest_platform.engines.spark.session import spark_for_profile
 
     return spark_for_profile(load_profile(profile_name), s3=s3)
 
@@ -46,13 +46,13 @@ def run_dataset(
         return EmbeddedEngine(kafka, lake, log=log).run(dataset, run_id=run_id)
     if engine == "spark":
         try:
-            from ingest_platform.engines.spark import SparkEngine
+            from ingest_platform.engines.spark.engine import SparkEngine
         except ImportError as error:
             raise IngestError(
                 f"dataset '{dataset.name}' runs on Spark, but pyspark is not installed ({error}); "
                 "install the 'spark' extra: pip install -e '.[spark]'"
             ) from None
-        from ingest_platform.engines.spark_profiles import default_profile_name
+        from ingest_platform.engines.spark.profiles import default_profile_name
 
         profile = dataset.spark_profile or spark_profile or default_profile_name()
         if spark_session is None:

@@ -3,7 +3,7 @@ Kafka partition, each commit carrying that partition's ``txn``.
 
 delta-spark's MERGE records one idempotent ``txn`` per commit, set through session confs (delta PR #1555),
 so a run cannot MERGE all partitions in one commit as the embedded engine does. ``SparkUpsert`` is the
-upsert half of the Spark run (``engines/spark.py``); it shares the run's reading, decoding and checks.
+upsert half of the Spark run (``engines/spark/engine.py``); it shares the run's reading, decoding and checks.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import json
 import uuid
 from typing import TYPE_CHECKING
 
-from ingest_platform.engines import spark_changes as sc
+from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.changes import CDC_OP, DELETE_OP, merge_clauses, order_column, quote_spark
 from ingest_platform.engines.run_plan import IngestError
-from ingest_platform.engines.spark_session import append_operation, scala_none
+from ingest_platform.engines.spark.session import append_operation, scala_none
 from ingest_platform.lake.commit import RUN_METADATA_KEY, ConcurrentWriterError, run_metadata_of
 from ingest_platform.lake.ledger import app_id, read_ledger
 

@@ -36,7 +36,7 @@ class SparkProfile:
 
 def profiles_dir() -> Path:
     configured = os.environ.get(PROFILES_ENV)
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "deploy" / "spark" / "profiles"
+    return Path(configured) if configured else Path(__file__).resolve().parents[3] / "deploy" / "spark" / "profiles"
 
 
 def default_profile_name(environ: Mapping[str, str] | None = None) -> str:
