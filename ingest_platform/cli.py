@@ -54,7 +54,7 @@ def catalog_validate(path: str | None) -> None:
 @click.option("--bootstrap", help="Kafka bootstrap servers (default: $INGEST_KAFKA_BOOTSTRAP).")
 @click.option("-v", "--verbose", is_flag=True, help="Log each Delta commit.")
 def ingest(datasets, run_all, catalog_path, lake_root, bootstrap, verbose) -> None:
-    from ingest_platform.engines.planning import OffsetRangeError
+    from ingest_platform.engines.offset_ranges import OffsetRangeError
     from ingest_platform.engines.run_plan import IngestError
     from ingest_platform.engines.runner import run_dataset
     from ingest_platform.kafka.client import KafkaConnection

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest_platform.engines.planning import OffsetRangeError, start_offsets
+from ingest_platform.engines.offset_ranges import OffsetRangeError, start_offsets
 from ingest_platform.monitoring.lag import (
     OK,
     STALL,

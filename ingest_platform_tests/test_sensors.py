@@ -19,7 +19,7 @@ from ingest_platform.defs import sensors
 from ingest_platform.defs.sensors import DATASET_TAG, LAG_SENSOR, PARTITION_SENSOR
 from ingest_platform.demo_data import produce, records
 from ingest_platform.engines.embedded.engine import EmbeddedEngine
-from ingest_platform.engines.planning import OffsetRangeError
+from ingest_platform.engines.offset_ranges import OffsetRangeError
 from ingest_platform.lake.commit import run_metadata_of
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform.settings import Settings

@@ -9,7 +9,7 @@ from confluent_kafka import Consumer
 from deltalake import DeltaTable
 
 from ingest_platform.catalog import Dataset
-from ingest_platform.engines.planning import PartitionRange, plan_ranges, start_offsets
+from ingest_platform.engines.offset_ranges import PartitionRange, plan_ranges, start_offsets
 from ingest_platform.kafka.client import KafkaReadError, topic_partitions, watermarks
 from ingest_platform.lake.ledger import read_ledger
 from ingest_platform.lake.tables import LakeLocation

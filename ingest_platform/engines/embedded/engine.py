@@ -29,7 +29,7 @@ from ingest_platform.engines.changes import (
     quote_datafusion,
     with_table_columns,
 )
-from ingest_platform.engines.planning import PartitionRange
+from ingest_platform.engines.offset_ranges import PartitionRange
 from ingest_platform.engines.report import PartitionProgress, RunReport
 from ingest_platform.engines.run_plan import IngestError, plan_run
 from ingest_platform.kafka.client import KafkaConnection, commit_group_offsets

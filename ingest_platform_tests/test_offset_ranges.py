@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest_platform.engines.planning import OffsetRangeError, plan_ranges, start_offsets
+from ingest_platform.engines.offset_ranges import OffsetRangeError, plan_ranges, start_offsets
 
 
 def test_new_partitions_start_at_their_earliest_offset_and_known_ones_after_the_ledger():
