@@ -1,5 +1,5 @@
 """``ingest-platform plan``, ``topics plan|apply`` and ``preflight``: thin commands over
-``planning.capacity``, ``kafka.topics`` and ``preflight`` (docs/DESIGN.md §6)."""
+``capacity``, ``kafka.topics`` and ``preflight`` (docs/DESIGN.md §6)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ingest_platform.settings import Settings
 
 
 def _planner_options(fn):  # type: ignore[no-untyped-def]
-    from ingest_platform.planning.capacity import DEFAULT_SETTINGS as d
+    from ingest_platform.capacity import DEFAULT_SETTINGS as d
 
     options = [
         click.option("--partition-throughput", "partition_throughput_rps", type=float,
@@ -39,7 +39,7 @@ def _planner_options(fn):  # type: ignore[no-untyped-def]
 
 
 def _planner(kwargs: dict) -> object:
-    from ingest_platform.planning.capacity import PlannerSettings
+    from ingest_platform.capacity import PlannerSettings
 
     keys = ("partition_throughput_rps", "executor_capacity_rps", "batch_interval_s", "processing_time_s",
             "executor_cores", "shuffle_factor", "target_file_size_mb")
@@ -96,7 +96,7 @@ def _connection(bootstrap: str | None, timeout_s: float = 15):  # type: ignore[n
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per dataset.")
 @_planner_options
 def plan(datasets, catalog_path, as_json, **kwargs) -> None:
-    from ingest_platform.planning.capacity import format_plan_table, plan_catalog
+    from ingest_platform.capacity import format_plan_table, plan_catalog
 
     settings = _planner(kwargs)
     plans = plan_catalog(_select(_catalog(catalog_path), datasets), settings)  # type: ignore[arg-type]

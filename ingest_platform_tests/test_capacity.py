@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from ingest_platform.catalog import parse_catalog_text
 from ingest_platform.cli import main
-from ingest_platform.planning.capacity import (
+from ingest_platform.capacity import (
     MB,
     PlannerSettings,
     engine_choice,

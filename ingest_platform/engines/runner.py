@@ -20,7 +20,7 @@ def resolve_engine(dataset: Dataset) -> str:
     """``auto`` picks by the dataset's expected load (the planner's rule, docs/DESIGN.md §6)."""
     if dataset.engine != "auto":
         return dataset.engine
-    from ingest_platform.planning.capacity import recommend_engine
+    from ingest_platform.capacity import recommend_engine
 
     return recommend_engine(dataset)
 

@@ -11,7 +11,7 @@ docs/DESIGN.md §7 states the rules:
 * **Retention gap**: ledger + 1 below the earliest available offset. Reported with the exact lost ranges; a
   run fails with them (``on_data_loss: fail``) or skips them and records them in its commit (``skip``).
 * **Partition recommendation**: the guide's partitions = target throughput / per-partition throughput
-  (``planning/capacity.py``), with target = the largest of ``slo.throughput_rps``, ``expected.peak_rps`` and
+  (``capacity.py``), with target = the largest of ``slo.throughput_rps``, ``expected.peak_rps`` and
   the produce rate measured from the log end's growth between ticks.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ingest_platform.catalog import Dataset
 from ingest_platform.monitoring.offsets import TopicOffsets
-from ingest_platform.planning.capacity import DEFAULT_SETTINGS, PlannerSettings, kafka_partitions
+from ingest_platform.capacity import DEFAULT_SETTINGS, PlannerSettings, kafka_partitions
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,0 @@
-"""Capacity planning from the tuning guide's formulas (pure functions; no Kafka, no Dagster)."""
