@@ -95,7 +95,7 @@ def ingest(datasets, run_all, catalog_path, lake_root, bootstrap, verbose) -> No
                    "from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ... ($INGEST_DEMO_LAKE_ROOT).")
 @click.option("--scale", default=1.0, show_default=True, help="Multiply the demo's record counts.")
 def demo(lake_root: str, scale: float) -> None:
-    from ingest_platform.demo import format_table, run_demo
+    from ingest_platform.dev.demo import format_table, run_demo
 
     root = normalize_lake_root(lake_root)
     rows = run_demo(root, scale=scale, echo=click.echo)

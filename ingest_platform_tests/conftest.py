@@ -17,7 +17,7 @@ _topic_numbers = itertools.count()
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[object]:
     """The session's broker: started once (a few seconds), stopped at the end, killed with the session."""
-    from ingest_platform.kafka.local_broker import LocalKafka
+    from ingest_platform.dev.local_kafka import LocalKafka
 
     with LocalKafka(heap="768m") as broker:
         yield broker
@@ -31,7 +31,7 @@ def kafka(kafka_broker) -> KafkaConnection:
 @pytest.fixture
 def make_topic(kafka_broker) -> Callable[..., str]:
     """Create a fresh topic with a unique name; returns the name."""
-    from ingest_platform.kafka.local_broker import create_topic
+    from ingest_platform.dev.local_kafka import create_topic
 
     def make(partitions: int = 1, config: dict[str, str] | None = None, prefix: str = "t") -> str:
         name = f"{prefix}.{next(_topic_numbers)}.{uuid.uuid4().hex[:8]}"

@@ -9,7 +9,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from ingest_platform import cdc_data
+from ingest_platform.dev import cdc_data
 from ingest_platform.engines.embedded import engine as embedded_engine
 from ingest_platform.engines.spark import engine as spark_engine
 from ingest_platform.engines.embedded.engine import EmbeddedEngine

@@ -1,4 +1,4 @@
-"""Debezium test data (ingest_platform/cdc_data.py): envelopes, positions, tombstones, the expected state."""
+"""Debezium test data (ingest_platform/dev/cdc_data.py): envelopes, positions, tombstones, the expected state."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from ingest_platform.cdc_data import (
+from ingest_platform.dev.cdc_data import (
     COLUMNS,
     decode,
     expected_state,

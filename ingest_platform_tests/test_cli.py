@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from ingest_platform.cli import main
-from ingest_platform.demo_data import produce, records
+from ingest_platform.dev.demo_data import produce, records
 
 
 def all_commands(group: click.Group, prefix: tuple[str, ...] = ()):

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from deltalake import DeltaTable
 
-from ingest_platform.demo_data import produce, records
+from ingest_platform.dev.demo_data import produce, records
 from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.lake.ledger import app_id
 from ingest_platform.lake.tables import LakeLocation

@@ -13,7 +13,7 @@ import pytest
 
 from ingest_platform.definitions import build_definitions
 from ingest_platform.defs.assets import pool_name
-from ingest_platform.demo_data import produce, records
+from ingest_platform.dev.demo_data import produce, records
 from ingest_platform.settings import DEMO_CATALOG, Settings
 from ingest_platform_tests.helpers import read_table
 

@@ -8,7 +8,7 @@ import sys
 
 import ingest_platform
 
-DAGSTER_LAYER = ("ingest_platform.defs", "ingest_platform.definitions", "ingest_platform.demo",
+DAGSTER_LAYER = ("ingest_platform.defs", "ingest_platform.definitions", "ingest_platform.dev.demo",
                  "ingest_platform.cli", "ingest_platform.cli_checks")  # fmt: skip
 
 

@@ -160,7 +160,7 @@ def test_sensor_requests_maintenance_once_per_failed_file_size_evaluation(frag):
 
 @pytest.mark.kafka
 def test_engine_written_table_passes_every_check_and_survives_compaction(tmp_path, kafka, make_topic):
-    from ingest_platform.demo_data import produce, records
+    from ingest_platform.dev.demo_data import produce, records
     from ingest_platform.engines.embedded.engine import EmbeddedEngine
 
     topic = make_topic(partitions=3)

@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
-from ingest_platform.demo_data import produce, records
+from ingest_platform.dev.demo_data import produce, records
 from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.lake.ledger import app_id
 from ingest_platform.lake.storage import S3Config, lake_location
@@ -253,7 +253,7 @@ def test_position_cache_checks_the_log_on_s3(s3_server):
 
 
 def test_demo_clears_only_its_s3_prefix(s3_server):
-    from ingest_platform.demo import _clear
+    from ingest_platform.dev.demo import _clear
 
     client, keep = s3_server.client(), f"keep-{uuid.uuid4().hex[:8]}/x"
     demo = f"demo-{uuid.uuid4().hex[:8]}"

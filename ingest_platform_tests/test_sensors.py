@@ -17,7 +17,7 @@ from ingest_platform.catalog import load_catalog
 from ingest_platform.definitions import build_definitions
 from ingest_platform.defs import sensors
 from ingest_platform.defs.sensors import DATASET_TAG, LAG_SENSOR, PARTITION_SENSOR
-from ingest_platform.demo_data import produce, records
+from ingest_platform.dev.demo_data import produce, records
 from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.engines.offset_ranges import OffsetRangeError
 from ingest_platform.lake.commit import run_metadata_of
@@ -225,7 +225,7 @@ def test_recreated_topic_is_reported_and_never_rerun(tmp_path, kafka, make_topic
     platform.tick()
     platform.tick(PARTITION_SENSOR)
 
-    from ingest_platform.kafka.local_broker import create_topic
+    from ingest_platform.dev.local_kafka import create_topic
 
     admin = AdminClient(kafka.base_config())
     admin.delete_topics([topic])[topic].result(timeout=30)

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from ingest_platform.demo_data import produce, records
+from ingest_platform.dev.demo_data import produce, records
 from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.engines.runner import run_dataset

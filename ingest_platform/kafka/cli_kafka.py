@@ -11,12 +11,12 @@ from pathlib import Path
 
 import click
 
-from ingest_platform.kafka import local_broker
-from ingest_platform.kafka.local_broker import LocalKafkaError
+from ingest_platform.dev import local_kafka
+from ingest_platform.dev.local_kafka import LocalKafkaError
 
 _STATE_DIR_HELP = (
     "Directory holding the broker's config, data, logs and broker.json "
-    f"[default: ${local_broker.STATE_DIR_ENV} or ~/.cache/ingest_platform/local-kafka]."
+    f"[default: ${local_kafka.STATE_DIR_ENV} or ~/.cache/ingest_platform/local-kafka]."
 )
 
 
@@ -52,18 +52,18 @@ def kafka() -> None:
 @click.option(
     "--timeout",
     type=float,
-    default=local_broker.DEFAULT_STARTUP_TIMEOUT_S,
+    default=local_kafka.DEFAULT_STARTUP_TIMEOUT_S,
     show_default=True,
     help="Seconds to wait for the broker to answer a metadata request.",
 )
 def up(state_dir: Path | None, heap: str, timeout: float) -> None:
     try:
-        if local_broker.cached_broker_jars() is None:
+        if local_kafka.cached_broker_jars() is None:
             click.echo(
-                f"Resolving the Kafka {local_broker.kafka_version()} broker jars with Maven (first run only)",
+                f"Resolving the Kafka {local_kafka.kafka_version()} broker jars with Maven (first run only)",
                 err=True,
             )
-        broker = local_broker.up(state_dir, heap=heap, timeout_s=timeout)
+        broker = local_kafka.up(state_dir, heap=heap, timeout_s=timeout)
     except LocalKafkaError as exc:
         raise click.ClickException(str(exc)) from exc
     how = (
@@ -80,9 +80,9 @@ def up(state_dir: Path | None, heap: str, timeout: float) -> None:
     "--timeout", type=float, default=20.0, show_default=True, help="Seconds to wait before SIGKILL."
 )
 def down(state_dir: Path | None, timeout: float) -> None:
-    state = state_dir or local_broker.default_state_dir()
+    state = state_dir or local_kafka.default_state_dir()
     try:
-        stopped = local_broker.down(state_dir, timeout_s=timeout)
+        stopped = local_kafka.down(state_dir, timeout_s=timeout)
     except LocalKafkaError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"stopped the broker in {state}" if stopped else f"no broker running in {state}")
@@ -92,7 +92,7 @@ def down(state_dir: Path | None, timeout: float) -> None:
 @_state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(state_dir: Path | None, as_json: bool) -> None:
-    info = local_broker.status(state_dir)
+    info = local_kafka.status(state_dir)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     elif info["running"]:

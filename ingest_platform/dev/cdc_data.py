@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ingest_platform.demo_data import produce
+from ingest_platform.dev.demo_data import produce
 from ingest_platform.engines.changes import position_of
 from ingest_platform.kafka.client import KafkaConnection
 

@@ -1,4 +1,4 @@
-"""The local Kafka broker (ingest_platform.kafka.local_broker) against a real Kafka 4.x JVM: no mocks.
+"""The local Kafka broker (ingest_platform.dev.local_kafka) against a real Kafka 4.x JVM: no mocks.
 
 Each broker-starting test costs a few seconds (format ~1 s, JVM up and answering ~2-4 s on 2 cores, stop
 ~1 s);
@@ -23,9 +23,9 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from ingest_platform.kafka import local_broker
+from ingest_platform.dev import local_kafka
 from ingest_platform.kafka.cli_kafka import kafka
-from ingest_platform.kafka.local_broker import LocalKafka, LocalKafkaError, create_topic
+from ingest_platform.dev.local_kafka import LocalKafka, LocalKafkaError, create_topic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def test_status_of_empty_state_dir(tmp_path: Path) -> None:
     result = CliRunner().invoke(kafka, ["status", "--state-dir", str(tmp_path / "nothing")])
     assert result.exit_code == 1, result.output
     assert "not running" in result.output
-    assert local_broker.down(tmp_path / "nothing") is False
+    assert local_kafka.down(tmp_path / "nothing") is False
 
 
 def test_server_properties_render(tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_new_cluster_id_is_a_kafka_uuid() -> None:
     import base64
 
     for _ in range(200):
-        cid = local_broker.new_cluster_id()
+        cid = local_kafka.new_cluster_id()
         assert len(cid) == 22 and not cid.startswith("-")
         assert len(base64.urlsafe_b64decode(cid + "==")) == 16
 
@@ -246,7 +246,7 @@ def test_broker_dies_with_the_process_that_started_it(tmp_path: Path, no_leftove
     child_code = textwrap.dedent(
         """
         import sys, threading, time
-        from ingest_platform.kafka.local_broker import LocalKafka
+        from ingest_platform.dev.local_kafka import LocalKafka
 
         broker = LocalKafka(sys.argv[1], heap="512m")
         starter = threading.Thread(target=broker.start)
@@ -287,7 +287,7 @@ def test_start_retries_once_when_a_chosen_port_was_taken(monkeypatch, no_leftove
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
     taken = blocker.getsockname()[1]
-    real_free_ports = local_broker._free_ports
+    real_free_ports = local_kafka._free_ports
     picks: list[list[int]] = []
 
     def first_pick_is_taken(n: int) -> list[int]:
