@@ -297,7 +297,7 @@ def test_start_retries_once_when_a_chosen_port_was_taken(monkeypatch, no_leftove
         picks.append(ports)
         return ports
 
-    monkeypatch.setattr(local_broker, "_free_ports", first_pick_is_taken)
+    monkeypatch.setattr(local_kafka, "_free_ports", first_pick_is_taken)
     try:
         with LocalKafka(heap="512m") as broker:
             assert len(picks) == 2

@@ -1,7 +1,7 @@
 """``ingest-platform kafka up|down|status``: a local single-node Kafka broker for development.
 
 Attach to the main CLI with ``main.add_command(kafka)``. Runs without docker: the broker jars come from Maven
-Central (first ``up`` only) and the broker is a detached ``java`` process; see ``local_broker``.
+Central (first ``up`` only) and the broker is a detached ``java`` process; see ``ingest_platform.dev.local_kafka``.
 """
 
 from __future__ import annotations
