@@ -33,9 +33,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from ingest_platform.catalog import parse_catalog_text
 from ingest_platform.dev.demo_data import produce, records
+from ingest_platform.dev.local_kafka import LocalKafka, create_topic
 from ingest_platform.engines.embedded.decode import decode_json, normalize_for_delta
 from ingest_platform.kafka.client import KafkaConnection
-from ingest_platform.dev.local_kafka import LocalKafka, create_topic
 
 RESULTS = Path(__file__).parent / "results"
 DISTINCT_RECORDS = 20_000  # generated once, then cycled with new keys: generation is not what is measured

@@ -34,9 +34,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from ingest_platform.catalog import load_catalog  # noqa: E402
 from ingest_platform.definitions import build_definitions  # noqa: E402
 from ingest_platform.defs.sensors import LAG_SENSOR  # noqa: E402
+from ingest_platform.dev.local_kafka import LocalKafka  # noqa: E402
 from ingest_platform.engines.embedded.engine import EmbeddedEngine  # noqa: E402
 from ingest_platform.kafka.client import KafkaConnection  # noqa: E402
-from ingest_platform.dev.local_kafka import LocalKafka  # noqa: E402
 from ingest_platform.lake.tables import LakeLocation  # noqa: E402
 from ingest_platform.monitoring.positions import position_cache  # noqa: E402
 from ingest_platform.settings import Settings  # noqa: E402

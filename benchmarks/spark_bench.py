@@ -31,10 +31,10 @@ from ingest_bench import bench_arguments, make_values  # noqa: E402
 
 from ingest_platform.catalog import parse_catalog_text  # noqa: E402
 from ingest_platform.dev.demo_data import produce  # noqa: E402
+from ingest_platform.dev.local_kafka import LocalKafka, create_topic  # noqa: E402
 from ingest_platform.engines.embedded.engine import EmbeddedEngine  # noqa: E402
 from ingest_platform.engines.spark.engine import SparkEngine, kafka_source_options  # noqa: E402
 from ingest_platform.kafka.client import KafkaConnection  # noqa: E402
-from ingest_platform.dev.local_kafka import LocalKafka, create_topic  # noqa: E402
 from ingest_platform.lake.tables import LakeLocation  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

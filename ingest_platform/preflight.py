@@ -27,10 +27,10 @@ from typing import Any
 
 import yaml
 
+from ingest_platform.capacity import DEFAULT_SETTINGS, MB, PlannerSettings, plan_dataset
 from ingest_platform.catalog import Dataset
 from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.kafka.topics import GUIDE_TOPIC_CONFIG, TopicAdminError, TopicProfile, TopicState
-from ingest_platform.capacity import DEFAULT_SETTINGS, MB, PlannerSettings, plan_dataset
 
 #: deploy/ in the source tree (the package is installed editable).
 DEFAULT_DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy"

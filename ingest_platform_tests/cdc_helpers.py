@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ingest_platform.dev import cdc_data
 from ingest_platform.catalog import Dataset
+from ingest_platform.dev import cdc_data
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform_tests.helpers import dataset_from_yaml, read_table
 

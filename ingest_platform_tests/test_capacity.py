@@ -7,8 +7,6 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ingest_platform.catalog import parse_catalog_text
-from ingest_platform.cli import main
 from ingest_platform.capacity import (
     MB,
     PlannerSettings,
@@ -21,6 +19,8 @@ from ingest_platform.capacity import (
     recommend_engine,
     shuffle_partitions,
 )
+from ingest_platform.catalog import parse_catalog_text
+from ingest_platform.cli.main import main
 
 
 def dataset(**fields):

@@ -11,9 +11,9 @@ import pytest
 
 from ingest_platform.dev import cdc_data
 from ingest_platform.engines.embedded import engine as embedded_engine
-from ingest_platform.engines.spark import engine as spark_engine
 from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.engines.run_plan import IngestError
+from ingest_platform.engines.spark import engine as spark_engine
 from ingest_platform.engines.spark.engine import SparkEngine
 from ingest_platform.engines.spark.merge import TXN_APP_ID, TXN_VERSION
 from ingest_platform.lake import health

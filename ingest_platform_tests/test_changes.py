@@ -7,7 +7,6 @@ import json
 import pyarrow as pa
 import pytest
 
-from ingest_platform.engines.embedded import decode
 from ingest_platform.engines.changes import (
     last_change_per_key,
     merge_clauses,
@@ -17,6 +16,7 @@ from ingest_platform.engines.changes import (
     quote_datafusion,
     quote_spark,
 )
+from ingest_platform.engines.embedded import decode
 from ingest_platform.engines.embedded.debezium import read_events
 from ingest_platform_tests.helpers import dataset_from_yaml
 

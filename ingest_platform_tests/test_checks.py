@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from ingest_platform.catalog import Catalog
-from ingest_platform.cli import main
+from ingest_platform.cli.main import main
 from ingest_platform.definitions import build_definitions
 from ingest_platform.defs.checks import BLOCKING, SEVERITY
 from ingest_platform.lake import health

@@ -8,7 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from ingest_platform.cli import main
+from ingest_platform.cli.main import main
 from ingest_platform.dev.demo_data import produce, records
 
 

@@ -9,7 +9,7 @@ import sys
 import ingest_platform
 
 DAGSTER_LAYER = ("ingest_platform.defs", "ingest_platform.definitions", "ingest_platform.dev.demo",
-                 "ingest_platform.cli", "ingest_platform.cli_checks")  # fmt: skip
+                 "ingest_platform.cli.main", "ingest_platform.cli.checks")  # fmt: skip
 
 
 def core_modules() -> list[str]:

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from ingest_platform.cli.kafka import kafka
 from ingest_platform.dev import local_kafka
-from ingest_platform.kafka.cli_kafka import kafka
 from ingest_platform.dev.local_kafka import LocalKafka, LocalKafkaError, create_topic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def _answers_metadata(bootstrap: str) -> bool:
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ingest_platform.kafka.cli_kafka", *args],
+        [sys.executable, "-m", "ingest_platform.cli.kafka", *args],
         check=False,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from ingest_platform.catalog import parse_catalog_text
-from ingest_platform.cli import main
+from ingest_platform.cli.main import main
 from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.kafka.topics import PROFILES
 from ingest_platform.preflight import CHECKLIST, PreflightContext, run_preflight, spark_cores

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from ingest_platform.cli import main
+from ingest_platform.cli.main import main
 from ingest_platform.kafka.topics import (
     GUIDE_TOPIC_CONFIG,
     PROFILES,

@@ -18,8 +18,8 @@ import pyarrow.fs as pafs
 from ingest_platform.catalog import Catalog, Dataset, load_catalog
 from ingest_platform.dev.cdc_data import expected_state, mysql_events, produce_events, scenario
 from ingest_platform.dev.demo_data import produce, records
-from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.dev.local_kafka import LocalKafka, create_topic
+from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.lake.storage import is_s3, lake_location
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform.settings import DEMO_CATALOG, Settings

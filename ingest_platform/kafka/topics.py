@@ -34,9 +34,9 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from ingest_platform.capacity import DEFAULT_SETTINGS, PlannerSettings, plan_dataset
 from ingest_platform.catalog import Dataset
 from ingest_platform.kafka.client import KafkaConnection
-from ingest_platform.capacity import DEFAULT_SETTINGS, PlannerSettings, plan_dataset
 
 #: Topic-level settings from the guide (broker "Log settings" and "Compression", the kafka-topics example).
 GUIDE_TOPIC_CONFIG: dict[str, str] = {

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ingest_platform.capacity import DEFAULT_SETTINGS, PlannerSettings, kafka_partitions
 from ingest_platform.catalog import Dataset
 from ingest_platform.monitoring.offsets import TopicOffsets
-from ingest_platform.capacity import DEFAULT_SETTINGS, PlannerSettings, kafka_partitions
 
 
 @dataclass(frozen=True)

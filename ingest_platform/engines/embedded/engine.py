@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ingest_platform.catalog import Dataset
-from ingest_platform.engines.embedded.batch_rows import ENGINE_COLUMN_TYPES, KafkaRecords, to_rows
 from ingest_platform.engines.changes import (
     CDC_OP,
     DELETE_OP,
@@ -29,6 +28,7 @@ from ingest_platform.engines.changes import (
     quote_datafusion,
     with_table_columns,
 )
+from ingest_platform.engines.embedded.batch_rows import ENGINE_COLUMN_TYPES, KafkaRecords, to_rows
 from ingest_platform.engines.offset_ranges import PartitionRange
 from ingest_platform.engines.report import PartitionProgress, RunReport
 from ingest_platform.engines.run_plan import IngestError, plan_run

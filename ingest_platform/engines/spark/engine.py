@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 from confluent_kafka import Consumer
 
 from ingest_platform.catalog import DERIVED_PARTITIONS, Dataset, is_reserved
-from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.changes import (
     CDC_DELETED,
     CDC_DELETED_AT,
@@ -34,6 +33,7 @@ from ingest_platform.engines.changes import (
 )
 from ingest_platform.engines.report import PartitionProgress, RunReport
 from ingest_platform.engines.run_plan import IngestError, RunPlan, plan_run
+from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.spark.merge import SparkUpsert
 from ingest_platform.engines.spark.session import append_operation, scala_none
 from ingest_platform.kafka.client import CONSUMER_TUNING, KafkaConnection, commit_group_offsets

@@ -12,9 +12,9 @@ import json
 import uuid
 from typing import TYPE_CHECKING
 
-from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.changes import CDC_OP, DELETE_OP, merge_clauses, order_column, quote_spark
 from ingest_platform.engines.run_plan import IngestError
+from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.spark.session import append_operation, scala_none
 from ingest_platform.lake.commit import RUN_METADATA_KEY, ConcurrentWriterError, run_metadata_of
 from ingest_platform.lake.ledger import app_id, read_ledger

@@ -105,5 +105,5 @@ def status(state_dir: Path | None, as_json: bool) -> None:
     click.get_current_context().exit(0 if info["running"] and info["answering"] else 1)
 
 
-if __name__ == "__main__":  # python -m ingest_platform.kafka.cli_kafka up
+if __name__ == "__main__":  # python -m ingest_platform.cli.kafka up
     kafka()

@@ -1,0 +1,1 @@
+"""The ``ingest-platform`` command line: ``main.py`` is the group, each other module one command group."""
