@@ -1,0 +1,240 @@
+"""The guide's checklist, infrastructure section: autoscaling, resource limits, health checks, dashboards, alerts.
+
+docs/DESIGN.md §6 states the rules; ``ingest_platform.preflight.CHECKLIST`` lists the items in the guide's order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ingest_platform.preflight.checklist import (
+    FAIL,
+    NA,
+    PASS,
+    Finding,
+    PreflightContext,
+    _fmt,
+)
+
+#: Where dashboards and alert rules may live under the deploy dir (the first existing ones are read).
+DASHBOARD_DIRS = ("grafana", "dashboards", "monitoring")
+ALERT_DIRS = ("prometheus", "alerts", "monitoring")
+#: Metrics the guide's Grafana dashboard plots.
+DASHBOARD_METRICS = ("ingestion_records_processed_total", "ingestion_processing_duration_seconds",
+                     "kafka_consumer_lag_sum")
+
+
+@dataclass(frozen=True)
+class AlertRequirement:
+    """One of the guide's alerting thresholds; ``values`` accepts fraction or percent spellings."""
+
+    name: str
+    pattern: str  # regex an alert's expr (or name) must match
+    warning: tuple[float, ...]
+    critical: tuple[float, ...]
+
+
+ALERT_REQUIREMENTS = (
+    AlertRequirement("consumer lag", r"lag", (100_000,), (1_000_000,)),
+    AlertRequirement("processing time", r"processing_(duration|time)|duration_seconds", (120,), (300,)),
+    AlertRequirement("error rate", r"error|fail", (0.01, 1), (0.05, 5)),
+    AlertRequirement("memory usage", r"memory", (0.8, 80), (0.9, 90)),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Infrastructure
+
+
+def _manifests(ctx: PreflightContext) -> list[tuple[str, Mapping[str, Any]]]:
+    folder = ctx.deploy_dir / "k8s"
+    docs: list[tuple[str, Mapping[str, Any]]] = []
+    if not folder.is_dir():
+        return docs
+    for path in sorted([*folder.rglob("*.yaml"), *folder.rglob("*.yml")]):
+        name = str(path.relative_to(ctx.deploy_dir))
+        try:
+            loaded = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except (OSError, yaml.YAMLError) as error:
+            docs.append((name, {"kind": "_Unreadable", "error": str(error)}))
+            continue
+        for doc in loaded:
+            if isinstance(doc, Mapping) and doc.get("kind") == "List":
+                docs.extend((name, item) for item in doc.get("items") or [] if isinstance(item, Mapping))
+            elif isinstance(doc, Mapping):
+                docs.append((name, doc))
+    return docs
+
+
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod")
+LONG_RUNNING = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+def _containers(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    spec: Any = doc.get("spec") or {}
+    if doc.get("kind") == "CronJob":
+        spec = ((spec.get("jobTemplate") or {}).get("spec") or {})
+    if doc.get("kind") != "Pod":
+        spec = ((spec.get("template") or {}).get("spec") or {})
+    return [c for c in spec.get("containers") or [] if isinstance(c, Mapping)]
+
+
+def _k8s_na() -> list[Finding]:
+    return [Finding("deploy/k8s", NA, "no Kubernetes manifests under deploy/k8s/")]
+
+
+def check_autoscaling(ctx: PreflightContext) -> list[Finding]:
+    docs = _manifests(ctx)
+    findings = []
+    for name, doc in docs:
+        if doc.get("kind") == "HorizontalPodAutoscaler":
+            spec = doc.get("spec") or {}
+            title = f"{name}: {(doc.get('metadata') or {}).get('name', '?')}"
+            if spec.get("maxReplicas") and spec.get("metrics"):
+                findings.append(Finding(title, PASS, f"HPA {spec.get('minReplicas', 1)}-{spec['maxReplicas']} "
+                                                     f"replicas on {len(spec['metrics'])} metric(s)"))
+            else:
+                findings.append(Finding(title, FAIL, "HPA without maxReplicas or metrics"))
+    for p in ctx.spark_profiles():
+        if not p.error and not p.local and p.conf.get("spark.dynamicAllocation.enabled") == "true":
+            findings.append(Finding(p.name, PASS, "Spark dynamic allocation scales executors"))
+    if findings:
+        return findings
+    if not docs and not [p for p in ctx.spark_profiles() if not p.local]:
+        return [Finding("deploy", NA, "no Kubernetes manifests under deploy/k8s/ and no cluster Spark profile")]
+    return [Finding("deploy", FAIL, "no HorizontalPodAutoscaler in deploy/k8s/ and no cluster Spark profile with "
+                                    "spark.dynamicAllocation.enabled=true (the guide: HPA 10-200 replicas on "
+                                    "CPU 70 %/memory 80 %)")]
+
+
+def check_resource_limits(ctx: PreflightContext) -> list[Finding]:
+    findings = []
+    for name, doc in _manifests(ctx):
+        if doc.get("kind") == "_Unreadable":
+            findings.append(Finding(name, FAIL, f"unreadable YAML: {doc['error']}"))
+        if doc.get("kind") not in WORKLOADS:
+            continue
+        for container in _containers(doc):
+            subject = f"{name}: {doc['kind']}/{(doc.get('metadata') or {}).get('name', '?')}/{container.get('name')}"
+            resources = container.get("resources") or {}
+            missing = [f"{part}.{res}" for part in ("requests", "limits") for res in ("cpu", "memory")
+                       if res not in (resources.get(part) or {})]
+            if missing:
+                findings.append(Finding(subject, FAIL, f"resources without {', '.join(missing)}"))
+            else:
+                findings.append(Finding(subject, PASS, "cpu and memory requests and limits set"))
+    return findings or _k8s_na()
+
+
+def check_health_checks(ctx: PreflightContext) -> list[Finding]:
+    findings = []
+    for name, doc in _manifests(ctx):
+        if doc.get("kind") not in LONG_RUNNING:
+            continue
+        for container in _containers(doc):
+            subject = f"{name}: {doc['kind']}/{(doc.get('metadata') or {}).get('name', '?')}/{container.get('name')}"
+            probes = [p for p in ("livenessProbe", "readinessProbe", "startupProbe") if container.get(p)]
+            findings.append(Finding(subject, PASS if probes else FAIL,
+                                    ", ".join(probes) if probes else "no liveness or readiness probe"))
+    return findings or [Finding("deploy/k8s", NA, "no long-running workloads (Deployment, StatefulSet, DaemonSet) "
+                                                  "under deploy/k8s/")]
+
+
+def _first_dir(ctx: PreflightContext, names: Iterable[str]) -> list[Path]:
+    return [ctx.deploy_dir / n for n in names if (ctx.deploy_dir / n).is_dir()]
+
+
+def _strings(node: Any, key: str) -> Iterable[str]:
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if k == key and isinstance(v, str):
+                yield v
+            else:
+                yield from _strings(v, key)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _strings(item, key)
+
+
+def check_dashboards(ctx: PreflightContext) -> list[Finding]:
+    files = [f for d in _first_dir(ctx, DASHBOARD_DIRS) for f in sorted(d.rglob("*.json"))]
+    if not files:
+        return [Finding("deploy", NA, f"no dashboard JSON under deploy/{{{','.join(DASHBOARD_DIRS)}}}/")]
+    exprs: list[str] = []
+    problems = []
+    for path in files:
+        try:
+            exprs.extend(_strings(json.loads(path.read_text(encoding="utf-8")), "expr"))
+        except (OSError, json.JSONDecodeError) as error:
+            problems.append(Finding(str(path.relative_to(ctx.deploy_dir)), FAIL, f"unreadable JSON: {error}"))
+    missing = [m for m in DASHBOARD_METRICS if not any(m in e for e in exprs)]
+    subject = ", ".join(str(f.relative_to(ctx.deploy_dir)) for f in files)
+    if missing:
+        return [*problems, Finding(subject, FAIL, f"no panel plots {', '.join(missing)} (the guide's throughput, "
+                                                  "latency and consumer-lag panels)")]
+    return [*problems, Finding(subject, PASS, f"panels for {', '.join(DASHBOARD_METRICS)}")]
+
+
+def _alert_rules(ctx: PreflightContext) -> tuple[list[Mapping[str, Any]], list[Finding], list[str]]:
+    rules: list[Mapping[str, Any]] = []
+    problems: list[Finding] = []
+    files = []
+    paths = [f for d in _first_dir(ctx, ALERT_DIRS) for f in sorted([*d.rglob("*.yaml"), *d.rglob("*.yml")])]
+    paths += [ctx.deploy_dir / n for n, doc in _manifests(ctx) if doc.get("kind") == "PrometheusRule"]
+    for path in dict.fromkeys(paths):
+        try:
+            docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except (OSError, yaml.YAMLError) as error:
+            problems.append(Finding(str(path.relative_to(ctx.deploy_dir)), FAIL, f"unreadable YAML: {error}"))
+            continue
+        found = False
+        for doc in docs:
+            if not isinstance(doc, Mapping):
+                continue
+            groups = doc.get("groups") or (doc.get("spec") or {}).get("groups") or []
+            for group in groups if isinstance(groups, list) else []:
+                for rule in (group or {}).get("rules") or []:
+                    if isinstance(rule, Mapping) and rule.get("alert") and rule.get("expr"):
+                        rules.append(rule)
+                        found = True
+        if found:
+            files.append(str(path.relative_to(ctx.deploy_dir)))
+    return rules, problems, files
+
+
+def _thresholds(expr: str) -> list[float]:
+    return [float(v.replace("_", "")) for v in re.findall(r">=?\s*([0-9][0-9_]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)",
+                                                           expr)]
+
+
+def check_alerts(ctx: PreflightContext) -> list[Finding]:
+    rules, problems, files = _alert_rules(ctx)
+    if not rules and not problems:
+        return [Finding("deploy", NA, f"no Prometheus alert rules under deploy/{{{','.join(ALERT_DIRS)}}}/ "
+                                      "or PrometheusRule manifests")]
+    findings = list(problems)
+    for req in ALERT_REQUIREMENTS:
+        missing = []
+        for severity, values in (("warning", req.warning), ("critical", req.critical)):
+            hit = any(
+                re.search(req.pattern, f"{rule['alert']} {rule['expr']}", re.IGNORECASE)
+                and str((rule.get("labels") or {}).get("severity", "")).lower() == severity
+                and any(abs(t - v) < 1e-9 for t in _thresholds(str(rule["expr"])) for v in values)
+                for rule in rules
+            )
+            if not hit:
+                missing.append(f"{severity} > {_fmt(values[-1])}")
+        if missing:
+            findings.append(Finding(req.name, FAIL, f"no rule for {', '.join(missing)} in {', '.join(files) or '-'}"))
+        else:
+            findings.append(Finding(req.name, PASS, f"warning > {_fmt(req.warning[-1])}, critical > "
+                                                    f"{_fmt(req.critical[-1])}"))
+    return findings
+
