@@ -22,8 +22,8 @@ from deltalake.exceptions import CommitFailedError
 from ingest_platform.dev.demo_data import produce, records
 from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.lake.ledger import app_id
-from ingest_platform.lake.storage import S3Config, lake_location
-from ingest_platform.lake.tables import LakeAccessError, commit_stats
+from ingest_platform.lake.storage import S3Config
+from ingest_platform.lake.tables import LakeAccessError, commit_stats, lake_location
 from ingest_platform_tests.helpers import json_dataset
 
 

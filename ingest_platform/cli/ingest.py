@@ -25,8 +25,7 @@ def ingest(datasets, run_all, catalog_path, lake_root, bootstrap, verbose) -> No
     from ingest_platform.engines.runner import run_dataset
     from ingest_platform.kafka.client import KafkaConnection
     from ingest_platform.lake.commit import LakeWriteError
-    from ingest_platform.lake.storage import lake_location
-    from ingest_platform.lake.tables import LakeAccessError
+    from ingest_platform.lake.tables import LakeAccessError, lake_location
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     settings = Settings.from_env()

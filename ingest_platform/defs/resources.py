@@ -7,8 +7,8 @@ from dagster_aws.s3 import S3Resource
 
 from ingest_platform.engines.spark.profiles import default_profile_name
 from ingest_platform.kafka.client import KafkaConnection
-from ingest_platform.lake.storage import S3Config, is_s3, lake_location
-from ingest_platform.lake.tables import LakeLocation
+from ingest_platform.lake.storage import S3Config, is_s3
+from ingest_platform.lake.tables import LakeLocation, lake_location
 from ingest_platform.settings import Settings
 
 

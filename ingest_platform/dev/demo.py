@@ -20,8 +20,8 @@ from ingest_platform.dev.cdc_data import expected_state, mysql_events, produce_e
 from ingest_platform.dev.demo_data import produce, records
 from ingest_platform.dev.local_kafka import LocalKafka, create_topic
 from ingest_platform.kafka.client import KafkaConnection
-from ingest_platform.lake.storage import is_s3, lake_location
-from ingest_platform.lake.tables import LakeLocation
+from ingest_platform.lake.storage import is_s3
+from ingest_platform.lake.tables import LakeLocation, lake_location
 from ingest_platform.settings import DEMO_CATALOG, Settings
 
 #: Demo topics: dataset -> (partitions, records). ~200K records in all, plus the CDC dataset ``users``:

@@ -74,17 +74,7 @@ class S3Config:
         return {**{k: v for k, v in options.items() if v}, **COMMIT_SAFETY_OPTIONS}
 
 
-def lake_location(root: str, s3: S3Config | None = None, environ: Mapping[str, str] | None = None):
-    """The lake at ``root``: a local folder needs no options; ``s3://`` gets them from ``s3`` or the environment."""
-    from ingest_platform.lake.tables import LakeLocation
-
-    if not is_s3(root):
-        return LakeLocation(root)
-    config = s3 if s3 is not None else S3Config.from_env(environ)
-    return LakeLocation(_s3_uri(root), config.storage_options())
-
-
-def _s3_uri(root: str) -> str:
+def s3_uri(root: str) -> str:
     """``s3://bucket/prefix`` (deltalake and pyarrow do not know ``s3a://``), without a trailing slash."""
     return "s3://" + root.split("://", 1)[1].rstrip("/")
 
@@ -108,7 +98,7 @@ def filesystem(uri: str, storage_options: Mapping[str, str] | None = None) -> tu
         arguments["scheme"] = "http" if plain_http else "https"
         arguments["force_virtual_addressing"] = False
     s3fs = pafs.S3FileSystem(**{k: v for k, v in arguments.items() if v is not None})
-    return s3fs, _s3_uri(uri).split("://", 1)[1].rstrip("/")
+    return s3fs, s3_uri(uri).split("://", 1)[1].rstrip("/")
 
 
 def describe_access_error(root: str, storage_options: Mapping[str, str], error: BaseException) -> str:

@@ -11,6 +11,8 @@ import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
+from ingest_platform.lake.storage import S3Config, describe_access_error, filesystem, is_s3, s3_uri
+
 
 class LakeAccessError(RuntimeError):
     """The lake cannot be reached (missing bucket, bad credentials, wrong endpoint); nothing was written."""
@@ -39,15 +41,19 @@ class LakeLocation:
         except OSError as error:  # deltalake's I/O errors (S3: missing bucket, refused credentials, no route)
             if "://" not in self.root:
                 raise
-            from ingest_platform.lake.storage import describe_access_error
-
             raise LakeAccessError(describe_access_error(uri, self.storage_options, error)) from None
 
     def filesystem(self, table_path: str = "") -> tuple[pafs.FileSystem, str]:
         """A pyarrow filesystem with this location's endpoint and credentials, and the table's path in it."""
-        from ingest_platform.lake.storage import filesystem
-
         return filesystem(self.table_uri(table_path).rstrip("/"), self.storage_options)
+
+
+def lake_location(root: str, s3: S3Config | None = None, environ: Mapping[str, str] | None = None) -> LakeLocation:
+    """The lake at ``root``: a local folder needs no options; ``s3://`` gets them from ``s3`` or the environment."""
+    if not is_s3(root):
+        return LakeLocation(root)
+    config = s3 if s3 is not None else S3Config.from_env(environ)
+    return LakeLocation(s3_uri(root), config.storage_options())
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,8 @@ class CommitStats:
 
 def commit_stats(table_uri: str, version: int, storage_options: Mapping[str, str] | None = None) -> CommitStats:
     """Files, bytes and rows added by one commit, read from that commit's log entry (O(commit), not O(table))."""
-    from ingest_platform.lake.storage import filesystem as filesystem_of
-
-    filesystem, base = filesystem_of(table_uri, storage_options)
-    with filesystem.open_input_stream(f"{base}/_delta_log/{version:020d}.json") as stream:
+    fs, base = filesystem(table_uri, storage_options)
+    with fs.open_input_stream(f"{base}/_delta_log/{version:020d}.json") as stream:
         lines = stream.read().decode("utf-8").splitlines()
     files = size = rows = 0
     oldest: datetime | None = None
