@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ingest_bench import consume_all  # noqa: E402
 
-from ingest_platform import cdc_data  # noqa: E402
 from ingest_platform.catalog import parse_catalog_text  # noqa: E402
+from ingest_platform.dev import cdc_data  # noqa: E402
 from ingest_platform.dev.local_kafka import LocalKafka, create_topic  # noqa: E402
 from ingest_platform.engines.embedded.engine import EmbeddedEngine  # noqa: E402
 from ingest_platform.kafka.client import KafkaConnection  # noqa: E402
