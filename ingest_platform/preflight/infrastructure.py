@@ -14,14 +14,7 @@ from typing import Any
 
 import yaml
 
-from ingest_platform.preflight.checklist import (
-    FAIL,
-    NA,
-    PASS,
-    Finding,
-    PreflightContext,
-    _fmt,
-)
+from ingest_platform.preflight.checklist import FAIL, NA, PASS, Finding, PreflightContext, _fmt
 
 #: Where dashboards and alert rules may live under the deploy dir (the first existing ones are read).
 DASHBOARD_DIRS = ("grafana", "dashboards", "monitoring")

@@ -7,15 +7,7 @@ from __future__ import annotations
 
 from ingest_platform.capacity import plan_dataset
 from ingest_platform.kafka.topics import GUIDE_TOPIC_CONFIG, TopicState
-from ingest_platform.preflight.checklist import (
-    FAIL,
-    NA,
-    PASS,
-    Finding,
-    PreflightContext,
-    _int,
-    _requirements,
-)
+from ingest_platform.preflight.checklist import FAIL, NA, PASS, Finding, PreflightContext, _int, _requirements
 
 #: Client settings the guide asks for: (key, comparison, value). Checked against the real client configs.
 CONSUMER_REQUIREMENTS = (

@@ -8,16 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from ingest_platform.preflight.checklist import (
-    FAIL,
-    NA,
-    PASS,
-    Finding,
-    PreflightContext,
-    SparkProfile,
-    _float,
-    _int,
-)
+from ingest_platform.preflight.checklist import FAIL, NA, PASS, Finding, PreflightContext, SparkProfile, _float, _int
 
 SPARK_AQE_KEYS = (
     "spark.sql.adaptive.enabled",
