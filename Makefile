@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: venv system-deps demo test test-fast checks-demo lint bench clean
+.PHONY: venv system-deps demo test test-fast checks-demo lint bench clean deploy-render
 
 venv: $(STAMP)
 
@@ -37,6 +37,12 @@ checks-demo: venv
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
+
+# Regenerates the deployment files that have one source each (ingest_platform/deployment/render.py): the
+# spark-defaults ConfigMap and pod templates from deploy/spark/profiles/k8s.yaml, the PrometheusRule from
+# deploy/prometheus/rules/, the Grafana dashboard ConfigMap from deploy/grafana/. The suite fails when stale.
+deploy-render: venv
+	$(BIN)/python -m ingest_platform.deployment.render
 
 lint: venv
 	$(BIN)/ruff check ingest_platform ingest_platform_tests benchmarks
