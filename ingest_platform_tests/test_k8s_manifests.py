@@ -129,7 +129,8 @@ def test_profile_sets_only_settings_spark_on_kubernetes_knows():
     assert unknown == []
     assert "spark.kubernetes.executor.request.cores" in known
     # the guide's keys, silently ignored by Spark
-    assert not defined("spark.kubernetes.executor.request.memory") and not defined("spark.kubernetes.executor.limit.memory")
+    assert not defined("spark.kubernetes.executor.request.memory")
+    assert not defined("spark.kubernetes.executor.limit.memory")
 
 
 def test_pod_templates_state_what_spark_requests(rendered):
