@@ -251,7 +251,7 @@ def test_no_secret_literal_in_deploy_files():
         if path.is_file() and path.suffix in (".yaml", ".yml", ".json", ".conf", ".sh", ".properties", ""):
             for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
                 match = assignment.search(line)
-                if match and not re.fullmatch(r"(\$\{?\w+\}?|<[^>]+>|\{\{.*|null|~|\"\"|secretKeyRef|valueFrom)",
+                if match and not re.fullmatch(r"(\$\{?\w+\}?|<[^>]+>|\{\{.*|null|~|\"\"|secretKeyRef|valueFrom|true|false)",
                                               match.group(2)):
                     offenders.append(f"{path.relative_to(DEPLOY)}:{number}: {line.strip()}")
     assert offenders == []

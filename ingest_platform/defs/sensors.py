@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import dagster as dg
 
 from ingest_platform.catalog import Catalog, Dataset
+from ingest_platform.defs.k8s import k8s_run_tags
 from ingest_platform.defs.resources import KafkaResource, LakeResource
 from ingest_platform.monitoring.lag import STATUS_CODES, Evaluation, Window, dataset_lag, evaluate
 from ingest_platform.monitoring.offsets import DEFAULT_TIMEOUT_S, TopicOffsets, read_topic_offsets
@@ -81,7 +82,7 @@ def _run_request(dataset: Dataset, run_key: str, trigger: str) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=run_key,
         asset_selection=[dg.AssetKey(dataset.asset_path)],
-        tags={DATASET_TAG: dataset.name, TRIGGER_TAG: trigger},
+        tags={DATASET_TAG: dataset.name, TRIGGER_TAG: trigger, **k8s_run_tags(dataset)},
     )
 
 

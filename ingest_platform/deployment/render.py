@@ -60,9 +60,9 @@ class RenderError(ValueError):
 # Sources
 
 
-def load_spark_profile(deploy_dir: Path = DEPLOY_DIR) -> tuple[str, dict[str, str]]:
-    """``(master, conf)`` of the k8s profile with ``${VAR}`` placeholders kept (nothing read from the env)."""
-    path = deploy_dir / SPARK_PROFILE
+def load_spark_profile(deploy_dir: Path = DEPLOY_DIR, name: str = "k8s") -> tuple[str, dict[str, str]]:
+    """``(master, conf)`` of a Spark profile with ``${VAR}`` placeholders kept (nothing read from the env)."""
+    path = deploy_dir / SPARK_PROFILE.with_name(f"{name}.yaml")
     raw = _load_yaml(path)
     if not isinstance(raw, Mapping) or "master" not in raw or not isinstance(raw.get("conf"), Mapping):
         raise RenderError(f"{path}: expected 'master' and a 'conf' mapping of spark.* settings")
