@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: venv system-deps demo test test-fast checks-demo lint bench clean deploy-render
+.PHONY: venv system-deps demo test test-fast checks-demo lint bench clean deploy-render image-check
 
 venv: $(STAMP)
 
@@ -43,6 +43,10 @@ test-fast: venv
 # deploy/prometheus/rules/, the Grafana dashboard ConfigMap from deploy/grafana/. The suite fails when stale.
 deploy-render: venv
 	$(BIN)/python -m ingest_platform.deployment.render
+
+# The code image's install steps (deploy/docker/install.sh) in a clean folder, with the offline Spark check.
+image-check: venv
+	$(BIN)/python -m pytest -q ingest_platform_tests/test_image_install.py
 
 lint: venv
 	$(BIN)/ruff check ingest_platform ingest_platform_tests benchmarks

@@ -164,7 +164,8 @@ def test_stream_workers_keep_the_stream_contract(rendered):
     spec = statefulset["spec"]
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["args"][0] == "stream" and "--metrics-port" in container["args"]
+    # the image's entrypoint is only tini (dagster-k8s run pods pass `dagster api ...` as args)
+    assert container["args"][:2] == ["ingest-platform", "stream"] and "--metrics-port" in container["args"]
     port = container["args"][container["args"].index("--metrics-port") + 1]
     assert [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"] == [int(port)]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -27,8 +28,8 @@ from typing import Any
 
 import yaml
 
-#: deploy/ in the source tree (the package is installed editable; the image copies deploy/ next to it).
-DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
+#: deploy/ in the source tree (installed editable), or ``$INGEST_DEPLOY_DIR`` (the image copies deploy/ there).
+DEPLOY_DIR = Path(os.environ.get("INGEST_DEPLOY_DIR") or Path(__file__).resolve().parents[2] / "deploy")
 
 SPARK_PROFILE = Path("spark/profiles/k8s.yaml")
 RULES_SOURCE = Path("prometheus/rules/ingest-platform.rules.yaml")

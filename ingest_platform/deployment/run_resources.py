@@ -22,14 +22,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ingest_platform.catalog import Dataset
-from ingest_platform.deployment.render import (
-    DEPLOY_DIR,
-    POD_TEMPLATE_DIR,
-    SPARK_CONF_DIR,
-    load_spark_profile,
-    pod_cpu,
-    pod_memory_mib,
-)
+from ingest_platform.deployment.render import POD_TEMPLATE_DIR, SPARK_CONF_DIR, pod_cpu, pod_memory_mib
+from ingest_platform.engines.spark_profiles import load_profile
 
 #: The tag K8sRunLauncher reads (dagster_k8s.job.USER_DEFINED_K8S_CONFIG_KEY).
 K8S_CONFIG_TAG = "dagster-k8s/config"
@@ -54,8 +48,7 @@ def run_k8s_config(dataset: Dataset, engine: str, spark_profile: str = "k8s") ->
                 "pod_template_spec_metadata": {"labels": _labels(dataset, engine)}}
     if engine != "spark":
         raise ValueError(f"dataset '{dataset.name}': no Kubernetes resources for engine '{engine}'")
-    _, conf = load_spark_profile(DEPLOY_DIR, spark_profile)
-    return spark_driver_config(dataset, conf)
+    return spark_driver_config(dataset, load_profile(spark_profile, resolve=False).conf)
 
 
 def spark_driver_config(dataset: Dataset, conf: Mapping[str, str]) -> dict[str, Any]:
