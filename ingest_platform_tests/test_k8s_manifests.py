@@ -242,6 +242,9 @@ def test_no_secret_in_any_manifest(rendered):
     assert refs == {"ingest-platform-kafka", "ingest-platform-aws"}
 
 
+PLACEHOLDER = r"(\$\{?\w+\}?|<[^>]+>|\{\{.*|null|~|\"\"|secretKeyRef|valueFrom|true|false)"
+
+
 def test_no_secret_literal_in_deploy_files():
     """No file under deploy/ assigns a value to a secret-named key (values files, Dockerfile, docs examples
     use references or placeholders)."""
@@ -252,7 +255,6 @@ def test_no_secret_literal_in_deploy_files():
         if path.is_file() and path.suffix in (".yaml", ".yml", ".json", ".conf", ".sh", ".properties", ""):
             for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
                 match = assignment.search(line)
-                if match and not re.fullmatch(r"(\$\{?\w+\}?|<[^>]+>|\{\{.*|null|~|\"\"|secretKeyRef|valueFrom|true|false)",
-                                              match.group(2)):
+                if match and not re.fullmatch(PLACEHOLDER, match.group(2)):
                     offenders.append(f"{path.relative_to(DEPLOY)}:{number}: {line.strip()}")
     assert offenders == []

@@ -8,7 +8,7 @@ import json
 from ingest_platform.catalog import Dataset
 from ingest_platform.deployment.run_resources import K8S_CONFIG_TAG, run_k8s_config
 from ingest_platform.engines.runner import resolve_engine
-from ingest_platform.engines.spark_profiles import default_profile_name
+from ingest_platform.engines.spark.profiles import default_profile_name
 
 
 def k8s_run_tags(dataset: Dataset) -> dict[str, str]:

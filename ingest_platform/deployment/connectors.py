@@ -21,8 +21,8 @@ S3A_CLASSES = {"hadoop-aws": "org.apache.hadoop.fs.s3a.S3AFileSystem"}
 
 
 def start_session(s3: bool):
-    from ingest_platform.engines.spark_profiles import load_profile
-    from ingest_platform.engines.spark_session import spark_for_profile
+    from ingest_platform.engines.spark.profiles import load_profile
+    from ingest_platform.engines.spark.session import spark_for_profile
 
     return spark_for_profile(load_profile("local"), s3=s3)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from ingest_platform.catalog import Dataset
 from ingest_platform.deployment.render import POD_TEMPLATE_DIR, SPARK_CONF_DIR, pod_cpu, pod_memory_mib
-from ingest_platform.engines.spark_profiles import load_profile
+from ingest_platform.engines.spark.profiles import load_profile
 
 #: The tag K8sRunLauncher reads (dagster_k8s.job.USER_DEFINED_K8S_CONFIG_KEY).
 K8S_CONFIG_TAG = "dagster-k8s/config"

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from ingest_platform.kafka.local_broker import _free_ports, _signal_group, _spawn_dying_with_parent, _wait_pid_gone
+from ingest_platform.dev.local_kafka import _free_ports, _signal_group, _spawn_dying_with_parent, _wait_pid_gone
 
 #: deploy/prometheus in the source tree (installed editable), or ``$INGEST_DEPLOY_DIR``/prometheus.
 PROMETHEUS_DIR = Path(os.environ.get("INGEST_DEPLOY_DIR") or Path(__file__).resolve().parents[2] / "deploy") / (
