@@ -43,7 +43,7 @@ echo "== venv with the project and its Spark extra"
 # A copy of the source, so the build's artefacts never land in the working tree.
 build="$(mktemp -d)"
 trap 'rm -rf "$build"' EXIT
-tar -C "$source_dir" --exclude=.venv --exclude=.git --exclude=.demo --exclude=lake --exclude='*.egg-info' \
+tar -C "$source_dir" --exclude=__pycache__ --exclude='*.egg-info' \
     -cf - pyproject.toml README.md ingest_platform | tar -C "$build" -xf -
 "$prefix/venv/bin/python" -m pip install -q "$build[spark]"
 
