@@ -49,7 +49,8 @@ def synthetic_openmetrics(start: float, end: float, step: float = 15.0) -> str:
             add("ingestion_errors_total", {**stream, "kind": "lake"}, float(i // 60))
             add("ingestion_delta_commits_total", stream, 2.0 * i)
             add("ingestion_files_written_total", stream, 6.0 * i)
-            for name, base in (("ingestion_processing_duration_seconds", 12.0), ("ingestion_batch_duration_seconds", 2.0)):
+            for name, base in (("ingestion_processing_duration_seconds", 12.0),
+                               ("ingestion_batch_duration_seconds", 2.0)):
                 for le in BUCKETS:
                     share = 0.0 if le != "+Inf" and float(le) < base else 1.0
                     add(f"{name}_bucket", {**stream, "le": le}, share * records)
