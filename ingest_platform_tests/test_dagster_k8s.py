@@ -222,3 +222,10 @@ def _helm_merge(base: Any, override: Any) -> Any:
         return {k: _helm_merge(base.get(k), override[k]) if k in override else base[k]
                 for k in {**base, **override}}
     return override
+
+
+def test_a_dataset_with_a_missing_spark_profile_gets_no_tag_and_does_not_break_the_sensor():
+    from ingest_platform.defs.k8s import k8s_run_tags
+
+    assert k8s_run_tags(spark_dataset(spark_profile="does-not-exist")) == {}
+    assert K8S_CONFIG_TAG in k8s_run_tags(spark_dataset(spark_profile="local"))

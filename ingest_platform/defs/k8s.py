@@ -8,10 +8,16 @@ import json
 from ingest_platform.catalog import Dataset
 from ingest_platform.deployment.run_resources import K8S_CONFIG_TAG, run_k8s_config
 from ingest_platform.engines.runner import resolve_engine
-from ingest_platform.engines.spark.profiles import default_profile_name
+from ingest_platform.engines.spark.profiles import SparkProfileError, default_profile_name
 
 
 def k8s_run_tags(dataset: Dataset) -> dict[str, str]:
+    """The tag, or none when the dataset's Spark profile cannot be read: the run then fails with the profile's
+    own message, and the sensor keeps serving every other dataset."""
     engine = resolve_engine(dataset)
     profile = dataset.spark_profile or default_profile_name()
-    return {K8S_CONFIG_TAG: json.dumps(run_k8s_config(dataset, engine, profile), sort_keys=True)}
+    try:
+        config = run_k8s_config(dataset, engine, profile)
+    except SparkProfileError:
+        return {}
+    return {K8S_CONFIG_TAG: json.dumps(config, sort_keys=True)}
