@@ -36,8 +36,93 @@ RESERVED_PREFIX = "_kafka_"
 CDC_PREFIX = "_cdc_"
 #: Suffix of dead-letter tables (``<name>_dlq``); no dataset name may end with it.
 DLQ_SUFFIX = "_dlq"
-#: Types a field may be given under ``schema:`` (Delta primitive types).
-FIELD_TYPES = ("string", "long", "integer", "double", "float", "boolean", "timestamp", "date", "binary")
+#: Types a field may be given under ``schema:`` (Delta primitive types; ``decimal(p,s)`` takes its precision
+#: and scale in the name). docs/DESIGN.md §9.5 says which JSON values each one reads.
+FIELD_TYPES = ("string", "long", "integer", "double", "float", "boolean", "timestamp", "date", "binary", "decimal(p,s)")
+#: Units of epoch numbers read as ``timestamp`` (``{type: timestamp, unit: ms}``).
+TIMESTAMP_UNITS = ("s", "ms", "us", "ns")
+#: How a JSON string holds a ``decimal(p,s)`` or ``binary`` value: its text / UTF-8 bytes, or base64 of the
+#: bytes (Kafka Connect's encoding of Decimal and bytes values without the converter's schema).
+ENCODINGS = ("text", "base64")
+_DECIMAL = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+MAX_DECIMAL_PRECISION = 38
+
+
+class FieldType(str):
+    """A field's declared type: the type's name (a ``str``: ``"long"``, ``"decimal(12,2)"``) plus how its JSON
+    values are read: ``unit`` of epoch numbers (timestamp), ``encoding`` of strings (decimal, binary).
+
+    Written in the catalog as ``price: decimal(12,2)`` or ``created_at: {type: timestamp, unit: ms}``.
+    """
+
+    kind: str  # string, long, integer, double, float, boolean, timestamp, date, binary, decimal
+    precision: int | None
+    scale: int | None
+    unit: str | None
+    encoding: str | None
+
+    def __new__(cls, kind: str, *, precision: int | None = None, scale: int | None = None, unit: str | None = None,
+                encoding: str | None = None) -> FieldType:  # fmt: skip
+        name = f"decimal({precision},{scale})" if kind == "decimal" else kind
+        self = super().__new__(cls, name)
+        self.kind, self.precision, self.scale, self.unit, self.encoding = kind, precision, scale, unit, encoding
+        return self
+
+    def __repr__(self) -> str:
+        options = "".join(f", {k}={v!r}" for k, v in (("unit", self.unit), ("encoding", self.encoding)) if v)
+        return f"FieldType({str(self)!r}{options})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FieldType):
+            return (str(self), self.unit, self.encoding) == (str(other), other.unit, other.encoding)
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return str.__hash__(self)
+
+    @classmethod
+    def parse(cls, value: object) -> FieldType:
+        """A ``schema:`` entry: a type name, or ``{type: <name>, unit: <unit>, encoding: <encoding>}``."""
+        if isinstance(value, FieldType):
+            return value
+        options: dict[str, object] = {}
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"type", "unit", "encoding"}
+            if unknown:
+                raise ValueError(f"unknown key(s) {sorted(unknown)} (allowed: type, unit, encoding)")
+            options = {k: v for k, v in value.items() if k != "type"}
+            value = value.get("type")
+        if not isinstance(value, str):
+            raise ValueError(f"a type name or {{type: ..., unit: ..., encoding: ...}} is expected, got {value!r}")
+        name = value.strip().lower()
+        precision = scale = None
+        decimal = _DECIMAL.match(name)
+        if decimal:
+            precision, scale = int(decimal.group(1)), int(decimal.group(2))
+            if not 1 <= precision <= MAX_DECIMAL_PRECISION:
+                raise ValueError(f"decimal precision must be 1 to {MAX_DECIMAL_PRECISION}, got {precision}")
+            if scale > precision:
+                raise ValueError(f"decimal scale ({scale}) must not exceed its precision ({precision})")
+            name = "decimal"
+        elif name.startswith("decimal"):
+            raise ValueError(f"'{value}' needs a precision and a scale, e.g. decimal(12,2)")
+        elif name not in FIELD_TYPES:
+            raise ValueError(f"unknown type '{value}' (allowed: {', '.join(repr(t) for t in FIELD_TYPES)})")
+        unit, encoding = options.get("unit"), options.get("encoding")
+        if unit is not None:
+            if name != "timestamp":
+                raise ValueError(f"'unit' applies to timestamp fields only (epoch numbers), not to {value}")
+            if unit not in TIMESTAMP_UNITS:
+                raise ValueError(f"unknown unit {unit!r} (allowed: {', '.join(map(repr, TIMESTAMP_UNITS))})")
+        if encoding is not None:
+            if name not in ("decimal", "binary"):
+                raise ValueError(f"'encoding' applies to decimal and binary fields only, not to {value}")
+            if encoding not in ENCODINGS:
+                raise ValueError(f"unknown encoding {encoding!r} (allowed: {', '.join(map(repr, ENCODINGS))})")
+        return cls(name, precision=precision, scale=scale, unit=unit, encoding=encoding)  # type: ignore[arg-type]
 
 
 class CatalogError(ValueError):
@@ -99,7 +184,7 @@ class Dataset(_Strict):
     ordering_field: str | None = None
     event_time_field: str | None = None
     partition_by: tuple[str, ...] = ()
-    fields: dict[str, Literal[FIELD_TYPES]] = Field(default_factory=dict, alias="schema")  # type: ignore[valid-type]
+    fields: dict[str, Any] = Field(default_factory=dict, alias="schema")  # name -> FieldType (validated below)
     engine: Literal["embedded", "spark", "auto"] = "embedded"
     spark_profile: str | None = None  # deploy/spark/profiles/<name>.yaml; default chosen by DAGSTER_DEPLOYMENT
     max_records_per_run: int = Field(1_000_000, gt=0)
@@ -139,10 +224,15 @@ class Dataset(_Strict):
 
     @field_validator("fields")
     @classmethod
-    def _field_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            _check_not_reserved(name)
-        return value
+    def _field_types(cls, value: dict[str, Any]) -> dict[str, FieldType]:
+        types = {}
+        for name, declared in value.items():
+            try:
+                _check_not_reserved(name)
+                types[name] = FieldType.parse(declared)
+            except ValueError as error:
+                raise _FieldError(f"schema.{name}", str(error)) from None
+        return types
 
     @field_validator("owners")
     @classmethod
