@@ -52,20 +52,33 @@ class FieldType(str):
     """A field's declared type: the type's name (a ``str``: ``"long"``, ``"decimal(12,2)"``) plus how its JSON
     values are read: ``unit`` of epoch numbers (timestamp), ``encoding`` of strings (decimal, binary).
 
-    Written in the catalog as ``price: decimal(12,2)`` or ``created_at: {type: timestamp, unit: ms}``.
+    Written in the catalog as ``price: decimal(12,2)`` or ``created_at: {type: timestamp, unit: ms}``. Kafka
+    Connect schemas (``engines/connect_schema.py``) also give ``byte``, ``short``, ``time`` (a time of day,
+    stored as text), ``struct`` (``children``) and ``array`` (``element``), which the catalog does not offer.
     """
 
-    kind: str  # string, long, integer, double, float, boolean, timestamp, date, binary, decimal
+    kind: str
     precision: int | None
     scale: int | None
     unit: str | None
     encoding: str | None
+    children: Mapping[str, FieldType] | None
+    element: FieldType | None
 
     def __new__(cls, kind: str, *, precision: int | None = None, scale: int | None = None, unit: str | None = None,
-                encoding: str | None = None) -> FieldType:  # fmt: skip
-        name = f"decimal({precision},{scale})" if kind == "decimal" else kind
+                encoding: str | None = None, children: Mapping[str, FieldType] | None = None,
+                element: FieldType | None = None) -> FieldType:  # fmt: skip
+        if kind == "decimal":
+            name = f"decimal({precision},{scale})"
+        elif kind == "struct":
+            name = "struct<" + ",".join(f"{k}:{v}" for k, v in (children or {}).items()) + ">"
+        elif kind == "array":
+            name = f"array<{element}>"
+        else:
+            name = kind
         self = super().__new__(cls, name)
         self.kind, self.precision, self.scale, self.unit, self.encoding = kind, precision, scale, unit, encoding
+        self.children, self.element = children, element
         return self
 
     def __repr__(self) -> str:
