@@ -34,6 +34,7 @@ Problems = dict[int, str]  # row -> why its value does not convert
 
 def arrow_type(kind: FieldType) -> pa.DataType:
     """The column's Arrow type (what the Delta table stores)."""
+    kind = FieldType.parse(kind)
     if kind.kind == "decimal":
         return pa.decimal128(kind.precision, kind.scale)
     if kind.kind == "struct":
@@ -49,6 +50,7 @@ def read_type(kind: FieldType, exact: bool) -> pa.DataType | None:
     ``exact``: the type comes from a Connect schema, so the JSON form is known (an epoch number, ISO text,
     base64 text…); a catalog type accepts several forms and reads the ones that vary by inference.
     """
+    kind = FieldType.parse(kind)
     k = kind.kind
     if k in ("string", "long", "integer", "short", "byte", "double", "float"):
         return _SIMPLE[k]
@@ -79,6 +81,7 @@ def convert(column: pa.Array | pa.ChunkedArray, kind: FieldType, name: str) -> t
     """``column`` (as read) as ``arrow_type(kind)``; values that do not convert are null, with their rows."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
+    kind = FieldType.parse(kind)
     target = arrow_type(kind)
     source = column.type
     if pa.types.is_null(source):
@@ -234,7 +237,7 @@ def _iso_timestamps(column: pa.Array, name: str, kind: FieldType) -> tuple[pa.Ar
         pass
     converted, problems = _per_value(zoned, UTC_MICROS, name, kind, lambda v: pc.cast(pa.array([v]), UTC_MICROS)[0])
     originals = column.to_pylist()
-    return converted, {row: f"field '{name}' has value {_show(originals[row])}, which is not an ISO-8601 timestamp"
+    return converted, {row: f"field '{name}' is not an ISO-8601 timestamp: {_show(originals[row])}"
                        for row in problems}  # fmt: skip
 
 
