@@ -71,7 +71,8 @@ def mariadb_connector(name: str, db: LocalMariaDB, database: str, *, topic_prefi
     Topics are ``<topic_prefix>.<database>.<table>``, created by the connector with ``partitions``; keys and
     values are JSON, wrapped in the converter's ``schema``/``payload`` when ``schemas_enable``. The schema
     history is a file in the worker's state dir (no extra topic); DDL events are not published
-    (``include.schema.changes=false``). ``server_id`` must differ between connectors of one database.
+    (``include.schema.changes=false``); NULLs stay NULL (``replace.null.with.default=false``, see DESIGN §9.5).
+    ``server_id`` must differ between connectors of one database.
     """
     enabled = "true" if schemas_enable else "false"
     config = {
@@ -96,6 +97,10 @@ def mariadb_connector(name: str, db: LocalMariaDB, database: str, *, topic_prefi
         "key.converter.schemas.enable": enabled,
         "value.converter": _JSON_CONVERTER,
         "value.converter.schemas.enable": enabled,
+        # Connect's JsonConverter writes a column's DEFAULT in place of a NULL value unless told not to
+        # (replace.null.with.default, true since Kafka 3.5): the table would then not equal the source.
+        "key.converter.replace.null.with.default": "false",
+        "value.converter.replace.null.with.default": "false",
     }
     config.update(extra)
     return config

@@ -59,9 +59,9 @@ def read_type(kind: FieldType, exact: bool) -> pa.DataType | None:
     if k == "binary":
         return pa.string()  # base64 text, or (catalog, no encoding) the text's UTF-8 bytes
     if k == "decimal":
-        # Arrow reads numbers and decimal text straight into decimal128; base64 (and Connect's Decimal, which
-        # may also arrive as a number with decimal.format=NUMERIC) are read as they come and converted.
-        return None if kind.encoding in ("base64", "variable_scale") else arrow_type(kind)
+        # As they come (text, base64, a number: Connect's Decimal is a number with decimal.format=NUMERIC), then
+        # converted here: Arrow's own decimal reading would not say which field a bad value is in.
+        return None
     if k in ("timestamp", "time"):
         if exact:
             return pa.int64() if kind.unit else pa.string()

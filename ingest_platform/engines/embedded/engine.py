@@ -388,7 +388,7 @@ class _Run:
         dataset = self.dataset
         changes = last_change_per_key(request.rows, key, order_column(dataset))
         if self.table_schema is None:
-            if dataset.format == "debezium" and dataset.delete_mode == "hard":
+            if dataset.format == "debezium" and dataset.delete_mode == "hard" and changes.num_rows:
                 changes = changes.filter(pc.not_equal(changes[CDC_OP], DELETE_OP))
             version = append_with_ledger(self.engine.lake, replace(request, rows=changes))
             self.report.rows_inserted += changes.num_rows
