@@ -324,7 +324,7 @@ class _BatchDecoder:
                 parsed = decode.parse_timestamps(fields[dataset.event_time_field], dataset.event_time_field, locate)
             except decode.DecodeError as error:
                 raise self.fail(str(error) + ".") from None
-            event_time = pc.coalesce(parsed.combine_chunks(), event_time)
+            event_time = pc.coalesce(parsed, event_time)
         derived = _derived_partitions(event_time)
         for name in dataset.partition_by:
             if name in derived:
