@@ -30,7 +30,7 @@ COLUMN_TYPES = {
 
 
 def embedded_run(kafka, lake):
-    from ingest_platform.engines.embedded import EmbeddedEngine
+    from ingest_platform.engines.embedded.engine import EmbeddedEngine
 
     return lambda dataset: EmbeddedEngine(kafka, lake).run(dataset)
 
@@ -131,7 +131,7 @@ def test_a_value_the_column_cannot_hold_is_named(cdc_source, kafka, lake):
 @pytest.mark.parametrize("wrapped", [True, False], ids=["wrapped", "bare"])
 def test_spark_engine_gives_the_same_tables(cdc_source, kafka, lake, spark, wrapped):
     """The Spark engine on the same events: the same types and values (``SELECT *``)."""
-    from ingest_platform.engines.spark import SparkEngine
+    from ingest_platform.engines.spark.engine import SparkEngine
 
     if wrapped:
         dataset = cdc_dataset(cdc_source.wrapped_topic, name="spark_wrapped")

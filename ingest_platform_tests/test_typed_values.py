@@ -12,7 +12,7 @@ import pytest
 
 from ingest_platform.catalog import FieldType
 from ingest_platform.engines import connect_schema
-from ingest_platform.engines.typed_values import arrow_type, convert, read_type
+from ingest_platform.engines.embedded.typed_values import arrow_type, convert, read_type
 
 
 def b64(unscaled: int, size: int | None = None) -> str:

@@ -34,15 +34,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ingest_platform.dev.local_mariadb import LocalMariaDB
-from ingest_platform.dev.maven_jars import resolve_jars
-from ingest_platform.kafka.local_broker import (
+from ingest_platform.dev.local_kafka import (
     _free_ports,
     _java_executable,
     _signal_group,
     _spawn_dying_with_parent,
     _tail_text,
 )
+from ingest_platform.dev.local_mariadb import LocalMariaDB
+from ingest_platform.dev.maven_jars import resolve_jars
 
 _log = logging.getLogger(__name__)
 

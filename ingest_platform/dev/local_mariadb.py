@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ingest_platform.kafka.local_broker import (
+from ingest_platform.dev.local_kafka import (
     _free_ports,
     _run_captured,
     _signal_group,

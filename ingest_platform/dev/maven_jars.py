@@ -16,7 +16,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ingest_platform.kafka.local_broker import _file_lock, _now_iso, _run_captured, _tail_text, default_cache_dir
+from ingest_platform.dev.local_kafka import _file_lock, _now_iso, _run_captured, _tail_text, default_cache_dir
 
 _log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest_platform.catalog import DERIVED_PARTITIONS, Dataset, is_reserved
-from ingest_platform.engines import connect_schema, typed_values
+from ingest_platform.engines import connect_schema
 from ingest_platform.engines.changes import CDC_DELETED, CDC_DELETED_AT, CDC_OP, CDC_POSITION, DELETE_OP
-from ingest_platform.engines.embedded import decode
+from ingest_platform.engines.embedded import decode, typed_values
 from ingest_platform.engines.embedded.debezium import fill_key_from_message, read_events
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.lake.dead_letters import BadRecord

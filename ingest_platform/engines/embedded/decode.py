@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.json as pajson
 
 from ingest_platform.catalog import FieldType, is_reserved
-from ingest_platform.engines import typed_values
+from ingest_platform.engines.embedded import typed_values
 
 UTC_MICROS = typed_values.UTC_MICROS
 
