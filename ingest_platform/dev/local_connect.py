@@ -22,10 +22,8 @@ import contextlib
 import json
 import logging
 import shutil
-import signal
 import string
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -34,13 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ingest_platform.dev.local_kafka import (
-    _free_ports,
-    _java_executable,
-    _signal_group,
-    _spawn_dying_with_parent,
-    _tail_text,
-)
+from ingest_platform.dev.local_kafka import _free_ports, _java_executable, _tail_text, spawn, stop_child
 from ingest_platform.dev.local_mariadb import LocalMariaDB
 from ingest_platform.dev.maven_jars import resolve_jars
 
@@ -198,10 +190,7 @@ class LocalConnect:
             "start_new_session": True, "close_fds": True,
         }  # fmt: skip
         try:
-            if self.die_with_parent and sys.platform.startswith("linux"):
-                self._proc = _spawn_dying_with_parent(cmd, kwargs)
-            else:
-                self._proc = subprocess.Popen(cmd, **kwargs)
+            self._proc = spawn(cmd, kwargs, self.die_with_parent)
         finally:
             out.close()
 
@@ -277,22 +266,13 @@ class LocalConnect:
         """SIGTERM the worker (connectors stop, offsets flush), SIGKILL after ``timeout_s``; delete its
         directory. Idempotent."""
         t0 = time.monotonic()
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                _log.warning("Connect worker pid %s ignored SIGTERM for %.0f s; sending SIGKILL", proc.pid, timeout_s)
-        self._kill_now()
+        stop_child(self._proc, timeout_s, "the local Kafka Connect worker")
+        self._proc = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
         self.timings["stop_s"] = time.monotonic() - t0
 
     def _kill_now(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            _signal_group(self._proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(10)
+        stop_child(self._proc, 0, "the local Kafka Connect worker")
         self._proc = None

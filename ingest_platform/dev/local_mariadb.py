@@ -16,25 +16,16 @@ Administration uses the ``mariadb`` client binary (no Python driver needed here)
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from ingest_platform.dev.local_kafka import (
-    _free_ports,
-    _run_captured,
-    _signal_group,
-    _spawn_dying_with_parent,
-    _tail_text,
-)
+from ingest_platform.dev.local_kafka import _free_ports, _run_captured, _tail_text, spawn, stop_child
 
 _log = logging.getLogger(__name__)
 
@@ -165,10 +156,7 @@ class LocalMariaDB:
             ]  # fmt: skip
             kwargs = {"cwd": self.state_dir, "stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL,
                       "stderr": subprocess.DEVNULL, "start_new_session": True, "close_fds": True}  # fmt: skip
-            if self.die_with_parent and sys.platform.startswith("linux"):
-                self._proc = _spawn_dying_with_parent(cmd, kwargs)
-            else:
-                self._proc = subprocess.Popen(cmd, **kwargs)
+            self._proc = spawn(cmd, kwargs, self.die_with_parent)
             deadline = time.monotonic() + self.startup_timeout_s
             why = self._wait_ready(deadline)
             if why is None:
@@ -235,14 +223,7 @@ class LocalMariaDB:
         """Shut the server down (SIGTERM: a clean InnoDB shutdown; SIGKILL after ``timeout_s``), delete its
         directory. Idempotent."""
         t0 = time.monotonic()
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                _log.warning("local MariaDB pid %s ignored SIGTERM for %.0f s; sending SIGKILL", proc.pid, timeout_s)
-                self._kill_now()
+        stop_child(self._proc, timeout_s, "local MariaDB")
         self._proc = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -250,10 +231,7 @@ class LocalMariaDB:
         self.timings["stop_s"] = time.monotonic() - t0
 
     def _kill_now(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            _signal_group(self._proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(10)
+        stop_child(self._proc, 0, "local MariaDB")
         self._proc = None
 
     def _error_tail(self) -> str:
