@@ -105,6 +105,9 @@ class _BatchDecoder:
             raise self.fail(message + self._dlq_hint()) from None
         except decode.SchemaConflict as error:
             raise self.fail(f"dataset '{dataset.name}': {error}{self._dlq_hint()}") from None
+        except pa.ArrowException as error:  # a conversion nothing above foresaw: still named, never raw
+            raise self.fail(f"dataset '{dataset.name}', {self._describe()}: the batch could not be decoded "
+                            f"({type(error).__name__}: {error}).") from None  # fmt: skip
         good = pa.array([index not in self.bad for index in self.kept], pa.bool_())
         fields = fields.filter(good)
         extra = {name: column.filter(good) for name, column in extra.items()}
@@ -119,13 +122,18 @@ class _BatchDecoder:
         """Bulk read of ``values`` (records ``indices``, default all); when it fails and the dataset
         dead-letters, set the unreadable values aside. Returns the rows and the record index of each."""
         indices = list(range(len(values))) if indices is None else list(indices)
+        locate = lambda i: self.records.locate(self.dataset.name, indices[i])  # noqa: E731
         try:
             return decode.read_json_values(values, explicit), indices
         except pa.ArrowInvalid as error:
             if not self.tolerant:
-                locate = lambda i: self.records.locate(self.dataset.name, indices[i])  # noqa: E731
                 decode.raise_unreadable(values, locate, error, known)
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass  # Arrow could not join the types it inferred block by block: read in halves (below)
         table, kept, bad = decode.decode_json_tolerant(values, known)
+        if bad and not self.tolerant:
+            first = min(bad)
+            raise decode.DecodeError(f"{locate(first)}: {bad[first]}")
         self.bad.update({indices[i]: reason for i, reason in bad.items()})
         return table, [indices[i] for i in kept]
 

@@ -130,8 +130,9 @@ def decode_json_tolerant(values: Sequence[bytes], explicit: pa.Schema) -> tuple[
 
     Bisects the batch: halves that Arrow reads are kept, a single value it cannot read is bad, with the
     reason. Returns (rows of the good values, their indices, {index: reason}). Only used after the bulk
-    read failed and the dataset dead-letters (``max_dlq_ratio`` > 0): it costs about log2(n) extra reads
-    per bad value. Raises ``DecodeError`` when the good values disagree on an undeclared field's type.
+    read failed and the dataset dead-letters (``max_dlq_ratio`` > 0), or when Arrow could not join the types
+    it inferred block by block (a field null in the first 16 MB and an object later): it costs about
+    log2(n) extra reads per bad value. Raises ``DecodeError`` when the good values disagree on an undeclared field's type.
     """
     tables: list[pa.Table] = []
     good: list[int] = []
@@ -141,7 +142,7 @@ def decode_json_tolerant(values: Sequence[bytes], explicit: pa.Schema) -> tuple[
         try:
             tables.append(read_json_values(values[low:high], explicit))
             good.extend(range(low, high))
-        except pa.ArrowInvalid as error:
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
             if high - low == 1:
                 bad[low] = _why_unreadable(values[low], str(error), explicit)
             else:
@@ -155,7 +156,7 @@ def decode_json_tolerant(values: Sequence[bytes], explicit: pa.Schema) -> tuple[
         return pa.table({}), good, bad
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
         raise DecodeError(
             f"records disagree on a field's type: {error}. Declare the field's type under 'schema:' in the catalog."
         ) from None
