@@ -153,6 +153,35 @@ def test_postgres_events_with_key_only_deletes(kafka, make_topic, lake, run, wra
     assert all(p.startswith("pg:") and len(p) == 23 for p in positions)
 
 
+def test_wrapped_events_take_their_connect_types_also_when_dead_lettering(kafka, make_topic, lake, run, engine):
+    """The generator's wrapped events carry Connect schemas with DEFAULTs of mixed JSON types and logical
+    types (Decimal bytes, Date, ZonedTimestamp, Timestamp): the columns take those types, the values equal
+    the source's, and ``max_dlq_ratio: 0.01`` (which used to crash on them) changes nothing; the bare events
+    of the same plan with the matching ``schema:`` give the same table."""
+    import datetime as dt
+    from decimal import Decimal
+
+    plan = cdc_data.scenario(keys=12, changes=30, hot_key_updates=4, seed=21)
+    wrapped_topic, bare_topic = make_topic(2), make_topic(2)
+    wrapped = cdc_data.mysql_events(plan, wrapped=True, topic=wrapped_topic)
+    cdc_data.produce_events(kafka, wrapped_topic, wrapped)
+    cdc_data.produce_events(kafka, bare_topic, cdc_data.mysql_events(plan, topic=bare_topic))
+    typed = cdc_dataset(wrapped_topic, name="typed", max_dlq_ratio=0.01)
+    schema = {"credit": {"type": "decimal(10,2)", "encoding": "base64"}, "updated_at": {"type": "timestamp",
+              "unit": "ms"}, "birthday": "date", "last_login": "timestamp"}  # fmt: skip
+    declared = cdc_dataset(bare_topic, name="declared", max_dlq_ratio=0.01, schema=schema)
+
+    reports = [run(typed), run(declared)]
+
+    assert all(r.dead_lettered == 0 and reconciles(r) for r in reports)
+    expected = expected_rows(wrapped)  # cdc_data.decode types wrapped images (a plain-Python reference)
+    assert table_state(lake, typed) == expected
+    assert table_state(lake, declared) == expected
+    row = next(r for r in expected.values() if r["birthday"] is not None and r["last_login"] is not None)
+    assert isinstance(row["credit"], Decimal) and isinstance(row["birthday"], dt.date)
+    assert isinstance(row["updated_at"], dt.datetime) and row["last_login"].tzinfo is not None
+
+
 def test_late_older_changes_never_overwrite_newer_rows(kafka, make_topic, lake, run):
     """Run 1 gets the newest change of some keys; run 2 gets their older changes late: the guard ignores
     them, and the ledger still moves past them."""
