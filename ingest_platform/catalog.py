@@ -103,9 +103,14 @@ class FieldType(str):
             return value
         options: dict[str, object] = {}
         if isinstance(value, Mapping):
-            unknown = set(value) - {"type", "unit", "encoding"}
+            unknown = set(value) - {"type", "precision", "scale", "unit", "encoding"}
             if unknown:
-                raise ValueError(f"unknown key(s) {sorted(unknown)} (allowed: type, unit, encoding)")
+                hint = ""
+                if any(re.match(r"^\d+\s*\)$", str(key)) for key in unknown):  # {type: decimal(12,2)}: YAML split it
+                    hint = "; in a {...} mapping quote the type, 'decimal(12,2)', or write {type: decimal, " \
+                           "precision: 12, scale: 2}"  # fmt: skip
+                raise ValueError(f"unknown key(s) {sorted(map(str, unknown))} (allowed: type, precision, scale, "
+                                 f"unit, encoding){hint}")  # fmt: skip
             options = {k: v for k, v in value.items() if k != "type"}
             value = value.get("type")
         if not isinstance(value, str):
@@ -113,6 +118,13 @@ class FieldType(str):
         name = value.strip().lower()
         precision = scale = None
         decimal = _DECIMAL.match(name)
+        if name == "decimal" and ("precision" in options or "scale" in options):
+            decimal = _DECIMAL.match(f"decimal({options.pop('precision', '')},{options.pop('scale', 0)})")
+            if decimal is None:
+                raise ValueError("decimal precision and scale must be whole numbers, e.g. precision: 12, scale: 2")
+        elif "precision" in options or "scale" in options:
+            raise ValueError(f"'precision' and 'scale' belong to type decimal (write it as decimal(12,2) or "
+                             f"{{type: decimal, precision: 12, scale: 2}}), not to {value}")  # fmt: skip
         if decimal:
             precision, scale = int(decimal.group(1)), int(decimal.group(2))
             if not 1 <= precision <= MAX_DECIMAL_PRECISION:

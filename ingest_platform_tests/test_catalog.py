@@ -93,6 +93,8 @@ def _error(tmp_path: Path, text: str, name: str = "bad.yaml") -> CatalogError:
         (("format: json", "format: json\n    schema: {n: {type: long, unit: ms}}"), "schema.n", "timestamp fields"),
         (("format: json", "format: json\n    schema: {b: {type: binary, encoding: hex}}"), "schema.b", "'base64'"),
         (("format: json", "format: json\n    schema: {b: {typ: binary}}"), "schema.b", "unknown key"),
+        (("format: json", "format: json\n    schema: {p: {type: decimal(12,2)}}"), "schema.p", "quote the type"),
+        (("format: json", "format: json\n    schema: {p: {type: long, scale: 2}}"), "schema.p", "type decimal"),
         (("format: json", "format: json\n    schema: {_cdc_x: long}"), "schema._cdc_x", "reserved"),
         (("format: json", "format: json\n    owners: [bob]"), "owners", "email address or 'team:"),
         (("name: orders", "name: orders_dlq"), "name", "suffix of dead-letter tables"),
@@ -179,7 +181,7 @@ def test_field_types_name_how_json_values_are_read():
 
     (dataset,) = parse_catalog_text(
         "datasets:\n  - {name: users, source: s, topic: t, format: debezium, mode: upsert, schema: "
-        "{balance: {type: 'decimal(12,2)', encoding: base64}, price: 'DECIMAL( 5, 0 )', created_at: "
+        "{balance: {type: decimal, precision: 12, scale: 2, encoding: base64}, price: 'DECIMAL( 5, 0 )', created_at: "
         "{type: timestamp, unit: ms}, active: boolean, token: {type: binary, encoding: base64}}}"
     )
     fields = dataset.fields

@@ -430,8 +430,8 @@ class _SparkRun(SparkUpsert):
         return texts.where(F.json_object_keys(F.col("v")).isNotNull())
 
     def _known_fields(self) -> dict:
-        """Record fields with their types: the table's, overridden by the catalog's declared ``schema:``."""
-
+        """Record fields with their types: the table's, overridden by the declared ones (the batch's Connect
+        schemas, then the catalog's ``schema:``)."""
         declared = {name: sc.spark_type(kind) for name, kind in self._field_types().items()}
         return {**self._table_record_fields(), **declared}
 
