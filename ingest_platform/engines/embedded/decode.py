@@ -132,7 +132,8 @@ def decode_json_tolerant(values: Sequence[bytes], explicit: pa.Schema) -> tuple[
     reason. Returns (rows of the good values, their indices, {index: reason}). Only used after the bulk
     read failed and the dataset dead-letters (``max_dlq_ratio`` > 0), or when Arrow could not join the types
     it inferred block by block (a field null in the first 16 MB and an object later): it costs about
-    log2(n) extra reads per bad value. Raises ``DecodeError`` when the good values disagree on an undeclared field's type.
+    log2(n) extra reads per bad value. Raises ``DecodeError`` when the good values disagree on an undeclared
+    field's type.
     """
     tables: list[pa.Table] = []
     good: list[int] = []
