@@ -32,8 +32,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ingest_platform.dev.local_kafka import _free_ports, _java_executable, _tail_text, spawn, stop_child
+from ingest_platform.dev.local_kafka import _free_ports, _java_executable, spawn, stop_child
 from ingest_platform.dev.local_mariadb import LocalMariaDB
+from ingest_platform.dev.local_process import tail_text
 from ingest_platform.dev.maven_jars import resolve_jars
 
 _log = logging.getLogger(__name__)
@@ -238,7 +239,7 @@ class LocalConnect:
                 if "FAILED" in states:
                     traces = [t.get("trace", "") for t in [status["connector"], *status.get("tasks", [])]]
                     trace = next((t for t in traces if t), "")
-                    raise self._error(f"connector '{config['name']}' FAILED: {_tail_text(trace, 12)}")
+                    raise self._error(f"connector '{config['name']}' FAILED: {tail_text(trace, 12)}")
                 if not status.get("tasks") or any(state != "RUNNING" for state in states):
                     pending.append(f"{config['name']}: {'/'.join(states)}")
             if not pending:
@@ -257,7 +258,7 @@ class LocalConnect:
                 errors = [line for line in text.splitlines() if "] ERROR " in line]
                 if errors:
                     parts.append(f"== first errors in {path.name} ==\n" + "\n".join(e[:600] for e in errors[:3]))
-                parts.append(f"== {path} (tail) ==\n{_tail_text(text, 20)}")
+                parts.append(f"== {path} (tail) ==\n{tail_text(text, 20)}")
         return LocalConnectError(problem + ("\n" + "\n".join(parts) if parts else ""))
 
     # -- stop -------------------------------------------------------------------------------------------------

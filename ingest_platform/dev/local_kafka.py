@@ -28,8 +28,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
-import datetime as _dt
-import fcntl
 import json
 import logging
 import os
@@ -45,9 +43,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from ingest_platform.dev.local_process import CACHE_ENV, default_cache_dir  # noqa: F401 - CACHE_ENV is API
+from ingest_platform.dev.local_process import file_lock as _file_lock
+from ingest_platform.dev.local_process import now_iso as _now_iso
+from ingest_platform.dev.local_process import run_captured as _run_captured
+from ingest_platform.dev.local_process import tail_text as _tail_text
+from ingest_platform.dev.maven_jars import MavenJarsError, jar_cache_dir, pom_property, resolve_jars
 
 _log = logging.getLogger(__name__)
 
@@ -57,11 +62,9 @@ SERVER_TEMPLATE = DEPLOY_DIR / "server.properties.template"
 LOG4J2_CONFIG = DEPLOY_DIR / "log4j2.properties"
 
 POM_ENV = "INGEST_KAFKA_POM"
-CACHE_ENV = "INGEST_CACHE_DIR"
 STATE_DIR_ENV = "INGEST_KAFKA_STATE_DIR"
 
 DEFAULT_STARTUP_TIMEOUT_S = 60.0
-_TAIL_LINES = 40
 _PR_SET_PDEATHSIG = 1
 _TEMP_PREFIX = "ingest-kafka-"
 
@@ -80,11 +83,6 @@ def pom_path() -> Path:
     return Path(override).expanduser().resolve() if override else DEPLOY_DIR / "pom.xml"
 
 
-def default_cache_dir() -> Path:
-    """``$INGEST_CACHE_DIR`` or ``~/.cache/ingest_platform``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ingest_platform").expanduser()
-
-
 def default_state_dir() -> Path:
     """The CLI broker's state dir: ``$INGEST_KAFKA_STATE_DIR`` or ``~/.cache/ingest_platform/local-kafka``."""
     env = os.environ.get(STATE_DIR_ENV)
@@ -93,8 +91,6 @@ def default_state_dir() -> Path:
 
 def kafka_version(pom: Path | None = None) -> str:
     """The ``kafka.version`` property of the pom (e.g. ``"4.4.0"``)."""
-    from ingest_platform.dev.maven_jars import MavenJarsError, pom_property  # it uses this module's helpers
-
     try:
         return pom_property(pom or pom_path(), "kafka.version")
     except MavenJarsError as error:
@@ -102,8 +98,6 @@ def kafka_version(pom: Path | None = None) -> str:
 
 
 def _jar_cache_dir(cache_dir: Path | None) -> Path:
-    from ingest_platform.dev.maven_jars import MavenJarsError, jar_cache_dir
-
     pom = pom_path()
     if not pom.is_file():
         raise LocalKafkaError(f"Kafka pom not found: {pom} (set ${POM_ENV} to override)")
@@ -126,8 +120,6 @@ def resolve_broker_jars(cache_dir: Path | None = None) -> Path:
     unchanged (``maven_jars.resolve_jars``: a ``.complete`` marker after Maven succeeded, a lock file
     between processes).
     """
-    from ingest_platform.dev.maven_jars import MavenJarsError, resolve_jars
-
     _jar_cache_dir(cache_dir)  # the pom exists and names its version
     try:
         return resolve_jars(pom_path(), "kafka", version_property="kafka.version", expect="kafka_*.jar",
@@ -617,14 +609,6 @@ def create_topic(
         time.sleep(0.1)
 
 
-def _run_captured(cmd: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
-    """Run a tool to completion with stdout and stderr captured together (for error messages)."""
-    return subprocess.run(
-        cmd, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, errors="replace", timeout=timeout_s,
-    )  # fmt: skip
-
-
 def new_cluster_id() -> str:
     """A KRaft cluster id: URL-safe base64 of 16 random bytes, unpadded (what ``random-uuid`` prints)."""
     while True:
@@ -877,17 +861,6 @@ def _read_info(state_dir: Path) -> dict[str, Any] | None:
 # ---- files
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -912,13 +885,3 @@ def _broker_tail(state_dir: Path, server_log_offset: int = 0) -> tuple[str, str]
     if out.is_file():
         parts.append(f"== {out} (tail) ==\n{_tail_text(out.read_text(errors='replace'), 15)}")
     return new_log, "\n".join(parts) or "(no broker log written)"
-
-
-def _tail_text(text: str, lines: int = _TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-
-
-def _now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ingest_platform.dev.local_kafka import _free_ports, _run_captured, _tail_text, spawn, stop_child
+from ingest_platform.dev.local_kafka import _free_ports, spawn, stop_child
+from ingest_platform.dev.local_process import run_captured, tail_text
 
 _log = logging.getLogger(__name__)
 
@@ -134,12 +135,12 @@ class LocalMariaDB:
         cmd = [install, "--no-defaults", f"--datadir={self.state_dir / 'data'}", "--skip-test-db",
                "--auth-root-authentication-method=normal", "--skip-name-resolve", *self._user_option()]  # fmt: skip
         try:
-            proc = _run_captured(cmd, 120)
+            proc = run_captured(cmd, 120)
         except subprocess.TimeoutExpired:
             raise LocalMariaDBError(f"mariadb-install-db did not finish within 120 s in {self.state_dir}") from None
         if proc.returncode != 0:
             raise LocalMariaDBError(
-                f"mariadb-install-db failed (exit {proc.returncode}) in {self.state_dir}:\n{_tail_text(proc.stdout)}"
+                f"mariadb-install-db failed (exit {proc.returncode}) in {self.state_dir}:\n{tail_text(proc.stdout)}"
             )
 
     def _launch(self, server: str) -> None:
@@ -201,14 +202,14 @@ class LocalMariaDB:
         cmd = [_binary("mariadb"), "--no-defaults", f"--socket={self.socket}", f"--user={user}",
                "--default-character-set=utf8mb4", *([f"--password={password}"] if password else []), *args]  # fmt: skip
         try:
-            proc = _run_captured(cmd, timeout_s)
+            proc = run_captured(cmd, timeout_s)
         except subprocess.TimeoutExpired:
             raise LocalMariaDBError(
                 f"the mariadb client did not finish within {timeout_s:.0f} s: {args[-1][:200]}"
             ) from None
         if check and proc.returncode != 0:
             raise LocalMariaDBError(f"SQL failed on the local MariaDB ({self.host}:{self.port}): {args[-1][:300]}\n"
-                                    f"{_tail_text(proc.stdout)}")  # fmt: skip
+                                    f"{tail_text(proc.stdout)}")  # fmt: skip
         return proc
 
     def connect_kwargs(self, database: str | None = None) -> dict[str, object]:
@@ -236,6 +237,6 @@ class LocalMariaDB:
 
     def _error_tail(self) -> str:
         try:
-            return _tail_text(self.error_log.read_text(errors="replace"), 25)
+            return tail_text(self.error_log.read_text(errors="replace"), 25)
         except OSError:
             return f"(no error log at {self.error_log})"

@@ -16,7 +16,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ingest_platform.dev.local_kafka import _file_lock, _now_iso, _run_captured, _tail_text, default_cache_dir
+from ingest_platform.dev.local_process import default_cache_dir, file_lock, now_iso, run_captured, tail_text
 
 _log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def resolve_jars(pom: Path, name: str, *, version_property: str, expect: str, ca
     if marker.is_file():
         return libs
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f"{target.name}.lock"):
+    with file_lock(target.parent / f"{target.name}.lock"):
         if marker.is_file():  # another process finished while we waited
             return libs
         mvn = shutil.which("mvn")
@@ -78,19 +78,19 @@ def resolve_jars(pom: Path, name: str, *, version_property: str, expect: str, ca
                "-DincludeScope=runtime", f"-DoutputDirectory={partial}"]  # fmt: skip
         _log.info("resolving %s: %s", what, " ".join(cmd))
         try:
-            proc = _run_captured(cmd, MVN_TIMEOUT_S)
+            proc = run_captured(cmd, MVN_TIMEOUT_S)
         except subprocess.TimeoutExpired as exc:
             output = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else exc.output or ""
             raise MavenJarsError(
-                f"mvn did not resolve the {what} from {pom} within {MVN_TIMEOUT_S:.0f} s:\n{_tail_text(output)}"
+                f"mvn did not resolve the {what} from {pom} within {MVN_TIMEOUT_S:.0f} s:\n{tail_text(output)}"
             ) from exc
         if proc.returncode != 0:
             raise MavenJarsError(
                 f"mvn failed (exit {proc.returncode}) resolving the {what} from {pom} (is Maven Central "
-                f"reachable?):\n{_tail_text(proc.stdout)}"
+                f"reachable?):\n{tail_text(proc.stdout)}"
             )
         if not any(partial.glob(expect)):
             raise MavenJarsError(f"mvn succeeded but copied no {expect} from {pom} into {partial}")
         partial.rename(libs)
-        marker.write_text(_now_iso() + "\n")
+        marker.write_text(now_iso() + "\n")
     return libs
