@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 
@@ -49,3 +50,21 @@ class RunReport:
         data["records_per_s"] = round(self.records_per_s, 1)
         data["average_file_mb"] = round(self.average_file_mb, 3)
         return data
+
+
+def run_outcome(topic: str, committed: list[tuple[int, Mapping[str, Sequence[int]]]]) -> str:
+    """What a failed run leaves behind, for its error message: the Delta versions it committed before failing
+    and the offsets each covered (``{"<partition>": [first, last]}``), or that it committed nothing."""
+    if not committed:
+        return "Nothing was committed by this run."
+    described = "; ".join(
+        f"version {version}: "
+        + (", ".join(f"{topic}[{p}] {first}..{last}" for p, (first, last) in sorted(ranges.items(),
+                                                                                   key=lambda item: int(item[0])))
+           or "no records")
+        for version, ranges in committed
+    )  # fmt: skip
+    return (
+        f"Before failing, this run committed {len(committed)} version(s), which stand and are correct (the next "
+        f"run continues after them): {described}."
+    )

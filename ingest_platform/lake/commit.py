@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
-from deltalake.exceptions import DeltaError, SchemaMismatchError
+from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError
 
 from ingest_platform.lake.ledger import ledger_transactions, read_ledger
 from ingest_platform.lake.tables import LakeLocation
@@ -54,16 +54,19 @@ class MergeClauses:
 
 
 def append_with_ledger(lake: LakeLocation, request: AppendRequest) -> int:
-    """Append ``request.rows`` and advance the ledger in one Delta commit; returns the commit's version."""
-    table = lake.open_table(request.table_path)
+    """Append ``request.rows`` and advance the ledger in one Delta commit; returns the commit's version.
+
+    A missing table is first created empty (``create_empty_table``), so that the data commit always goes
+    through a loaded ``DeltaTable``, whose conflict check fails a racing writer of the same ledger app ids.
+    """
     uri = lake.table_uri(request.table_path)
-    if table is not None:
-        _check_before_commit(table, request, uri)
+    table = lake.open_table(request.table_path) or create_empty_table(lake, request)
+    _check_before_commit(table, request, uri)
     token = uuid.uuid4().hex
     metadata = {**request.run_metadata, "commit_token": token}
     with _mapped_errors(request.dataset, f"the Delta commit to {uri}"):
         write_deltalake(
-            table if table is not None else uri,
+            table,
             request.rows,
             mode="append",
             partition_by=list(request.partition_by) or None,
@@ -71,11 +74,42 @@ def append_with_ledger(lake: LakeLocation, request: AppendRequest) -> int:
             storage_options=dict(lake.storage_options) or None,
             target_file_size=request.target_file_size,
             writer_properties=WRITER_PROPERTIES,
-            name=request.dataset if table is None else None,
-            description=request.description if table is None else None,
             commit_properties=_commit_properties(request, metadata),
         )
     return _version_of(lake, request.table_path, token)
+
+
+def create_empty_table(lake: LakeLocation, request: AppendRequest) -> DeltaTable:
+    """Create the table as version 0 with the rows' schema and the catalog's partitioning: no data, no ledger
+    (docs/DESIGN.md §2 "Table creation"). Returns the table as it is now.
+
+    A creating commit has no snapshot to be checked against, so delta-rs would retry a lost one as the next
+    version (a second CREATE over the winner's table). With no retries it can only ever be version 0: of
+    racing creators exactly one writes it, the others find the table and go on to the guarded append, where
+    the ledger comparison and the conflict check decide which data commit stands.
+    """
+    uri = lake.table_uri(request.table_path)
+    try:
+        DeltaTable.create(
+            uri,
+            request.rows.schema,
+            mode="error",
+            partition_by=list(request.partition_by) or None,
+            name=request.dataset,
+            description=request.description,
+            storage_options=dict(lake.storage_options) or None,
+            commit_properties=CommitProperties(max_commit_retries=0),
+        )
+    except (DeltaError, OSError) as error:
+        table = lake.open_table(request.table_path)  # another writer created it first: use theirs
+        if table is None:
+            raise LakeWriteError(
+                f"dataset '{request.dataset}': creating the table {uri} failed: {error}. This commit was not written."
+            ) from None
+        return table
+    table = lake.open_table(request.table_path)
+    assert table is not None
+    return table
 
 
 def merge_with_ledger(lake: LakeLocation, request: AppendRequest, clauses: MergeClauses) -> tuple[int, dict]:
@@ -127,12 +161,19 @@ def _mapped_errors(dataset: str, what: str) -> Iterator[None]:
     """deltalake's failures as ``LakeWriteError`` naming the dataset and the table."""
     try:
         yield
+    except CommitFailedError as error:
+        if "Concurrent" not in str(error):
+            raise LakeWriteError(f"dataset '{dataset}': {what} failed: {error}. This commit was not written.") from None
+        raise ConcurrentWriterError(
+            f"dataset '{dataset}': {what} lost to a concurrent commit that advanced the same ledger ({error}); "
+            "another writer is ingesting this dataset. This commit was not written."
+        ) from None
     except SchemaMismatchError as error:
         raise LakeWriteError(
-            f"dataset '{dataset}': the records do not fit the schema ({what}): {error}. Nothing was committed."
+            f"dataset '{dataset}': the records do not fit the schema ({what}): {error}. This commit was not written."
         ) from None
     except (DeltaError, OSError) as error:
-        raise LakeWriteError(f"dataset '{dataset}': {what} failed: {error}. Nothing was committed.") from None
+        raise LakeWriteError(f"dataset '{dataset}': {what} failed: {error}. This commit was not written.") from None
 
 
 def _check_before_commit(table: DeltaTable, request: AppendRequest, uri: str) -> None:
@@ -143,7 +184,7 @@ def _check_before_commit(table: DeltaTable, request: AppendRequest, uri: str) ->
     if now != expected:
         raise ConcurrentWriterError(
             f"dataset '{request.dataset}': the ledger of {uri} moved from {expected} to {now} during this run; "
-            "another writer is ingesting this dataset. Nothing was committed by this run."
+            "another writer is ingesting this dataset. This commit was not written."
         )
 
 

@@ -30,10 +30,10 @@ from ingest_platform.engines.changes import (
 )
 from ingest_platform.engines.embedded.batch_rows import ENGINE_COLUMN_TYPES, KafkaRecords, to_rows
 from ingest_platform.engines.offset_ranges import PartitionRange
-from ingest_platform.engines.report import PartitionProgress, RunReport
+from ingest_platform.engines.report import PartitionProgress, RunReport, run_outcome
 from ingest_platform.engines.run_plan import IngestError, plan_run
 from ingest_platform.kafka.client import KafkaConnection, commit_group_offsets
-from ingest_platform.lake.commit import AppendRequest, append_with_ledger, merge_with_ledger
+from ingest_platform.lake.commit import AppendRequest, LakeWriteError, append_with_ledger, merge_with_ledger
 from ingest_platform.lake.dead_letters import write_dead_letters
 from ingest_platform.lake.tables import LakeLocation, commit_stats
 
@@ -156,6 +156,7 @@ class _Run:
         self.counts: dict[int, int] = {}
         self.table_schema: pa.Schema | None = None
         self.data_loss: dict[int, tuple[int, int]] = {}  # skipped retention gaps not yet recorded in a commit
+        self.committed: list[tuple[int, dict[str, list[int]]]] = []  # (version, ranges) of this run's commits
         min_mb, max_mb = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
         self.target_file_size = int(min(max_mb, max(min_mb, PREFERRED_FILE_MB)) * 1024 * 1024)
 
@@ -173,7 +174,11 @@ class _Run:
                     f"{dataset.name}: reading {total} records from {dataset.topic} "
                     + ", ".join(f"[{r.partition}] {r.start}..{r.end - 1}" for r in ranges if r.count)
                 )
-                self._consume(consumer, ranges)
+                try:
+                    self._consume(consumer, ranges)
+                except (IngestError, LakeWriteError) as error:
+                    # The failed batch was not committed; say what the run's earlier batches did commit.
+                    raise type(error)(f"{error} {run_outcome(dataset.topic, self.committed)}") from None
         finally:
             consumer.close()
         self.report.duration_s = time.monotonic() - started
@@ -336,6 +341,7 @@ class _Run:
         else:
             version = append_with_ledger(self.engine.lake, request)
         committed_at = datetime.now(timezone.utc)
+        self.committed.append((version, metadata["ranges"]))
         self.ledger.update(advancing)
         for partition in advancing:
             self.data_loss.pop(partition, None)

@@ -32,13 +32,13 @@ from ingest_platform.engines.changes import (
     DELETE_OP,
     quote_spark,
 )
-from ingest_platform.engines.report import PartitionProgress, RunReport
+from ingest_platform.engines.report import PartitionProgress, RunReport, run_outcome
 from ingest_platform.engines.run_plan import IngestError, RunPlan, plan_run
 from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.spark.merge import SparkUpsert
 from ingest_platform.engines.spark.session import append_operation, scala_none
 from ingest_platform.kafka.client import CONSUMER_TUNING, KafkaConnection, commit_group_offsets
-from ingest_platform.lake.commit import RUN_METADATA_KEY, ConcurrentWriterError
+from ingest_platform.lake.commit import RUN_METADATA_KEY, ConcurrentWriterError, LakeWriteError
 from ingest_platform.lake.dead_letters import BadRecord, write_dead_letters
 from ingest_platform.lake.ledger import app_id
 from ingest_platform.lake.storage import is_s3, s3a_conf, spark_path
@@ -94,7 +94,11 @@ class SparkEngine:
                         f"{dataset.name}: records deleted by Kafka retention before ingestion were skipped "
                         f"(on_data_loss: skip): {plan.describe_data_loss(dataset.topic)}"
                     )
-                _SparkRun(self, dataset, plan, report, run_id or uuid.uuid4().hex).execute()
+                spark_run = _SparkRun(self, dataset, plan, report, run_id or uuid.uuid4().hex)
+                try:
+                    spark_run.execute()
+                except (IngestError, LakeWriteError) as error:  # say what the run committed before failing
+                    raise type(error)(f"{error} {run_outcome(dataset.topic, spark_run.committed)}") from None
                 _commit_group(consumer, dataset, plan, self.log)
         finally:
             consumer.close()
@@ -153,6 +157,7 @@ class _SparkRun(SparkUpsert):
         self.tolerant = dataset.max_dlq_ratio > 0 or dataset.schema_evolution == "strict"
         self.ledger = dict(plan.ledger)
         self.counts = _Counts()
+        self.committed: list[tuple[int, dict]] = []  # (version, ranges) of this run's data commits
         self.table_existed = self._table_exists()  # a run that creates the table takes the batch's schema
         self._types: dict[str, FieldType] | None = None  # declared types: the catalog's and Connect's (§9.5)
         self._read_types: dict = {}
@@ -311,9 +316,20 @@ class _SparkRun(SparkUpsert):
         advancing = {r.partition: r.end - 1 for r in self._read_ranges}
         for partition, last in sorted(advancing.items()):
             txn.updateSetTransaction(app_id(self.dataset.name, partition), last, scala_none(jvm))
-        metadata = json.dumps({RUN_METADATA_KEY: self._metadata(advancing, key)}, sort_keys=True)
-        version = int(txn.commit(files, append_operation(jvm, metadata)))
+        run = self._metadata(advancing, key)
+        metadata = json.dumps({RUN_METADATA_KEY: run}, sort_keys=True)
+        try:
+            version = int(txn.commit(files, append_operation(jvm, metadata)))
+        except Exception as error:  # py4j: delta-spark's conflict check (a winning commit of the same app ids)
+            if not _is_concurrent(error):
+                raise
+            raise ConcurrentWriterError(
+                f"dataset '{self.dataset.name}': the Delta commit to {self.path} lost to a concurrent commit "
+                f"({str(error).splitlines()[0][:300]}); another writer is ingesting this dataset. This commit was "
+                "not written."
+            ) from None
         self.ledger.update(advancing)
+        self.committed.append((version, run["ranges"]))
         stats = self._record_commit(version)
         self.report.rows_written += stats.rows
         self.report.rows_inserted += stats.rows if self.dataset.mode == "upsert" else 0
@@ -364,7 +380,7 @@ class _SparkRun(SparkUpsert):
             raise ConcurrentWriterError(
                 f"dataset '{self.dataset.name}': the ledger of {self.path} moved from {expected} to {recorded} for "
                 f"partition {partition} during this run; another writer is ingesting this dataset. "
-                "Nothing more was committed by this run."
+                "This commit was not written."
             )
 
     # -- decoding ---------------------------------------------------------------------------------------------
@@ -453,8 +469,7 @@ class _SparkRun(SparkUpsert):
         if reserved:
             raise IngestError(
                 f"dataset '{self.dataset.name}', records {self.plan.describe(self.dataset.topic)}: records carry "
-                f"field(s) {reserved}, names reserved for the engine's columns. Rename them in the producer. "
-                "Nothing was committed."
+                f"field(s) {reserved}, names reserved for the engine's columns. Rename them in the producer."
             )
         if not new or self.dataset.schema_evolution != "additive":
             return None  # strict failed already on new fields with values; quarantine dead-letters their records
@@ -486,7 +501,7 @@ class _SparkRun(SparkUpsert):
         raise IngestError(
             f"dataset '{dataset.name}', records {self.plan.describe(dataset.topic)} do not match the table's schema "
             f"(schema_evolution: strict): {'; '.join(parts)}. Change the table deliberately (ALTER TABLE … ADD "
-            "COLUMNS), or use schema_evolution: additive or quarantine, then re-run. Nothing was committed."
+            "COLUMNS), or use schema_evolution: additive or quarantine, then re-run."
         )
 
     def _infer(self, json_rows: DataFrame):
@@ -615,7 +630,7 @@ class _SparkRun(SparkUpsert):
                 f"dataset '{dataset.name}': {bad} of {records} records cannot be applied, more than max_dlq_ratio "
                 f"{dataset.max_dlq_ratio:g} allows: {named}{'; …' if bad > len(dead) else ''}. Fix the producer (or "
                 "the catalog's key/schema:), or raise max_dlq_ratio to send such records to the dead-letter table "
-                f"{dataset.dlq_table_path}. Nothing was committed."
+                f"{dataset.dlq_table_path}."
             )
         if not write:
             return
@@ -673,8 +688,13 @@ class _SparkRun(SparkUpsert):
                 builder = builder.partitionedBy(*dataset.partition_by)
             if dataset.description:
                 builder = builder.comment(dataset.description)
-            builder.execute()
-            return
+            try:
+                builder.execute()
+                return
+            except Exception as error:  # py4j: a concurrent creator wrote version 0 first (ProtocolChanged...)
+                if not _is_concurrent(error) or self.engine.lake.open_table(dataset.table_path) is None:
+                    raise
+            # Another writer created the table: go on as for an existing table; the guarded commit decides.
         if self.plan.table is not None:
             existing = list(self.plan.table.metadata().partition_columns)
             if existing != list(dataset.partition_by):
@@ -735,7 +755,7 @@ class _SparkRun(SparkUpsert):
         text = str(error)
         marker = "INGEST_PLATFORM_ERROR:"
         if marker in text:
-            return text.split(marker, 1)[1].split("\n", 1)[0].strip() + " Nothing was committed."
+            return text.split(marker, 1)[1].split("\n", 1)[0].strip()
         dataset = self.dataset
         keys = F.json_object_keys(F.col(sc.TEXT))  # null for invalid JSON or a non-object
         corrupt = (
@@ -747,7 +767,7 @@ class _SparkRun(SparkUpsert):
         if corrupt is not None:
             return (
                 f"dataset '{dataset.name}', record {dataset.topic}[{corrupt['partition']}] offset {corrupt['offset']}: "
-                f"value is not a valid JSON object: {bytes(corrupt['value'])[:120]!r}. Nothing was committed."
+                f"value is not a valid JSON object: {bytes(corrupt['value'])[:120]!r}."
             )
         # Every value is a JSON object: a field's type differs from the table's. Infer the batch to name it.
         table = {f.name: f.dataType for f in self.spark.read.format("delta").load(self.path).schema.fields}
@@ -760,7 +780,7 @@ class _SparkRun(SparkUpsert):
         what = "; ".join(conflicts) or f"Spark could not decode them ({text.splitlines()[0][:300]})"
         return (
             f"dataset '{dataset.name}', records {self.plan.describe(dataset.topic)}: {what}. Fix the producer, or "
-            "declare the field's type under 'schema:' in the catalog. Nothing was committed."
+            "declare the field's type under 'schema:' in the catalog."
         )
 
 
@@ -804,6 +824,12 @@ def _parse_event_time(raw, dtype, location, name: str):
     problem = F.lit(f": field '{name}' is not an ISO-8601 timestamp: ")
     failure = F.raise_error(F.concat(F.lit("INGEST_PLATFORM_ERROR:"), location, problem, text))
     return F.when(text.isNotNull() & parsed.isNull(), failure).otherwise(parsed)
+
+
+def _is_concurrent(error: Exception) -> bool:
+    """Whether delta-spark refused a commit because another writer committed first (its conflict check)."""
+    text = f"{type(error).__name__}: {error}"
+    return any(name in text for name in ("Concurrent", "ProtocolChangedException", "MetadataChangedException"))
 
 
 def _commit_group(consumer: Consumer, dataset: Dataset, plan: RunPlan, log) -> None:

@@ -64,7 +64,7 @@ class SparkUpsert:
         if not key and self.counts.total(self.counts.records) > self.counts.total(self.counts.tombstones):
             raise IngestError(
                 f"dataset '{self.dataset.name}', records {self.plan.describe(self.dataset.topic)}: no key: the "
-                "records carry no message key and the catalog sets no key: [...]. Nothing was committed."
+                "records carry no message key and the catalog sets no key: [...]."
             )
         known, ignored = self._known_fields(), set()
         if not self.table_existed:
@@ -152,6 +152,7 @@ class SparkUpsert:
         else:
             version, metrics = merged
         self.ledger[partition] = last
+        self.committed.append((version, metadata["ranges"]))
         stats = self._record_commit(version)
         inserted, updated, deleted = (int(metrics.get(f"numTargetRows{what}", 0)) for what in
                                       ("Inserted", "Updated", "Deleted"))  # fmt: skip
@@ -186,7 +187,7 @@ class SparkUpsert:
             failure = ConcurrentWriterError if "Concurrent" in str(error) else IngestError
             raise failure(
                 f"dataset '{self.dataset.name}': the MERGE into {self.path} failed: {str(error).splitlines()[0]}. "
-                "Nothing was committed for this partition."
+                "This commit was not written."
             ) from None
         finally:
             for name in (TXN_APP_ID, TXN_VERSION, USER_METADATA):

@@ -1,0 +1,61 @@
+"""What a failed run tells its user: what it did commit before failing (docs/DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+import pytest
+
+from ingest_platform.dev.demo_data import produce, records
+from ingest_platform.engines.embedded.engine import EmbeddedEngine
+from ingest_platform.lake.commit import AppendRequest, ConcurrentWriterError, append_with_ledger
+from ingest_platform.lake.ledger import read_ledger
+from ingest_platform_tests.helpers import json_dataset, read_table
+
+pytestmark = pytest.mark.kafka
+
+
+class _AnotherWriterAfterCommits(logging.Handler):
+    """After the run's ``after``-th commit, another writer advances the ledger (an empty commit past it)."""
+
+    def __init__(self, lake, dataset, after: int):
+        super().__init__()
+        self.lake, self.dataset, self.after, self.commits = lake, dataset, after, 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "committed version" not in record.getMessage():
+            return
+        self.commits += 1
+        if self.commits != self.after:
+            return
+        table = self.lake.open_table(self.dataset.table_path)
+        ledger = read_ledger(table, self.dataset.name, range(2))
+        empty = pa.schema(table.schema().to_arrow()).empty_table()
+        append_with_ledger(self.lake, AppendRequest(
+            dataset=self.dataset.name, table_path=self.dataset.table_path, partition_by=(), rows=empty,
+            covered={p: o + 1_000_000 for p, o in ledger.items()}, expected_ledger=ledger,
+            run_metadata={"run_id": "intruder"}, target_file_size=1 << 27,
+        ))  # fmt: skip
+
+
+def test_a_run_that_loses_after_committing_says_what_it_committed(kafka, lake, make_topic):
+    topic = make_topic(partitions=2)
+    dataset = json_dataset(topic, max_batch_bytes=20_000)
+    produce(kafka, topic, records("orders", 600))
+    log = logging.getLogger("test.run_messages")
+    log.setLevel(logging.INFO)
+    intruder = _AnotherWriterAfterCommits(lake, dataset, after=2)
+    log.addHandler(intruder)
+    try:
+        with pytest.raises(ConcurrentWriterError) as failure:
+            EmbeddedEngine(kafka, lake, log=log).run(dataset)
+    finally:
+        log.removeHandler(intruder)
+    message = str(failure.value)
+    assert "Nothing was committed by this run" not in message
+    assert "this run committed 2 version(s), which stand and are correct" in message
+    assert "version 1: " in message and "version 2: " in message, message
+    assert f"{topic}[0] 0.." in message
+    committed = read_table(lake.table_uri(dataset.table_path))
+    assert committed.height > 0 and committed.select("_kafka_partition", "_kafka_offset").n_unique() == committed.height

@@ -1,0 +1,173 @@
+"""Two first runs of one dataset racing to create its table: exactly one commits, nothing is doubled
+(docs/DESIGN.md §2 "Table creation"). Real broker, real Delta tables; the races are real threads."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from deltalake import DeltaTable
+
+from ingest_platform.dev.demo_data import produce, records
+from ingest_platform.engines.embedded.engine import EmbeddedEngine
+from ingest_platform.engines.run_plan import IngestError
+from ingest_platform.lake.commit import AppendRequest, ConcurrentWriterError, LakeWriteError, append_with_ledger
+from ingest_platform.lake.tables import LakeLocation
+from ingest_platform_tests.helpers import json_dataset, read_table
+
+pytestmark = pytest.mark.kafka
+
+
+class _LakeThatLetsBWinFirst(LakeLocation):
+    """A lake on which run B ingests everything at the moment run A's first commit finds no table: the
+    window in which two first runs used to both create the table (A planned against a missing table)."""
+
+    def __init__(self, root: str, run_b):
+        super().__init__(root)
+        object.__setattr__(self, "_run_b", run_b)
+        object.__setattr__(self, "_missing", 0)
+
+    def open_table(self, table_path: str):
+        table = super().open_table(table_path)
+        if table is None and not table_path.endswith("_dlq"):
+            object.__setattr__(self, "_missing", self._missing + 1)
+            if self._missing == 2:  # 1: A's plan, 2: A's first commit
+                self._run_b()
+        return table
+
+
+def test_a_first_run_that_finds_the_table_created_under_it_commits_nothing(kafka, tmp_path, make_topic):
+    """Deterministic: B creates the table and commits everything between A's plan and A's first commit."""
+    topic = make_topic(partitions=2)
+    dataset = json_dataset(topic)
+    produce(kafka, topic, records("orders", 300))
+    root = str(tmp_path / "lake")
+    b_reports = []
+    racing_lake = _LakeThatLetsBWinFirst(root, lambda: b_reports.append(EmbeddedEngine(kafka, LakeLocation(root))
+                                                                        .run(dataset)))  # fmt: skip
+    with pytest.raises(ConcurrentWriterError, match="another writer is ingesting this dataset") as failure:
+        EmbeddedEngine(kafka, racing_lake).run(dataset)
+    assert "Nothing was committed by this run" in str(failure.value)
+    assert b_reports[0].records == 300
+    frame = read_table(f"{root}/{dataset.table_path}")
+    assert frame.height == 300 and frame["order_id"].n_unique() == 300
+
+
+def _race(kafka, dataset, root: str) -> list[object]:
+    """Two threads run the dataset's first run at once; returns each one's report or error."""
+    outcomes: list[object] = [None, None]
+    start = threading.Barrier(2)
+
+    def run(index: int) -> None:
+        start.wait()
+        try:
+            outcomes[index] = EmbeddedEngine(kafka, LakeLocation(root)).run(dataset)
+        except (IngestError, LakeWriteError) as error:
+            outcomes[index] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return outcomes
+
+
+@pytest.mark.parametrize("trials", [12])
+def test_racing_first_runs_never_both_commit(kafka, tmp_path, make_topic, trials):
+    """Many trials of two real first runs at once: one commits, the other fails clearly, no row twice."""
+    topic = make_topic(partitions=3)
+    produce(kafka, topic, records("orders", 600))
+    both_failed = 0
+    for trial in range(trials):
+        dataset = json_dataset(topic, name=f"race{trial}")
+        root = str(tmp_path / f"lake{trial}")
+        outcomes = _race(kafka, dataset, root)
+        errors = [o for o in outcomes if isinstance(o, Exception)]
+        won = [o for o in outcomes if not isinstance(o, Exception)]
+        frame = read_table(f"{root}/{dataset.table_path}")
+        assert frame.select("_kafka_partition", "_kafka_offset").n_unique() == frame.height, f"trial {trial}: doubled"
+        assert frame.height == 600, f"trial {trial}: {frame.height} rows, outcomes {outcomes}"
+        assert len(won) == 1, f"trial {trial}: both runs committed (or neither): {outcomes}"
+        assert all(isinstance(e, ConcurrentWriterError) for e in errors), errors
+        assert "another writer is ingesting this dataset" in str(errors[0])
+        both_failed += len(errors) == 2
+    assert both_failed == 0
+
+
+def test_racing_creators_of_a_dead_letter_table_record_each_bad_record_once(tmp_path):
+    """The DLQ table (and any table) is created through the same guarded path: of two writers of the same
+    first commit, one wins; the other fails naming the concurrent writer."""
+    import pyarrow as pa
+
+    lake = LakeLocation(str(tmp_path / "lake"))
+    rows = pa.table({"x": pa.array([1, 2, 3], pa.int64())})
+    for trial in range(15):
+        path = f"s/t{trial}_dlq"
+        start = threading.Barrier(2)
+        outcomes: list[object] = [None, None]
+
+        def write(index: int, path: str = path, start: threading.Barrier = start, outcomes: list = outcomes) -> None:
+            request = AppendRequest(dataset=f"t{trial}_dlq", table_path=path, partition_by=(), rows=rows,
+                                    covered={0: 2}, expected_ledger={}, run_metadata={"run": index},
+                                    target_file_size=1 << 27)  # fmt: skip
+            start.wait()
+            try:
+                outcomes[index] = append_with_ledger(lake, request)
+            except LakeWriteError as error:
+                outcomes[index] = error
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        table = DeltaTable(lake.table_uri(path))
+        assert table.to_pyarrow_table().num_rows == 3, f"trial {trial}: {outcomes}"
+        assert sum(isinstance(o, int) for o in outcomes) == 1, f"trial {trial}: {outcomes}"
+        (error,) = [o for o in outcomes if isinstance(o, Exception)]
+        assert isinstance(error, ConcurrentWriterError), error
+        creates = [h for h in table.history() if h.get("operation") == "CREATE TABLE"]
+        assert len(creates) <= 1, f"trial {trial}: {len(creates)} table-creating commits"
+        run = [json.loads(h["ingest_platform.run"]) for h in table.history() if "ingest_platform.run" in h]
+        assert len(run) == 1
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_racing_first_spark_runs_never_both_commit(kafka, tmp_path, make_topic, spark):
+    """The Spark engine's first write (create, then one commit through its transaction) under the same race,
+    and a Spark run racing an embedded one: one commits, the other fails as a concurrent writer."""
+    from ingest_platform.engines.spark.engine import SparkEngine
+
+    topic = make_topic(partitions=2)
+    produce(kafka, topic, records("orders", 400))
+    for trial, engines in enumerate([("spark", "spark")] * 3 + [("spark", "embedded")] * 2):
+        dataset = json_dataset(topic, name=f"spark_race{trial}", partition_by="[day]",
+                               event_time_field="created_at")  # fmt: skip
+        root = str(tmp_path / f"lake{trial}")
+        outcomes: list[object] = [None, None]
+        start = threading.Barrier(2)
+
+        def run(index: int, engine: str, dataset=dataset, root=root, outcomes=outcomes, start=start) -> None:
+            lake = LakeLocation(root)
+            runner = SparkEngine(kafka, lake, spark) if engine == "spark" else EmbeddedEngine(kafka, lake)
+            start.wait()
+            try:
+                outcomes[index] = runner.run(dataset)
+            except (IngestError, LakeWriteError) as error:
+                outcomes[index] = error
+
+        threads = [threading.Thread(target=run, args=(i, e)) for i, e in enumerate(engines)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        frame = read_table(f"{root}/{dataset.table_path}")
+        assert frame.height == 400 and frame.select("_kafka_partition", "_kafka_offset").n_unique() == 400, (
+            f"trial {trial} {engines}: {frame.height} rows, {outcomes}")
+        errors = [o for o in outcomes if isinstance(o, Exception)]
+        assert len(errors) == 1, f"trial {trial} {engines}: {outcomes}"
+        assert isinstance(errors[0], ConcurrentWriterError), f"trial {trial} {engines}: {errors[0]!r}"
+        assert "another writer is ingesting this dataset" in str(errors[0])
