@@ -176,6 +176,22 @@ def test_no_loss_allows_a_gap_recorded_as_retention_loss(lake):
     assert finding.metadata["retention_loss_records"] == 50 and "lost to retention" in finding.summary
 
 
+def test_no_loss_fails_when_a_partition_added_later_does_not_start_at_0(lake):
+    ds = dataset()
+    commit(lake, ds, rows({0: range(500, 600)}), {0: (500, 599)})  # a new table over an old topic: not loss
+    assert evaluate(lake, ds, "no_loss").passed
+    commit(lake, ds, rows({1: range(100, 150)}), {1: (100, 149)})  # partition 1 added later; 0..99 gone
+    finding = evaluate(lake, ds, "no_loss")
+    assert not finding.passed and finding.metadata["gaps"] == 1
+    assert finding.metadata["problems"][0] == {
+        "partition": 1, "version": 1, "problem": "gap", "expected_first": 0, "first": 100
+    }
+    other = dataset(name="recorded")
+    commit(lake, other, rows({0: range(500, 600)}), {0: (500, 599)})
+    commit(lake, other, rows({1: range(100, 150)}), {1: (100, 149)}, data_loss={1: (0, 99)})  # skip: recorded
+    assert evaluate(lake, other, "no_loss").passed
+
+
 def test_no_loss_fails_on_overlapping_ranges(lake):
     ds = dataset()
     commit(lake, ds, rows({0: range(0, 100)}), {0: (0, 99)})

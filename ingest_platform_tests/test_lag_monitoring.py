@@ -29,8 +29,15 @@ def test_lag_is_measured_from_the_ledger_new_partitions_from_their_start_gaps_an
     assert lag.by_partition == {0: 10, 1: 5, 2: 7, 3: 0}
     assert lag.total == 22 and lag.end_total == 72
     assert by[1].lost == (5, 9) and lag.gaps == {1: (5, 9)}  # ledger 4, earliest 10: offsets 5..9 lost
-    assert by[2].position == 0  # never seen: read from its earliest offset
+    assert by[2].position == 0  # never seen: read from offset 0
     assert lag.reset == [3] and by[3].lag == 0  # ledger ahead of the log end
+
+
+def test_a_partition_added_after_the_table_began_counts_from_0_and_a_new_table_from_the_earliest():
+    added = dataset_lag({0: 9}, {0: (0, 20), 1: (100, 130)})
+    assert added.gaps == {1: (0, 99)} and added.by_partition == {0: 10, 1: 30}
+    fresh = dataset_lag({}, {0: (40, 50), 1: (100, 130)})
+    assert fresh.gaps == {} and fresh.by_partition == {0: 10, 1: 30}
 
 
 def test_age_is_interpolated_between_samples_and_extrapolated_beyond_the_window():
@@ -98,6 +105,11 @@ def test_partition_findings_new_partitions_recreation_gaps_and_recommendation():
     gap = TopicOffsets("t", {0: (500, 30_100), 1: (0, 5), 2: (0, 0)}, topic_id="A")
     findings, state = partition_findings(dataset, gap, {0: 99}, state, now=30)
     assert findings.gaps == {0: (100, 499)} and "t[0] offsets 100..499 (400 records)" in findings.describe_gaps("t")
+    added_late = TopicOffsets("t", {0: (0, 30_100), 1: (0, 5), 2: (0, 0), 3: (100, 120)}, topic_id="A")
+    findings, _ = partition_findings(dataset, added_late, {0: 99}, state, now=35)
+    assert findings.gaps == {3: (0, 99)}  # added after the table began, retention took 0..99 before any run
+    findings, _ = partition_findings(dataset, added_late, {}, state, now=35)
+    assert findings.gaps == {}  # no ledger yet: a new table starts where the topic starts
     recreated = TopicOffsets("t", {0: (0, 40_000), 1: (0, 5), 2: (0, 0)}, topic_id="B")
     findings, state = partition_findings(dataset, recreated, {0: 99}, state, now=40)
     assert "topic id changed from A to B" in findings.recreated

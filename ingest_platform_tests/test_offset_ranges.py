@@ -7,9 +7,18 @@ import pytest
 from ingest_platform.engines.offset_ranges import OffsetRangeError, plan_ranges, start_offsets
 
 
-def test_new_partitions_start_at_their_earliest_offset_and_known_ones_after_the_ledger():
-    starts = start_offsets("d", "t", ledger={0: 9}, marks={0: (0, 20), 1: (5, 8)})
-    assert starts == {0: 10, 1: 5}
+def test_a_new_table_starts_at_the_earliest_offsets_and_known_partitions_after_the_ledger():
+    assert start_offsets("d", "t", ledger={}, marks={0: (7, 20), 1: (5, 8)}) == {0: 7, 1: 5}
+    assert start_offsets("d", "t", ledger={0: 9}, marks={0: (0, 20), 1: (0, 8)}) == {0: 10, 1: 0}
+
+
+def test_a_partition_added_to_a_table_with_a_ledger_starts_at_0_and_retention_below_it_is_loss():
+    with pytest.raises(OffsetRangeError, match=r"t\[1\] offsets 0..4 \(5 records\)"):
+        start_offsets("d", "t", ledger={0: 9}, marks={0: (0, 20), 1: (5, 8)})
+    lost: dict[int, tuple[int, int]] = {}
+    starts = start_offsets("d", "t", ledger={0: 9}, marks={0: (0, 20), 1: (5, 8)}, on_data_loss="skip",
+                           data_loss=lost)  # fmt: skip
+    assert starts == {0: 10, 1: 5} and lost == {1: (0, 4)}
 
 
 def test_retention_gap_fails_and_names_the_lost_range():

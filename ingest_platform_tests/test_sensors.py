@@ -195,6 +195,32 @@ def test_retention_gap_is_detected_with_ranges_fails_or_is_skipped_and_recorded(
     ]  # fmt: skip
 
 
+def test_a_partition_added_later_whose_start_was_deleted_is_a_retention_gap(tmp_path, kafka, make_topic):
+    """A partition the table has never seen, on a table with a ledger, starts at 0: records deleted below its
+    earliest offset before its first run are loss (the sensor reports it, the run fails or records it)."""
+    topic = make_topic(partitions=1)
+    platform = Platform(tmp_path, kafka, entry("strict", topic) + entry("lenient", topic, on_data_loss="skip"))
+    produce(kafka, topic, records("orders", 20))
+    platform.ingest("strict")
+    platform.ingest("lenient")
+    platform.tick(PARTITION_SENSOR)
+    admin = AdminClient(kafka.base_config())
+    admin.create_partitions([NewPartitions(topic, 2)])[topic].result(timeout=30)
+    time.sleep(1)
+    produce(kafka, topic, records("orders", 100, start=100), partition=1)
+    admin.delete_records([TopicPartition(topic, 1, 100)])[TopicPartition(topic, 1, 100)].result(timeout=30)
+    produce(kafka, topic, records("orders", 20, start=200), partition=1)
+
+    result = platform.tick(PARTITION_SENSOR)
+    assert platform.observation(result, "strict")["data_loss"] == {"1": [0, 99]}
+    assert platform.observation(platform.tick(), "lenient")["data_loss"] == {"1": [0, 99]}
+    with pytest.raises(OffsetRangeError, match=rf"{topic}\[1\] offsets 0..99 \(100 records\)"):
+        platform.ingest("strict")
+    assert platform.ingest("lenient").records == 20
+    metadata = run_metadata_of(platform.lake.open_table("test/lenient").history(1)[0])
+    assert metadata["data_loss"] == {"1": [0, 99]} and metadata["ranges"] == {"1": [100, 119]}
+
+
 @pytest.mark.slow
 def test_retention_by_time_deletes_segments_and_the_gap_is_detected(tmp_path, kafka, make_topic):
     """Real retention: tiny segment.ms/retention.ms, the broker deletes the rolled segments by itself."""

@@ -34,6 +34,11 @@ def start_offsets(
 ) -> dict[int, int]:
     """First offset to read per partition; fails loudly on a retention gap or a reset topic.
 
+    A partition the ledger has no entry for starts at its earliest offset only on a table without a ledger
+    (a new table over an existing topic begins where the topic begins: not loss). On a table that has a
+    ledger such a partition was added to the topic later, so it starts at 0 by definition, and records
+    already deleted below its earliest offset are a retention gap like any other (docs/DESIGN.md §2).
+
     With ``on_data_loss="skip"`` a retention gap starts the partition at its earliest available offset instead
     and records the lost range ``(first lost, last lost)`` in ``data_loss`` (for the commit's run metadata).
     A reset topic fails whatever ``on_data_loss`` says.
@@ -42,10 +47,10 @@ def start_offsets(
     lost: list[str] = []
     reset: list[str] = []
     for partition, (earliest, high) in sorted(marks.items()):
-        if partition not in ledger:
+        if partition not in ledger and not ledger:
             starts[partition] = earliest
             continue
-        start = ledger[partition] + 1
+        start = ledger.get(partition, -1) + 1
         if start < earliest and on_data_loss == "skip" and data_loss is not None:
             data_loss[partition] = (start, earliest - 1)
             start = earliest

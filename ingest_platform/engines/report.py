@@ -60,7 +60,8 @@ def run_outcome(topic: str, committed: list[tuple[int, Mapping[str, Sequence[int
     described = "; ".join(
         f"version {version}: "
         + (", ".join(f"{topic}[{p}] {first}..{last}" for p, (first, last) in sorted(ranges.items(),
-                                                                                   key=lambda item: int(item[0])))
+                                                                                   key=lambda item: int(item[0]))
+                     if last >= first)  # an empty range only records where a partition begins
            or "no records")
         for version, ranges in committed
     )  # fmt: skip

@@ -37,6 +37,18 @@ class RunPlan:
     def table_schema(self) -> pa.Schema | None:
         return pa.schema(self.table.schema().to_arrow()) if self.table is not None else None
 
+    @property
+    def accepted(self) -> dict[int, int]:
+        """Positions this run takes without reading records (partition -> start - 1), recorded in the ledger by
+        its first commit (docs/DESIGN.md §2): on a table without a ledger, where each partition begins (its
+        earliest offset, so that a later run does not count the records before it as lost); with
+        ``on_data_loss: skip``, the end of each skipped retention gap."""
+        return {
+            r.partition: r.start - 1
+            for r in self.ranges
+            if r.start - 1 > self.ledger.get(r.partition, -1) and (not self.ledger or r.partition in self.data_loss)
+        }
+
     def data_loss_metadata(self, partitions) -> dict[str, list[int]]:
         """``{"<p>": [first lost, last lost]}`` for the given partitions that skipped a retention gap."""
         return {str(p): list(self.data_loss[p]) for p in sorted(partitions) if p in self.data_loss}

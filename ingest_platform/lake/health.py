@@ -268,7 +268,8 @@ def check_no_loss(
     """The ledger is contiguous per partition and every consumed record is accounted for.
 
     Per Kafka partition, each ingest commit's range must start right after the previous one ended (a gap is
-    allowed only where a commit recorded it under ``data_loss``, i.e. retention deleted it), and the ledger
+    allowed only where a commit recorded it under ``data_loss``, i.e. retention deleted it); a partition first
+    read by a later run than the table's first starts at 0 (it was added to the topic later), and the ledger
     (``txn`` version) must equal the last range's end. Per commit, records consumed = rows written +
     dead-lettered + skipped (append tables; rows from the commit's add actions). For append tables with the
     whole history readable, the snapshot's row count must equal the rows all ingest commits added.
@@ -305,9 +306,17 @@ def check_no_loss(
                                  "skipped": int(skipped)})  # fmt: skip
     gaps = overlaps = 0
     last_of: dict[int, int] = {}
+    run_of = {c.version: c.run.get("run_id") for c in history.commits}
+    first_run = run_of[history.commits[0].version] if history.commits else None
     for partition, parts in sorted(segments.items()):
         parts.sort(key=lambda s: (s[2], s[0]))
         previous: int | None = None
+        first, _, version, kind = parts[0]
+        if history.complete and first > 0 and kind == "data" and run_of[version] != first_run:
+            # Begun after the table's first run: the partition was added later and starts at 0 (DESIGN §2).
+            gaps += 1
+            problems.append({"partition": partition, "version": version, "problem": "gap",
+                             "expected_first": 0, "first": first})  # fmt: skip
         for first, last, version, _kind in parts:
             if previous is not None and first != previous + 1:
                 what = "gap" if first > previous + 1 else "overlap"

@@ -3,8 +3,8 @@
 Pure functions of offsets, ledgers and a small window of past samples, tested without Kafka or Dagster.
 docs/DESIGN.md §7 states the rules:
 
-* **Position** per partition = ledger + 1, or the earliest available offset for a partition the table has
-  never seen (it will be read from its start); never below the earliest offset (records deleted by retention
+* **Position** per partition = ledger + 1; for a partition the table has never seen, 0 on a table with a
+  ledger (added to the topic later) and the earliest available offset on a table without one; never below the earliest offset (records deleted by retention
   are a gap, reported apart, not lag) and never above the log end (a topic behind the ledger is reported as
   reset). Lag = log end − position, per partition and in total. Caught up means lag 0 by the ledger.
 * **Window**: per dataset, samples ``(time, total log end, total lag)`` of the last ``window_s`` seconds, at
@@ -72,7 +72,8 @@ def dataset_lag(ledger: Mapping[int, int], marks: Mapping[int, tuple[int, int]])
     """Lag per partition from the table's ledger and the topic's ``{partition: (earliest, log end)}``."""
     result = []
     for partition, (earliest, end) in sorted(marks.items()):
-        start = ledger[partition] + 1 if partition in ledger else earliest
+        # Never seen: a new table starts at the earliest offset; a partition added later starts at 0 (§2).
+        start = ledger[partition] + 1 if partition in ledger else (0 if ledger else earliest)
         lost = (start, earliest - 1) if start < earliest else None
         position = min(max(start, earliest), end)
         result.append(PartitionLag(partition, earliest, end, position, end - position, lost, start > end))

@@ -8,7 +8,8 @@ docs/DESIGN.md §7 states the rules:
 * **Recreated topic**: its topic id changed while the table holds offsets, or the ledger is ahead of a
   partition's log end. Reported on every tick until an operator resolves it (the table then holds no
   offsets); never re-read or skipped silently, and no run is requested for it.
-* **Retention gap**: ledger + 1 below the earliest available offset. Reported with the exact lost ranges; a
+* **Retention gap**: ledger + 1 below the earliest available offset (a partition the ledger has never seen
+  counts from 0 once the table has a ledger: it was added to the topic after the table began). Reported with the exact lost ranges; a
   run fails with them (``on_data_loss: fail``) or skips them and records them in its commit (``skip``).
 * **Partition recommendation**: the guide's partitions = target throughput / per-partition throughput
   (``capacity.py``), with target = the largest of ``slo.throughput_rps``, ``expected.peak_rps`` and
@@ -71,8 +72,9 @@ def partition_findings(
     ]
     if ahead:
         reasons.append("the ledger is ahead of the log end: " + ", ".join(ahead))
-    gaps = {p: (ledger[p] + 1, earliest - 1) for p, (earliest, _) in sorted(marks.items())
-            if p in ledger and ledger[p] + 1 < earliest}  # fmt: skip
+    # A partition the table has never seen starts at 0 once the table has a ledger (docs/DESIGN.md §2).
+    gaps = {p: (ledger.get(p, -1) + 1, earliest - 1) for p, (earliest, _) in sorted(marks.items())
+            if ledger and ledger.get(p, -1) + 1 < earliest}  # fmt: skip
     end_total = sum(end for _, end in marks.values())
     produce_rps = None
     if "e" in previous and "t" in previous and now > previous["t"] and end_total >= previous["e"] and not new:

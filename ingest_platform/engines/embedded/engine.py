@@ -156,6 +156,7 @@ class _Run:
         self.counts: dict[int, int] = {}
         self.table_schema: pa.Schema | None = None
         self.data_loss: dict[int, tuple[int, int]] = {}  # skipped retention gaps not yet recorded in a commit
+        self.accepted: dict[int, int] = {}  # positions taken without reading, for the next commit (RunPlan)
         self.committed: list[tuple[int, dict[str, list[int]]]] = []  # (version, ranges) of this run's commits
         min_mb, max_mb = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
         self.target_file_size = int(min(max_mb, max(min_mb, PREFERRED_FILE_MB)) * 1024 * 1024)
@@ -201,6 +202,7 @@ class _Run:
         self.first_offsets = {r.partition: r.start for r in plan.ranges}
         self.report.lag_after = plan.lag_after
         self.data_loss = dict(plan.data_loss)
+        self.accepted = plan.accepted
         if plan.data_loss:
             self.log.warning(
                 f"{self.dataset.name}: records were deleted by Kafka retention before they were ingested: "
@@ -302,6 +304,9 @@ class _Run:
         if not advancing or not batch.values:
             # Nothing to write. Offsets that carried no row are re-read next run (harmless: they hold no data).
             return
+        for partition, last in self.accepted.items():  # a new table's starts, skipped gaps: first commit
+            advancing.setdefault(partition, last)
+        self.accepted = {}
         decoded = to_rows(dataset, batch.kafka_records(dataset.topic), self.table_schema)
         rows = decoded.rows
         metadata = {

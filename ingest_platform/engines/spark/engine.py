@@ -313,7 +313,7 @@ class _SparkRun(SparkUpsert):
     def _commit(self, txn, files, key=None) -> int:
         """One Delta commit: the files plus one ``txn`` per partition (the ledger), with the run's metadata."""
         jvm = self.spark._jvm
-        advancing = {r.partition: r.end - 1 for r in self._read_ranges}
+        advancing = {**self.plan.accepted, **{r.partition: r.end - 1 for r in self._read_ranges}}
         for partition, last in sorted(advancing.items()):
             txn.updateSetTransaction(app_id(self.dataset.name, partition), last, scala_none(jvm))
         run = self._metadata(advancing, key)
@@ -345,7 +345,7 @@ class _SparkRun(SparkUpsert):
         metadata = {
             "run_id": self.run_id, "engine": ENGINE_NAME, "topic": dataset.topic,
             "started_at": round(self.started_at, 3),
-            "ranges": {str(r.partition): [r.start, advancing[r.partition]] for r in self._read_ranges
+            "ranges": {str(r.partition): [r.start, advancing[r.partition]] for r in self.plan.ranges
                        if r.partition in advancing},
             **self.counts.figures(advancing),
         }  # fmt: skip
