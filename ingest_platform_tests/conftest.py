@@ -14,12 +14,21 @@ from ingest_platform.kafka.client import KafkaConnection
 _topic_numbers = itertools.count()
 
 
+#: The user of the session broker's SASL_PLAINTEXT (PLAIN) listener; its password is random per session.
+SASL_USER = "ingest"
+
+
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[object]:
-    """The session's broker: started once (a few seconds), stopped at the end, killed with the session."""
+    """The session's broker: started once (a few seconds), stopped at the end, killed with the session.
+
+    Besides PLAINTEXT (``bootstrap``) it has a SASL_PLAINTEXT listener (``sasl_bootstrap``, mechanism PLAIN,
+    user ``SASL_USER``, password ``sasl_users[SASL_USER]``): one more port, no measurable start-up cost."""
+    import secrets
+
     from ingest_platform.dev.local_kafka import LocalKafka
 
-    with LocalKafka(heap="768m") as broker:
+    with LocalKafka(heap="768m", sasl_users={SASL_USER: secrets.token_urlsafe(16)}) as broker:
         yield broker
 
 

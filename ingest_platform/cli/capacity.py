@@ -79,7 +79,7 @@ _timeout_option = click.option("--timeout", "timeout_s", type=float, default=15,
 def _connection(bootstrap: str | None, timeout_s: float = 15):  # type: ignore[no-untyped-def]
     from ingest_platform.kafka.client import KafkaConnection
 
-    return KafkaConnection(bootstrap or Settings.from_env().kafka_bootstrap, timeout_s=timeout_s)
+    return KafkaConnection.from_env(bootstrap=bootstrap or Settings.from_env().kafka_bootstrap, timeout_s=timeout_s)
 
 
 # ---------------------------------------------------------------------------------------------------------

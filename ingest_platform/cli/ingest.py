@@ -17,7 +17,9 @@ from ingest_platform.settings import Settings, normalize_lake_root
 @click.option("--all", "run_all", is_flag=True, help="Run every dataset of the catalog.")
 @click.option("--catalog", "catalog_path", help="Catalog file or folder (default: $INGEST_CATALOG).")
 @click.option("--lake-root", help="Lake root (default: $INGEST_LAKE_ROOT or ./lake).")
-@click.option("--bootstrap", help="Kafka bootstrap servers (default: $INGEST_KAFKA_BOOTSTRAP).")
+@click.option("--bootstrap", help="Kafka bootstrap servers (default: $INGEST_KAFKA_BOOTSTRAP). Security settings "
+              "come from INGEST_KAFKA_SECURITY_PROTOCOL, _SASL_MECHANISM, _SASL_USERNAME, _SASL_PASSWORD, "
+              "_SSL_CA_LOCATION.")
 @click.option("-v", "--verbose", is_flag=True, help="Log each Delta commit.")
 def ingest(datasets, run_all, catalog_path, lake_root, bootstrap, verbose) -> None:
     from ingest_platform.engines.offset_ranges import OffsetRangeError
@@ -28,6 +30,8 @@ def ingest(datasets, run_all, catalog_path, lake_root, bootstrap, verbose) -> No
     from ingest_platform.lake.tables import LakeAccessError, lake_location
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    # librdkafka repeats a connection failure on every retry; its cause ends up in the error message instead.
+    logging.getLogger("ingest_platform.kafka.librdkafka").setLevel(logging.INFO if verbose else logging.CRITICAL)
     settings = Settings.from_env()
     try:
         loaded = load_catalog(catalog_path or settings.catalog_path)
@@ -39,7 +43,7 @@ def ingest(datasets, run_all, catalog_path, lake_root, bootstrap, verbose) -> No
         selected = loaded.datasets if run_all else [loaded.get(name) for name in datasets]
     except KeyError as error:
         raise click.ClickException(error.args[0]) from None
-    connection = KafkaConnection(bootstrap or settings.kafka_bootstrap)
+    connection = KafkaConnection.from_env(bootstrap=bootstrap or settings.kafka_bootstrap)  # + INGEST_KAFKA_* security
     lake = lake_location(normalize_lake_root(lake_root) if lake_root else settings.lake_root)
     failed = False
     for dataset in selected:

@@ -6,7 +6,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from ingest_platform.engines.spark.profiles import default_profile_name
-from ingest_platform.kafka.client import KafkaConnection
+from ingest_platform.kafka.client import BOOTSTRAP_ENV, SECURITY_ENV, KafkaConnection, security_settings
 from ingest_platform.lake.storage import S3Config, is_s3
 from ingest_platform.lake.tables import LakeLocation, lake_location
 from ingest_platform.settings import Settings
@@ -24,18 +24,8 @@ class KafkaResource(dg.ConfigurableResource):
     timeout_s: float = 30.0
 
     def connection(self) -> KafkaConnection:
-        security = {
-            "security.protocol": self.security_protocol,
-            "sasl.mechanism": self.sasl_mechanism,
-            "sasl.username": self.sasl_username,
-            "sasl.password": self.sasl_password,
-            "ssl.ca.location": self.ssl_ca_location,
-        }
-        return KafkaConnection(
-            bootstrap_servers=self.bootstrap_servers,
-            security={k: v for k, v in security.items() if v},
-            timeout_s=self.timeout_s,
-        )
+        values = {name: getattr(self, _field_of(name)) for name in SECURITY_ENV}
+        return KafkaConnection(self.bootstrap_servers, security_settings(values), timeout_s=self.timeout_s)
 
 
 class SparkResource(dg.ConfigurableResource):
@@ -99,6 +89,11 @@ def s3_fields_from_env() -> dict[str, object]:
             "use_ssl": not (allow_http or endpoint.startswith("http://"))}
 
 
+def _field_of(variable: str) -> str:
+    """``INGEST_KAFKA_SASL_PASSWORD`` -> the ``KafkaResource`` field ``sasl_password``."""
+    return variable.removeprefix("INGEST_KAFKA_").lower()
+
+
 def _env_or(name: str, default: str) -> str | dg.EnvVar:
     """An ``EnvVar`` when the variable is set (resolved at run time, never stored), else the default."""
     return dg.EnvVar(name) if os.environ.get(name) else default
@@ -110,12 +105,8 @@ def _optional_env(name: str) -> dg.EnvVar | None:
 
 def resource_definitions(settings: Settings) -> dg.Definitions:
     kafka = KafkaResource(
-        bootstrap_servers=_env_or("INGEST_KAFKA_BOOTSTRAP", settings.kafka_bootstrap),
-        security_protocol=_optional_env("INGEST_KAFKA_SECURITY_PROTOCOL"),
-        sasl_mechanism=_optional_env("INGEST_KAFKA_SASL_MECHANISM"),
-        sasl_username=_optional_env("INGEST_KAFKA_SASL_USERNAME"),
-        sasl_password=_optional_env("INGEST_KAFKA_SASL_PASSWORD"),
-        ssl_ca_location=_optional_env("INGEST_KAFKA_SSL_CA_LOCATION"),
+        bootstrap_servers=_env_or(BOOTSTRAP_ENV, settings.kafka_bootstrap),
+        **{_field_of(name): _optional_env(name) for name in SECURITY_ENV},  # the core's variables, as EnvVars
     )
     spark = SparkResource(profile=default_profile_name())
     if is_s3(settings.lake_root):

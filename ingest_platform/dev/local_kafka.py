@@ -139,6 +139,9 @@ class LocalKafka:
     kept: starting again in it reuses its data (topics survive) when its previous ports are still free, else
     it is re-formatted on new ports.
 
+    ``sasl_users`` (``{user: password}``) adds a SASL_PLAINTEXT listener with the PLAIN mechanism on a third
+    port (``sasl_bootstrap``) that accepts exactly those users; the PLAINTEXT listener stays as it is.
+
     ``die_with_parent=True`` (Linux) makes the kernel send SIGTERM to the broker when this Python process
     dies, even by SIGKILL, so a killed test run leaves no broker behind. (A temporary state dir is not deleted
     in that case; the next ``LocalKafka`` with a temporary dir deletes such orphans.)
@@ -153,6 +156,7 @@ class LocalKafka:
         die_with_parent: bool = True,
         startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
         cache_dir: Path | None = None,
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
         self._requested_state_dir = Path(state_dir).expanduser().resolve() if state_dir is not None else None
         self._state_dir: Path | None = self._requested_state_dir
@@ -163,6 +167,8 @@ class LocalKafka:
         self.cache_dir = cache_dir
         self.port: int | None = None
         self.controller_port: int | None = None
+        self.sasl_users = dict(sasl_users or {})
+        self.sasl_port: int | None = None
         self.kafka_version: str | None = None
         #: Seconds in start()/stop(): jars, format, ready (java launch -> metadata answered), start, stop.
         self.timings: dict[str, float] = {}
@@ -181,6 +187,13 @@ class LocalKafka:
         if self.port is None:
             raise LocalKafkaError("the broker is not started")
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """``"127.0.0.1:<port>"`` of the SASL_PLAINTEXT (PLAIN) listener; only with ``sasl_users``."""
+        if self.sasl_port is None:
+            raise LocalKafkaError("the broker has no SASL listener (start it with sasl_users={...})")
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def pid(self) -> int | None:
@@ -236,9 +249,11 @@ class LocalKafka:
             for attempt in (1, 2):
                 reuse = self._reusable_ports() if attempt == 1 else None
                 if reuse:
-                    self.port, self.controller_port = reuse
+                    self.port, self.controller_port, self.sasl_port = reuse
                 else:
-                    self.port, self.controller_port = _free_ports(2)
+                    ports = _free_ports(3 if self.sasl_users else 2)
+                    self.port, self.controller_port = ports[:2]
+                    self.sasl_port = ports[2] if self.sasl_users else None
                 self._write_server_properties()
                 if not reuse:
                     self._format(java, libs)
@@ -260,6 +275,7 @@ class LocalKafka:
             "bootstrap": self.bootstrap,
             "port": self.port,
             "controller_port": self.controller_port,
+            **({"sasl_bootstrap": self.sasl_bootstrap} if self.sasl_port else {}),
             "log_dir": str(self.log_dir),
             "state_dir": str(state),
             "server_properties": str(state / "server.properties"),
@@ -281,27 +297,32 @@ class LocalKafka:
     def _ports(self) -> tuple[int | None, int | None]:
         return self.port, self.controller_port
 
-    def _reusable_ports(self) -> tuple[int, int] | None:
-        """Previous ports of a kept state dir whose data is formatted, if both are still free."""
+    def _reusable_ports(self) -> tuple[int, int, int | None] | None:
+        """Previous ports of a kept state dir whose data is formatted, if they are all still free."""
         if self._temp_dir is not None:
             return None
         props = self.state_dir / "server.properties"
         if not (self.log_dir / "meta.properties").is_file() or not props.is_file():
             return None
         text = props.read_text()
-        m_port = re.search(r"^listeners=.*PLAINTEXT://[^:,]+:(\d+)", text, re.MULTILINE)
-        m_ctrl = re.search(r"^listeners=.*CONTROLLER://[^:,]+:(\d+)", text, re.MULTILINE)
-        if not (m_port and m_ctrl):
+
+        def port_of(listener: str) -> int | None:
+            found = re.search(rf"^listeners=(?:.*,)?{listener}://[^:,]+:(\d+)", text, re.MULTILINE)
+            return int(found.group(1)) if found else None
+
+        port, controller, sasl = port_of("PLAINTEXT"), port_of("CONTROLLER"), port_of("SASL_PLAINTEXT")
+        if port is None or controller is None or (sasl is None) != (not self.sasl_users):
             return None
-        ports = int(m_port.group(1)), int(m_ctrl.group(1))
-        return ports if all(_port_free(p) for p in ports) else None
+        ports = [p for p in (port, controller, sasl) if p is not None]
+        return (port, controller, sasl) if all(_port_free(p) for p in ports) else None
 
     def _write_server_properties(self) -> None:
         text = string.Template(SERVER_TEMPLATE.read_text()).substitute(
             port=self.port, controller_port=self.controller_port, log_dir=self.log_dir
         )
         lines = text.splitlines()
-        for key, value in self.extra_config.items():
+        settings = {**self._sasl_settings(lines), **self.extra_config}
+        for key, value in settings.items():
             pattern = re.compile(rf"^\s*{re.escape(key)}\s*[=:]")
             hits = [i for i, line in enumerate(lines) if pattern.match(line)]
             if hits:
@@ -309,7 +330,34 @@ class LocalKafka:
                     lines[i] = f"{key}={value}"
             else:
                 lines.append(f"{key}={value}")
-        _atomic_write(self.state_dir / "server.properties", "\n".join(lines) + "\n")
+        path = self.state_dir / "server.properties"
+        _atomic_write(path, "\n".join(lines) + "\n")
+        if self.sasl_users:
+            path.chmod(0o600)  # it holds the test users' passwords
+
+    def _sasl_settings(self, lines: list[str]) -> dict[str, str]:
+        """The SASL_PLAINTEXT listener (PLAIN, ``sasl_users``) added to the template's listeners."""
+        if not self.sasl_users:
+            return {}
+        template = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in lines if "=" in line and line[0] != "#"}
+        listener = f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+
+        def quoted(text: str) -> str:
+            return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        first_user, first_password = next(iter(self.sasl_users.items()))
+        users = " ".join(f"user_{user}={quoted(password)}" for user, password in self.sasl_users.items())
+        jaas = (f"org.apache.kafka.common.security.plain.PlainLoginModule required username={quoted(first_user)} "
+                f"password={quoted(first_password)} {users};")  # fmt: skip
+        return {
+            "listeners": f"{template['listeners']},{listener}",
+            "advertised.listeners": f"{template['advertised.listeners']},{listener}",
+            "listener.security.protocol.map": template["listener.security.protocol.map"]
+            + ",SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_plaintext.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas.replace("\\", "\\\\"),  # .properties escape
+        }
 
     def _jvm_base(self, java: str, libs: Path) -> list[str]:
         return [
@@ -405,7 +453,7 @@ class LocalKafka:
 
     def _cleanup_after_failure(self) -> None:
         self._kill_now()
-        self.port = self.controller_port = None
+        self.port = self.controller_port = self.sasl_port = None
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
@@ -456,6 +504,8 @@ class LocalKafka:
         k._pid = int(info["pid"])
         k.port = int(info["port"]) if "port" in info else int(str(info["bootstrap"]).rsplit(":", 1)[1])
         k.controller_port = info.get("controller_port")
+        if info.get("sasl_bootstrap"):
+            k.sasl_port = int(str(info["sasl_bootstrap"]).rsplit(":", 1)[1])
         k.kafka_version = info.get("kafka_version")
         k._info = dict(info)
         return k

@@ -36,7 +36,7 @@ from confluent_kafka.admin import (
 
 from ingest_platform.capacity import DEFAULT_SETTINGS, PlannerSettings, plan_dataset
 from ingest_platform.catalog import Dataset
-from ingest_platform.kafka.client import KafkaConnection
+from ingest_platform.kafka.client import KafkaConnection, describe_failure
 
 #: Topic-level settings from the guide (broker "Log settings" and "Compression", the kafka-topics example).
 GUIDE_TOPIC_CONFIG: dict[str, str] = {
@@ -226,14 +226,15 @@ def diff_topic(spec: TopicSpec, state: TopicState | None, brokers: int | None = 
 
 
 def admin_client(connection: KafkaConnection) -> AdminClient:
-    return AdminClient({**connection.base_config(), "log_level": 0})
+    return connection.admin()
 
 
 def broker_count(admin: AdminClient, timeout_s: float) -> int:
     try:
         return len(admin.list_topics(timeout=timeout_s).brokers)
     except KafkaException as error:
-        raise TopicAdminError(f"cannot read cluster metadata: {_kafka_error(error)} (is the broker up?)") from None
+        cause = _kafka_error(error, admin)
+        raise TopicAdminError(f"cannot read cluster metadata: {cause} (is the broker up?)") from None
 
 
 def describe_topics(admin: AdminClient, names: Iterable[str], timeout_s: float = 15) -> dict[str, TopicState | None]:
@@ -243,7 +244,8 @@ def describe_topics(admin: AdminClient, names: Iterable[str], timeout_s: float =
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as error:
-        raise TopicAdminError(f"cannot read topic metadata: {_kafka_error(error)} (is the broker up?)") from None
+        cause = _kafka_error(error, admin)
+        raise TopicAdminError(f"cannot read topic metadata: {cause} (is the broker up?)") from None
     present = {}
     for name in names:
         info = metadata.topics.get(name)
@@ -335,9 +337,9 @@ def _wait_for_leaders(admin: AdminClient, name: str, timeout: float) -> None:
     raise TopicAdminError(f"topic '{name}' was created but has no leader for every partition after {timeout} s")
 
 
-def _kafka_error(error: KafkaException) -> str:
+def _kafka_error(error: KafkaException, admin: AdminClient | None = None) -> str:
     arg = error.args[0] if error.args else error
-    return arg.str() if isinstance(arg, KafkaError) else str(arg)
+    return describe_failure(arg, admin) if isinstance(arg, KafkaError) else str(arg)
 
 
 # ---------------------------------------------------------------------------------------------------------

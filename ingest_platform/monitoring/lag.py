@@ -4,9 +4,10 @@ Pure functions of offsets, ledgers and a small window of past samples, tested wi
 docs/DESIGN.md §7 states the rules:
 
 * **Position** per partition = ledger + 1; for a partition the table has never seen, 0 on a table with a
-  ledger (added to the topic later) and the earliest available offset on a table without one; never below the earliest offset (records deleted by retention
-  are a gap, reported apart, not lag) and never above the log end (a topic behind the ledger is reported as
-  reset). Lag = log end − position, per partition and in total. Caught up means lag 0 by the ledger.
+  ledger (added to the topic later) and the earliest available offset on a table without one; never below
+  the earliest offset (records deleted by retention are a gap, reported apart, not lag) and never above the
+  log end (a topic behind the ledger is reported as reset). Lag = log end − position, per partition and in
+  total. Caught up means lag 0 by the ledger.
 * **Window**: per dataset, samples ``(time, total log end, total lag)`` of the last ``window_s`` seconds, at
   most ``MAX_SAMPLES`` (spaced at least window_s / MAX_SAMPLES apart), plus the time the ledger last moved.
 * **Status**, first rule that holds: lag 0 → OK; the ledger has not moved for longer than the window → STOP;

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from ingest_platform.kafka.client import KafkaConnection
+from ingest_platform.kafka.client import KafkaConnection, describe_failure
 
 #: Seconds a sensor waits for any one broker request: sensors must stay far below Dagster's 60 s tick timeout.
 DEFAULT_TIMEOUT_S = 10.0
@@ -35,7 +35,7 @@ class TopicOffsets:
 
 
 def admin_client(kafka: KafkaConnection, timeout_s: float = DEFAULT_TIMEOUT_S) -> AdminClient:
-    return AdminClient({**kafka.base_config(), "socket.timeout.ms": int(timeout_s * 1000), "log_level": 3})
+    return kafka.admin(timeout_s)
 
 
 def read_topic_offsets(
@@ -50,7 +50,7 @@ def read_topic_offsets(
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as error:
-        message = f"cannot read the cluster metadata: {error.args[0].str()}"
+        message = f"cannot read the cluster metadata: {describe_failure(error.args[0], admin)}"
         return {t: TopicOffsets(t, error=message) for t in wanted}
     result: dict[str, TopicOffsets] = {}
     partitions: list[TopicPartition] = []

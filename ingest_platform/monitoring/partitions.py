@@ -9,8 +9,9 @@ docs/DESIGN.md §7 states the rules:
   partition's log end. Reported on every tick until an operator resolves it (the table then holds no
   offsets); never re-read or skipped silently, and no run is requested for it.
 * **Retention gap**: ledger + 1 below the earliest available offset (a partition the ledger has never seen
-  counts from 0 once the table has a ledger: it was added to the topic after the table began). Reported with the exact lost ranges; a
-  run fails with them (``on_data_loss: fail``) or skips them and records them in its commit (``skip``).
+  counts from 0 once the table has a ledger: it was added to the topic after the table began). Reported
+  with the exact lost ranges; a run fails with them (``on_data_loss: fail``) or skips them and records
+  them in its commit (``skip``).
 * **Partition recommendation**: the guide's partitions = target throughput / per-partition throughput
   (``capacity.py``), with target = the largest of ``slo.throughput_rps``, ``expected.peak_rps`` and
   the produce rate measured from the log end's growth between ticks.

@@ -32,7 +32,7 @@ from ingest_platform.engines.embedded.batch_rows import ENGINE_COLUMN_TYPES, Kaf
 from ingest_platform.engines.offset_ranges import PartitionRange
 from ingest_platform.engines.report import PartitionProgress, RunReport, run_outcome
 from ingest_platform.engines.run_plan import IngestError, plan_run
-from ingest_platform.kafka.client import KafkaConnection, commit_group_offsets
+from ingest_platform.kafka.client import GroupOffsetCommitter, KafkaConnection, describe_failure
 from ingest_platform.lake.commit import AppendRequest, LakeWriteError, append_with_ledger, merge_with_ledger
 from ingest_platform.lake.dead_letters import write_dead_letters
 from ingest_platform.lake.tables import LakeLocation, commit_stats
@@ -92,15 +92,14 @@ class _Committer:
     are in memory (one being written, one being filled) and a failed commit stops the run before the next.
     """
 
-    def __init__(self, run: _Run, consumer: Consumer):
+    def __init__(self, run: _Run):
         self._run = run
-        self._consumer = consumer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"commit-{run.dataset.name}")
         self._pending: Future | None = None
 
     def hand_off(self, batch: _Batch) -> None:
         self.wait()
-        self._pending = self._executor.submit(self._run._commit, batch, self._consumer)
+        self._pending = self._executor.submit(self._run._commit, batch)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -158,13 +157,14 @@ class _Run:
         self.data_loss: dict[int, tuple[int, int]] = {}  # skipped retention gaps not yet recorded in a commit
         self.accepted: dict[int, int] = {}  # positions taken without reading, for the next commit (RunPlan)
         self.committed: list[tuple[int, dict[str, list[int]]]] = []  # (version, ranges) of this run's commits
+        self.group_offsets = GroupOffsetCommitter(engine.kafka, dataset.group_id, dataset.topic, engine.log)
         min_mb, max_mb = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
         self.target_file_size = int(min(max_mb, max(min_mb, PREFERRED_FILE_MB)) * 1024 * 1024)
 
     def execute(self) -> RunReport:
         started = time.monotonic()
         dataset = self.dataset
-        consumer = Consumer(self.engine.kafka.consumer_config(dataset.group_id))
+        consumer = self.engine.kafka.consumer(dataset.group_id)
         try:
             ranges = self._plan(consumer)
             total = sum(r.count for r in ranges)
@@ -182,6 +182,7 @@ class _Run:
                     raise type(error)(f"{error} {run_outcome(dataset.topic, self.committed)}") from None
         finally:
             consumer.close()
+            self.group_offsets.close()  # the last monitoring commit, at most its deadline
         self.report.duration_s = time.monotonic() - started
         self.report.partitions = [
             PartitionProgress(
@@ -215,7 +216,7 @@ class _Run:
         topic = self.dataset.topic
         pending = {r.partition for r in ranges if r.count > 0}
         consumer.assign([TopicPartition(topic, r.partition, r.start) for r in ranges if r.count > 0])
-        with _Committer(self, consumer) as committer:
+        with _Committer(self) as committer:
             self._consume_into(consumer, committer, pending)
 
     def _consume_into(self, consumer: Consumer, committer: _Committer, pending: set[int]) -> None:
@@ -234,17 +235,20 @@ class _Run:
             try:
                 messages = consumer.consume(num_messages=CONSUME_BATCH, timeout=0.5)
             except KafkaException as error:
-                raise IngestError(f"dataset '{self.dataset.name}': reading {topic} failed: {error}") from None
+                cause = describe_failure(error.args[0], consumer)
+                raise IngestError(f"dataset '{self.dataset.name}': reading {topic} failed: {cause}") from None
             if not messages:
                 # Offsets without records (transaction markers) can end a range: ask where each partition is.
                 for tp in consumer.position([TopicPartition(topic, p) for p in pending]):
                     if tp.offset >= ends[tp.partition]:
                         finish(tp.partition)
                 if pending and time.monotonic() - last_progress > self.engine.idle_timeout_s:
+                    cause = consumer.problems.cause()
                     raise IngestError(
                         f"dataset '{self.dataset.name}': no records arrived for {self.engine.idle_timeout_s:.0f} s "
-                        f"while partitions {sorted(pending)} of {topic} still had data to read (broker down or "
-                        "partition leader unavailable?). Nothing of the unread batch was committed; re-run later."
+                        f"while partitions {sorted(pending)} of {topic} still had data to read ("
+                        + (f"last Kafka error: {cause}" if cause else "broker down or partition leader unavailable?")
+                        + "). Nothing of the unread batch was committed; re-run later."
                     )
                 continue
             last_progress = time.monotonic()
@@ -291,7 +295,7 @@ class _Run:
             batch.nbytes = nbytes
         committer.hand_off(batch)
 
-    def _commit(self, batch: _Batch, consumer: Consumer) -> None:
+    def _commit(self, batch: _Batch) -> None:
         """The batch's dead letters (if any), its Delta commit, then the monitoring commit to the group."""
         dataset = self.dataset
         progress = batch.progress()
@@ -367,7 +371,7 @@ class _Run:
             f"{dataset.name}: committed version {version}: {rows.num_rows} rows, {stats.files} files, "
             f"{len(decoded.bad)} dead-lettered, ledger {dict(sorted(advancing.items()))}"
         )
-        self._commit_group(consumer, advancing)
+        self._commit_group(advancing)
 
     def _dead_letter(self, bad: list, consumed: int, advancing: dict[int, int], metadata: dict) -> None:
         """Within ``max_dlq_ratio``: into ``<name>_dlq`` first (its own ledger); above it: fail, commit nothing."""
@@ -422,7 +426,7 @@ class _Run:
         lost = {str(p): list(self.data_loss[p]) for p in sorted(advancing) if p in self.data_loss}
         return {"data_loss": lost} if lost else {}
 
-    def _commit_group(self, consumer: Consumer, advancing: dict[int, int]) -> None:
-        """Monitoring only (docs/DESIGN.md §2 step 6): a failure is logged, never fatal."""
+    def _commit_group(self, advancing: dict[int, int]) -> None:
+        """Monitoring only (docs/DESIGN.md §2 step 6): handed to its own thread; a failure is logged, never fatal."""
         next_offsets = {p: o + 1 for p, o in advancing.items()}
-        commit_group_offsets(consumer, self.dataset.topic, next_offsets, f"dataset '{self.dataset.name}'", self.log)
+        self.group_offsets.commit(next_offsets, f"dataset '{self.dataset.name}'")

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer
-
 from ingest_platform.catalog import DERIVED_PARTITIONS, Dataset, FieldType, is_reserved
 from ingest_platform.engines import connect_schema
 from ingest_platform.engines.changes import (
@@ -37,7 +35,7 @@ from ingest_platform.engines.run_plan import IngestError, RunPlan, plan_run
 from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.spark.merge import SparkUpsert
 from ingest_platform.engines.spark.session import append_operation, scala_none
-from ingest_platform.kafka.client import CONSUMER_TUNING, KafkaConnection, commit_group_offsets
+from ingest_platform.kafka.client import CONSUMER_TUNING, GroupOffsetCommitter, KafkaConnection
 from ingest_platform.lake.commit import RUN_METADATA_KEY, ConcurrentWriterError, LakeWriteError
 from ingest_platform.lake.dead_letters import BadRecord, write_dead_letters
 from ingest_platform.lake.ledger import app_id
@@ -81,7 +79,7 @@ class SparkEngine:
         started = time.monotonic()
         uri = self.lake.table_uri(dataset.table_path)
         report = RunReport(dataset=dataset.name, engine=ENGINE_NAME, table_uri=uri)
-        consumer = Consumer(self.kafka.consumer_config(dataset.group_id))
+        consumer = self.kafka.consumer(dataset.group_id)
         try:
             plan = plan_run(dataset, consumer, self.lake, self.kafka.timeout_s)
             report.lag_after = plan.lag_after
@@ -99,7 +97,7 @@ class SparkEngine:
                     spark_run.execute()
                 except (IngestError, LakeWriteError) as error:  # say what the run committed before failing
                     raise type(error)(f"{error} {run_outcome(dataset.topic, spark_run.committed)}") from None
-                _commit_group(consumer, dataset, plan, self.log)
+                _commit_group(self.kafka, dataset, plan, self.log)
         finally:
             consumer.close()
         report.duration_s = time.monotonic() - started
@@ -832,7 +830,9 @@ def _is_concurrent(error: Exception) -> bool:
     return any(name in text for name in ("Concurrent", "ProtocolChangedException", "MetadataChangedException"))
 
 
-def _commit_group(consumer: Consumer, dataset: Dataset, plan: RunPlan, log) -> None:
-    """Monitoring only, after the Delta commit (docs/DESIGN.md §2 step 6)."""
+def _commit_group(kafka: KafkaConnection, dataset: Dataset, plan: RunPlan, log) -> None:
+    """Monitoring only, after the Delta commit (docs/DESIGN.md §2 step 6); bounded by its deadline."""
     next_offsets = {r.partition: r.end for r in plan.ranges if r.count}
-    commit_group_offsets(consumer, dataset.topic, next_offsets, f"dataset '{dataset.name}'", log)
+    group = GroupOffsetCommitter(kafka, dataset.group_id, dataset.topic, log)
+    group.commit(next_offsets, f"dataset '{dataset.name}'")
+    group.close()
