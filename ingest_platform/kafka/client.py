@@ -38,7 +38,15 @@ CONSUMER_TUNING: dict[str, Any] = {
     "socket.send.buffer.bytes": 1_048_576,
     "socket.timeout.ms": 60_000,  # the guide's request.timeout.ms
     "session.timeout.ms": 30_000,
+    # Prefetch, bounded (docs/DESIGN.md §2 "Memory"): librdkafka queues up to queued.max.messages.kbytes of
+    # fetched records for the consumer (default 64 MiB) and holds up to fetch.max.bytes per fetch response
+    # (default 50 MiB); 16 MiB each keep a run's Kafka buffers far below one batch, whatever the backlog.
+    "queued.max.messages.kbytes": 16_384,
+    "fetch.max.bytes": 16_777_216,
 }
+
+#: Consumer settings the Java client (spark-sql-kafka) does not have.
+LIBRDKAFKA_ONLY = frozenset({"queued.max.messages.kbytes"})
 
 #: Producer batching from the guide ("High-Throughput Producer Settings"). The guide's acks=1 cannot be
 #: combined with enable.idempotence (librdkafka refuses it), so idempotent producers use acks=all.

@@ -8,7 +8,7 @@ the message naming it, as it always did.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -20,6 +20,7 @@ from ingest_platform.engines import connect_schema
 from ingest_platform.engines.changes import CDC_DELETED, CDC_DELETED_AT, CDC_OP, CDC_POSITION, DELETE_OP
 from ingest_platform.engines.embedded import decode, typed_values
 from ingest_platform.engines.embedded.debezium import fill_key_from_message, read_events
+from ingest_platform.engines.embedded.record_values import RecordValues, int_array
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.lake.dead_letters import BadRecord
 
@@ -41,17 +42,34 @@ _SCHEMAS = connect_schema.SchemaCache()
 
 @dataclass
 class KafkaRecords:
-    """The records of a batch that have a value (null values are counted, never decoded)."""
+    """The records of a batch that have a value (null values are counted, never decoded). The engine passes
+    its buffers (``RecordValues``, ``array``s: docs/DESIGN.md §2 "Memory"); lists work as well."""
 
     topic: str
-    values: list[bytes] = field(default_factory=list)
-    partitions: list[int] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-    timestamps: list[int] = field(default_factory=list)
-    keys: list[bytes | None] = field(default_factory=list)
+    values: Sequence[bytes] = field(default_factory=list)
+    partitions: Sequence[int] = field(default_factory=list)
+    offsets: Sequence[int] = field(default_factory=list)
+    timestamps: Sequence[int] = field(default_factory=list)
+    keys: Sequence[bytes | None] = field(default_factory=list)
 
     def locate(self, dataset: str, index: int) -> str:
         return f"dataset '{dataset}', record {self.topic}[{self.partitions[index]}] offset {self.offsets[index]}"
+
+    def chunks(self, release: bool = False) -> Iterator[KafkaRecords]:
+        """The records in decoding units: one per ``RecordValues`` segment (lists: all at once). With
+        ``release``, each segment's values leave ``self.values`` as it is handed out."""
+        if not isinstance(self.values, RecordValues):
+            yield self
+            return
+        start = 0
+        parts = iter(self.values.pop_segment, None) if release else self.values.segments()
+        for values in parts:
+            if not values:
+                break
+            end = start + len(values)
+            yield KafkaRecords(self.topic, values, self.partitions[start:end], self.offsets[start:end],
+                               self.timestamps[start:end], self.keys[start:end])  # fmt: skip
+            start = end
 
     def bad_record(self, index: int, reason: str) -> BadRecord:
         return BadRecord(
@@ -67,9 +85,29 @@ class BatchRows:
     key: tuple[str, ...]  # upsert key columns (the catalog's, or the Debezium message key's)
 
 
-def to_rows(dataset: Dataset, records: KafkaRecords, table_schema: pa.Schema | None) -> BatchRows:
-    """Decode, check and complete one batch. Raises ``IngestError`` for what cannot be dead-lettered."""
-    return _BatchDecoder(dataset, records, table_schema).run()
+def to_rows(dataset: Dataset, records: KafkaRecords, table_schema: pa.Schema | None,
+            release: bool = False) -> BatchRows:  # fmt: skip
+    """Decode, check and complete one batch. Raises ``IngestError`` for what cannot be dead-lettered.
+
+    The batch is decoded one ``RecordValues`` segment at a time (docs/DESIGN.md §2 "Memory": Arrow's
+    transient memory follows the segment, not the batch); with ``release`` each segment's raw bytes are
+    dropped from ``records`` as soon as its rows exist. The parts' rows are concatenated (types promoted as
+    Arrow's reader does across blocks: null to any, integer to floating point)."""
+    parts = [_BatchDecoder(dataset, chunk, table_schema).run() for chunk in records.chunks(release)]
+    if len(parts) == 1:
+        return parts[0]
+    keys = {part.key for part in parts}
+    if len(keys) > 1:
+        raise IngestError(f"dataset '{dataset.name}': the records of one batch name different keys {sorted(keys)}; "
+                          "set key: [...] in the catalog. Nothing was committed for this batch.")  # fmt: skip
+    try:
+        rows = pa.concat_tables([part.rows for part in parts], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+        raise IngestError(
+            f"dataset '{dataset.name}': records of one batch disagree on a field's type ({error}). Declare the "
+            "field's type under 'schema:' in the catalog. Nothing was committed for this batch."
+        ) from None
+    return BatchRows(rows, [bad for part in parts for bad in part.bad], parts[0].key)
 
 
 class _BatchDecoder:
@@ -318,8 +356,9 @@ class _BatchDecoder:
                 fields = fields.append_column(pa.field(name, column_type), pa.nulls(n, column_type))
         indices = pa.array(kept, pa.int64())
 
-        def take(values: list, kind: pa.DataType) -> pa.Array:
-            return pc.take(pa.array(values, kind), indices)
+        def take(values: Sequence, kind: pa.DataType) -> pa.Array:
+            column = int_array(values, kind) if pa.types.is_integer(kind) else pa.array(values, kind)
+            return pc.take(column, indices)
 
         stamps = take(records.timestamps, pa.int64())
         kafka_time = _micros_from_ms(pc.if_else(pc.less(stamps, 0), None, stamps))

@@ -17,6 +17,7 @@ import pyarrow.json as pajson
 
 from ingest_platform.catalog import FieldType, is_reserved
 from ingest_platform.engines.embedded import typed_values
+from ingest_platform.engines.embedded.record_values import RecordValues
 
 UTC_MICROS = typed_values.UTC_MICROS
 
@@ -61,13 +62,19 @@ def _is_primitive(kind: pa.DataType) -> bool:
 
 
 def read_json_values(values: Sequence[bytes], explicit: pa.Schema) -> pa.Table:
-    """Arrow's bulk JSON reader over the values (one per line); raises ``pa.ArrowInvalid`` as Arrow does."""
-    payload = b"\n".join(values)
+    """Arrow's bulk JSON reader over the values (one per line); raises ``pa.ArrowInvalid`` as Arrow does.
+
+    ``RecordValues`` (a batch as the engine buffers it) is read in place; other sequences are joined first."""
+    if isinstance(values, RecordValues):
+        source = pa.BufferReader(values.arrow_buffer())
+        newlines_inside = values.newline_count() != len(values)
+    else:
+        payload = b"\n".join(values)
+        source, newlines_inside = io.BytesIO(payload), payload.count(b"\n") != max(0, len(values) - 1)
     # Values with raw newlines inside (pretty-printed JSON) need the slower reader mode.
-    newlines_inside = payload.count(b"\n") != len(values) - 1
     block_size = max(_READ_BLOCK_BYTES, _largest(values) + 1)
     table = pajson.read_json(
-        io.BytesIO(payload),
+        source,
         read_options=pajson.ReadOptions(block_size=block_size),
         parse_options=pajson.ParseOptions(
             explicit_schema=explicit, unexpected_field_behavior="infer", newlines_in_values=newlines_inside
@@ -217,6 +224,8 @@ def delta_type_name(kind: pa.DataType) -> str:
 
 
 def _largest(values: Sequence[bytes]) -> int:
+    if isinstance(values, RecordValues):
+        return values.largest()
     return max((len(v) for v in values), default=0)
 
 

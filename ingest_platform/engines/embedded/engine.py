@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from array import array
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -29,6 +30,8 @@ from ingest_platform.engines.changes import (
     with_table_columns,
 )
 from ingest_platform.engines.embedded.batch_rows import ENGINE_COLUMN_TYPES, KafkaRecords, to_rows
+from ingest_platform.engines.embedded.memory import bound_native_heap
+from ingest_platform.engines.embedded.record_values import RecordValues, int_array
 from ingest_platform.engines.offset_ranges import PartitionRange
 from ingest_platform.engines.report import PartitionProgress, RunReport, run_outcome
 from ingest_platform.engines.run_plan import IngestError, plan_run
@@ -46,12 +49,13 @@ PREFERRED_FILE_MB = 256
 
 @dataclass
 class _Batch:
-    """Records buffered for the next Delta commit."""
+    """Records buffered for the next Delta commit: values in one buffer, numbers in ``array``s, so a batch
+    costs its bytes and a few bytes per record (docs/DESIGN.md §2 "Memory")."""
 
-    values: list[bytes] = field(default_factory=list)
-    partitions: list[int] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-    timestamps: list[int] = field(default_factory=list)
+    values: RecordValues = field(default_factory=RecordValues)
+    partitions: array = field(default_factory=lambda: array("i"))
+    offsets: array = field(default_factory=lambda: array("q"))
+    timestamps: array = field(default_factory=lambda: array("q"))
     keys: list[bytes | None] = field(default_factory=list)
     nbytes: int = 0
     skipped: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset) of null values
@@ -64,12 +68,17 @@ class _Batch:
     def kafka_records(self, topic: str) -> KafkaRecords:
         return KafkaRecords(topic, self.values, self.partitions, self.offsets, self.timestamps, self.keys)
 
+    def release_records(self) -> None:
+        """Drop the raw records once decoded: the batch's rows are written without them (one batch less)."""
+        self.values, self.keys = RecordValues(), []
+        self.partitions, self.offsets, self.timestamps = array("i"), array("q"), array("q")
+
     def progress(self) -> dict[int, tuple[int, int]]:
         """Per partition: (last offset covered, records consumed) by this batch."""
         result: dict[int, tuple[int, int]] = {}
         if self.offsets:
             grouped = (
-                pa.table({"p": self.partitions, "o": self.offsets})
+                pa.table({"p": int_array(self.partitions, pa.int32()), "o": int_array(self.offsets, pa.int64())})
                 .group_by("p")
                 .aggregate([("o", "max"), ("o", "count")])
             )
@@ -133,6 +142,7 @@ class EmbeddedEngine:
         self.lake = lake
         self.log = log or logging.getLogger(__name__)
         self.idle_timeout_s = idle_timeout_s
+        bound_native_heap()  # the process's allocators, for the memory bound (docs/DESIGN.md §2 "Memory")
 
     def run(self, dataset: Dataset, run_id: str | None = None) -> RunReport:
         return _Run(self, dataset, run_id or uuid.uuid4().hex).execute()
@@ -311,7 +321,8 @@ class _Run:
         for partition, last in self.accepted.items():  # a new table's starts, skipped gaps: first commit
             advancing.setdefault(partition, last)
         self.accepted = {}
-        decoded = to_rows(dataset, batch.kafka_records(dataset.topic), self.table_schema)
+        decoded = to_rows(dataset, batch.kafka_records(dataset.topic), self.table_schema, release=True)
+        batch.release_records()  # the values went segment by segment; the rest goes now
         rows = decoded.rows
         metadata = {
             "run_id": self.run_id,

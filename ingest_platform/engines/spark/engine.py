@@ -35,7 +35,7 @@ from ingest_platform.engines.run_plan import IngestError, RunPlan, plan_run
 from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.spark.merge import SparkUpsert
 from ingest_platform.engines.spark.session import append_operation, scala_none
-from ingest_platform.kafka.client import CONSUMER_TUNING, GroupOffsetCommitter, KafkaConnection
+from ingest_platform.kafka.client import CONSUMER_TUNING, LIBRDKAFKA_ONLY, GroupOffsetCommitter, KafkaConnection
 from ingest_platform.lake.commit import RUN_METADATA_KEY, ConcurrentWriterError, LakeWriteError
 from ingest_platform.lake.dead_letters import BadRecord, write_dead_letters
 from ingest_platform.lake.ledger import app_id
@@ -60,7 +60,8 @@ def kafka_source_options(kafka: KafkaConnection) -> dict[str, str]:
     options["kafka.bootstrap.servers"] = kafka.bootstrap_servers
     names = {"fetch.wait.max.ms": "fetch.max.wait.ms", "socket.timeout.ms": "request.timeout.ms"}  # Java names
     for key, value in CONSUMER_TUNING.items():
-        options[f"kafka.{names.get(key, key)}"] = str(value)
+        if key not in LIBRDKAFKA_ONLY:
+            options[f"kafka.{names.get(key, key)}"] = str(value)
     options["kafka.isolation.level"] = "read_committed"
     options["failOnDataLoss"] = "true"
     return options
