@@ -8,6 +8,7 @@ fix the input without reading code; nothing is ingested from a catalog that does
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -416,6 +417,7 @@ def parse_catalog_text(text: str, file: str | Path = "<string>") -> list[Dataset
             raise CatalogError(file, "duplicate dataset name in this file", dataset.name, "name")
         seen.add(dataset.name)
         datasets.append(dataset)
+    _check_spark_profiles(file, datasets)
     return datasets
 
 
@@ -461,9 +463,37 @@ def _validate(file: Path | str, label: str, raw: dict[str, Any]) -> Dataset:
 
 
 def _allowed_fields(loc: Iterable[Any]) -> set[str]:
+    """The fields of the model that holds the unknown key: ``loc`` is its path, e.g. ``("expected", "foo")``."""
     model: type[BaseModel] = Dataset
     for part in list(loc)[:-1]:
-        annotation = model.model_fields[str(part)].annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
+        nested = _model_of(model.model_fields[str(part)].annotation)
+        if nested is not None:
+            model = nested
     return {info.alias or name for name, info in model.model_fields.items()}
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model of a field's type, also inside ``X | None`` (``expected: ExpectedLoad | None``)."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _check_spark_profiles(file: Path | str, datasets: Iterable[Dataset]) -> None:
+    """A dataset's ``spark_profile`` must name a file of deploy/spark/profiles (``INGEST_SPARK_PROFILES_DIR``)."""
+    from ingest_platform.engines.spark.profiles import available_profiles, profiles_dir
+
+    named = [d for d in datasets if d.spark_profile is not None]
+    if not named:
+        return
+    available = available_profiles()
+    for dataset in named:
+        if dataset.spark_profile not in available:
+            raise CatalogError(
+                file,
+                f"Spark profile '{dataset.spark_profile}' does not exist: no {dataset.spark_profile}.yaml in "
+                f"{profiles_dir()} (profiles: {', '.join(available) or 'none'})",
+                dataset.name,
+                "spark_profile",
+            )

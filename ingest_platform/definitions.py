@@ -6,7 +6,7 @@
 
 import dagster as dg
 
-from ingest_platform.catalog import load_catalog
+from ingest_platform.catalog import CatalogError, load_catalog
 from ingest_platform.defs.assets import ingestion_definitions
 from ingest_platform.defs.checks import check_definitions
 from ingest_platform.defs.resources import resource_definitions
@@ -24,4 +24,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
 
 
-defs = build_definitions(Settings.from_env())
+try:
+    defs = build_definitions(Settings.from_env())
+except CatalogError as error:
+    # Dagster prints a failed load with the error's traceback (dagster definitions validate, dagster dev). The
+    # catalog error already names file, dataset and field: raised afresh here, it shows this line alone.
+    raise error.with_traceback(None) from None

@@ -191,3 +191,25 @@ def test_field_types_name_how_json_values_are_read():
     assert (fields["created_at"].kind, fields["created_at"].unit) == ("timestamp", "ms")
     assert fields["active"] == "boolean" and fields["token"].encoding == "base64"
     assert FieldType.parse("timestamp") != FieldType.parse({"type": "timestamp", "unit": "us"})
+
+
+def test_an_unknown_field_under_expected_lists_expected_s_fields(tmp_path):
+    error = _error(tmp_path, VALID.replace("mode: append", "mode: append\n    expected: {peak_rps: 10, record_bytes: 100, "
+                                                           "peak: 3}"))  # fmt: skip
+    assert error.field == "expected.peak"
+    assert "unknown field (allowed: peak_rps, record_bytes)" in str(error)
+
+
+def test_a_spark_profile_that_does_not_exist_fails_validation_naming_the_profiles(tmp_path):
+    error = _error(tmp_path, VALID.replace("mode: append", "mode: append\n    spark_profile: nonexistent"))
+    assert (error.dataset, error.field) == ("orders", "spark_profile")
+    assert "Spark profile 'nonexistent' does not exist" in str(error) and "(profiles: k8s, local)" in str(error)
+    from click.testing import CliRunner
+
+    from ingest_platform.cli.main import main
+
+    bad = write(tmp_path, "bad.yaml", VALID.replace("mode: append", "mode: append\n    spark_profile: nonexistent"))
+    result = CliRunner().invoke(main, ["catalog", "validate", str(bad)])
+    assert result.exit_code == 1 and f"{bad}: dataset 'orders': field 'spark_profile'" in result.output
+    ok = write(tmp_path, "ok.yaml", VALID.replace("mode: append", "mode: append\n    spark_profile: k8s"))
+    assert load_catalog(ok).datasets[0].spark_profile == "k8s"

@@ -9,6 +9,7 @@ import pytest
 
 from ingest_platform.dev.demo_data import produce, records
 from ingest_platform.engines.embedded.engine import EmbeddedEngine
+from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.lake.commit import AppendRequest, ConcurrentWriterError, append_with_ledger
 from ingest_platform.lake.ledger import read_ledger
 from ingest_platform_tests.helpers import json_dataset, read_table
@@ -59,3 +60,24 @@ def test_a_run_that_loses_after_committing_says_what_it_committed(kafka, lake, m
     assert f"{topic}[0] 0.." in message
     committed = read_table(lake.table_uri(dataset.table_path))
     assert committed.height > 0 and committed.select("_kafka_partition", "_kafka_offset").n_unique() == committed.height
+
+
+def test_max_dlq_ratio_is_judged_over_the_run_not_per_batch(kafka, lake, make_topic):
+    """1 % bad records overall, all of them early: the first batches hold ~10 % each. Allowed 1 % over the
+    run, the run passes and dead-letters them all; allowed 0.5 %, it fails where the budget is exceeded."""
+    import json
+
+    topic = make_topic(partitions=1)
+    values = [(None, json.dumps({"id": i, "pad": "x" * 150}).encode()) for i in range(1000)]
+    for i in range(0, 100, 10):
+        values[i] = (None, b"{not json")  # 10 bad records among the first 100
+    produce(kafka, topic, values)
+    report = EmbeddedEngine(kafka, lake).run(json_dataset(topic, name="lenient", max_dlq_ratio=0.01,
+                                                          max_batch_bytes=16_000))  # fmt: skip
+    assert report.dead_lettered == 10 and report.applied == 990 and len(report.commits) > 5
+    strict = json_dataset(topic, name="strict", max_dlq_ratio=0.005, max_batch_bytes=4_000)
+    with pytest.raises(IngestError) as failure:
+        EmbeddedEngine(kafka, lake).run(strict)
+    message = str(failure.value)
+    assert "of the 1000 records of this run" in message and "max_dlq_ratio 0.005 allows 5 over the run" in message
+    assert "Nothing was committed for this batch" in message and "this run committed" in message

@@ -166,6 +166,7 @@ class _Run:
         self.table_schema: pa.Schema | None = None
         self.data_loss: dict[int, tuple[int, int]] = {}  # skipped retention gaps not yet recorded in a commit
         self.accepted: dict[int, int] = {}  # positions taken without reading, for the next commit (RunPlan)
+        self.planned = 0  # records the run reads (RunPlan.total)
         self.committed: list[tuple[int, dict[str, list[int]]]] = []  # (version, ranges) of this run's commits
         self.group_offsets = GroupOffsetCommitter(engine.kafka, dataset.group_id, dataset.topic, engine.log)
         min_mb, max_mb = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
@@ -212,6 +213,7 @@ class _Run:
         self.ends = {r.partition: r.end for r in plan.ranges}
         self.first_offsets = {r.partition: r.start for r in plan.ranges}
         self.report.lag_after = plan.lag_after
+        self.planned = plan.total  # the records this run reads: the base of max_dlq_ratio
         self.data_loss = dict(plan.data_loss)
         self.accepted = plan.accepted
         if plan.data_loss:
@@ -385,20 +387,27 @@ class _Run:
         self._commit_group(advancing)
 
     def _dead_letter(self, bad: list, consumed: int, advancing: dict[int, int], metadata: dict) -> None:
-        """Within ``max_dlq_ratio``: into ``<name>_dlq`` first (its own ledger); above it: fail, commit nothing."""
+        """Within ``max_dlq_ratio`` of the run: into ``<name>_dlq`` first (its own ledger); above it: fail, this
+        batch commits nothing.
+
+        The ratio is judged over the run (docs/DESIGN.md §9.3): the run may dead-letter up to ``max_dlq_ratio`` ×
+        the records it planned to read, however they fall into batches, and fails at the batch that exceeds it.
+        """
         dataset = self.dataset
-        ratio = len(bad) / consumed
-        if ratio > dataset.max_dlq_ratio:
+        run_bad = self.report.dead_lettered + len(bad)
+        budget = dataset.max_dlq_ratio * self.planned
+        if run_bad > budget:
             first = "; ".join(f"record {dataset.topic}[{r.partition}] offset {r.offset}: {r.error}" for r in bad[:3])
             allowed = (
-                f"max_dlq_ratio is {dataset.max_dlq_ratio:g}"
+                f"max_dlq_ratio {dataset.max_dlq_ratio:g} allows {int(budget)} over the run"
                 if dataset.max_dlq_ratio
                 else "max_dlq_ratio is 0: dead-lettering is off"
             )
             raise IngestError(
-                f"dataset '{dataset.name}': {len(bad)} of {consumed} records ({ratio:.1%}) cannot be applied, and "
-                f"{allowed}. First: {first}. Fix the producer, or raise max_dlq_ratio in the catalog to send such "
-                "records to the dead-letter table. Nothing was committed for this batch."
+                f"dataset '{dataset.name}': {run_bad} of the {self.planned} records of this run "
+                f"({run_bad / max(1, self.planned):.1%}) cannot be applied so far ({len(bad)} of the {consumed} in "
+                f"this batch), and {allowed}. First: {first}. Fix the producer, or raise max_dlq_ratio in the "
+                "catalog to send such records to the dead-letter table. Nothing was committed for this batch."
             )
         version, added = write_dead_letters(self.engine.lake, dataset, bad, advancing, metadata)
         if version is not None:
