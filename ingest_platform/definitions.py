@@ -9,6 +9,7 @@ import dagster as dg
 from ingest_platform.catalog import CatalogError, load_catalog
 from ingest_platform.defs.assets import ingestion_definitions
 from ingest_platform.defs.checks import check_definitions
+from ingest_platform.defs.executor import executor_definitions
 from ingest_platform.defs.resources import resource_definitions
 from ingest_platform.defs.sensors import sensor_definitions
 from ingest_platform.settings import Settings
@@ -21,6 +22,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         check_definitions(catalog),
         sensor_definitions(catalog),
         resource_definitions(settings),
+        executor_definitions(),  # Dagster's default, plus advice when a killed run holds a dataset's pool
     )
 
 

@@ -1,0 +1,132 @@
+"""Runs holding a dataset's pool slot, whether their process still lives, and freeing the slot of a dead one.
+
+Each dataset's pool allows one run (dagster.yaml), so a run killed with SIGKILL blocks its dataset: Dagster
+keeps it STARTED and its slot claimed, and every later run waits ("Step blocked by limit for pool ...").
+docs/DESIGN.md §7 "Killed runs": with a daemon (``dagster dev``) the ``LocalRunLauncher``'s health check
+lets run monitoring fail such a run, and the daemon frees its slot; without one, ``ingest-platform runs
+release <dataset>`` does it, only for runs whose process is gone. The table is never at risk either way: a
+second writer fails at the ledger guard (§2).
+
+A run's process is the first ``pid`` its engine events name: the run worker's (``Started process for
+run``), or the process executing the steps (``Executing steps in process``, also the ``dagster asset
+materialize`` command). It is looked up on this machine, so the check holds for instances whose runs run
+on the host that asks (``dagster dev``, a single VM); Kubernetes launchers check their pods themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+#: Run states that still hold slots while they last.
+UNFINISHED = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+
+
+@dataclass(frozen=True)
+class RunProcess:
+    run_id: str
+    status: dg.DagsterRunStatus
+    pid: int | None  # None: the run never recorded one (it did not start executing)
+    alive: bool | None  # None: unknown (no pid)
+
+    def describe(self) -> str:
+        where = f"process {self.pid} " + ("is running" if self.alive else "is gone") if self.pid else "no process"
+        return f"run {self.run_id} ({self.status.value}, {where})"
+
+
+def run_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunProcess:
+    """The run's process and whether it still runs (on this machine)."""
+    connection = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=20)
+    for record in connection.records:
+        event = record.event_log_entry.dagster_event
+        metadata = getattr(event.event_specific_data, "metadata", None) or {} if event else {}
+        pid = metadata.get("pid")
+        if pid is not None:
+            number = int(getattr(pid, "value", pid))
+            alive = process_alive(number, started_by=record.event_log_entry.timestamp)
+            return RunProcess(run.run_id, run.status, number, alive)
+    return RunProcess(run.run_id, run.status, None, None)
+
+
+def process_alive(pid: int, started_by: float) -> bool:
+    """Whether ``pid`` runs and is the same process (started no later than ``started_by``, Unix seconds),
+    not a later one that reused the number. A zombie counts as gone."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: all one can ask is whether the number is taken
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    if fields[0] in ("Z", "X"):
+        return False
+    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime"))  # fmt: skip
+    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return started <= started_by + 2  # /proc's start time is in clock ticks, rounded
+
+
+def pool_holders(instance: dg.DagsterInstance, pool: str) -> list[RunProcess]:
+    """The runs holding slots of ``pool`` now, with their processes."""
+    info = instance.event_log_storage.get_concurrency_info(pool)
+    holders = []
+    for run_id in sorted(info.active_run_ids):
+        run = instance.get_run_by_id(run_id)
+        if run is not None:
+            holders.append(run_process(instance, run))
+    return holders
+
+
+@dataclass(frozen=True)
+class Release:
+    released: list[RunProcess]  # dead runs failed and their slots freed (or finished runs' slots freed)
+    kept: list[RunProcess]  # runs whose process runs (or is unknown): left alone
+
+
+def release_dead_runs(instance: dg.DagsterInstance, pool: str, dataset: str) -> Release:
+    """Fail every run holding ``pool`` whose process is gone, and free its slots; leave live ones alone."""
+    released, kept = [], []
+    for holder in pool_holders(instance, pool):
+        finished = holder.status not in UNFINISHED
+        if not finished and holder.alive is not False:
+            kept.append(holder)
+            continue
+        if not finished:
+            run = instance.get_run_by_id(holder.run_id)
+            instance.report_run_failed(
+                run,
+                f"Marked failed by `ingest-platform runs release {dataset}`: its process {holder.pid} is gone "
+                "(killed?). The table is intact: a run that dies commits nothing more, and the next run starts "
+                "at the table's ledger.",
+            )
+        instance.event_log_storage.free_concurrency_slots_for_run(holder.run_id)
+        released.append(holder)
+    return Release(released, kept)
+
+
+def blocked_message(instance: dg.DagsterInstance, pool: str, dataset: str) -> str:
+    """What a run waiting for ``pool`` is told: who holds it, and how to free it if that run is dead."""
+    holders = pool_holders(instance, pool)
+    dead = [h for h in holders if h.alive is False or h.status not in UNFINISHED]
+    who = "; ".join(h.describe() for h in holders) or "no run (the slot is about to be free)"
+    advice = (
+        f"That run is dead (killed?) and holds the slot until it is released: run `ingest-platform runs release "
+        f"{dataset}` (it fails the dead run and frees its slot), or free the slot in the UI (Deployment → "
+        "Concurrency); with a Dagster daemon running (`dagster dev`), run monitoring does it within about "
+        "two minutes."
+        if dead
+        else "This run starts when that one ends."
+    )
+    return (
+        f"Dataset '{dataset}' is being ingested by another run: pool {pool} (one run at a time) is held by {who}. "
+        f"{advice} The table is never at risk: two writers cannot both commit (the ledger guard)."
+    )
