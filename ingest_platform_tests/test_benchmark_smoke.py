@@ -42,3 +42,33 @@ def test_cdc_bench_smoke(tmp_path):
     assert result["c_table_rows"] == result["c_expected_live_keys"] == result["d_table_rows"]
     assert result["d_upsert"]["rows_updated"] == result["d_steady_updates"] == 300
     assert "| (c) upsert: last change per key + MERGE |" in (tmp_path / "cdc_bench.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+def test_memory_bench_smoke(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "memory_bench.py"), "--records", "30000", "--partitions", "3",
+         "--batch-mb", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr[-3000:]  # 1: above the bound (reported, not asserted here)
+    result = json.loads((tmp_path / "memory_bench.json").read_text())
+    reference, engine = result["runs"]
+    assert (reference["target"], engine["target"], engine["batch_mib"]) == ("consume", "engine", 1)
+    assert engine["peak_rss_mib"] >= engine["peak_anon_rss_mib"] > 0 and engine["samples"]
+    assert "| engine | 1 MiB |" in (tmp_path / "memory_bench.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+def test_reliability_bench_smoke(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "reliability_bench.py"), "--records", "5000", "--kills", "2",
+         "--races", "2", "--restarts", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "reliability_bench.json").read_text())
+    assert [s["scenario"] for s in result["scenarios"]] == ["race", "kill", "restart", "broker_down", "new_partition"]
+    assert result["violations"] == 0

@@ -194,8 +194,8 @@ def test_field_types_name_how_json_values_are_read():
 
 
 def test_an_unknown_field_under_expected_lists_expected_s_fields(tmp_path):
-    error = _error(tmp_path, VALID.replace("mode: append", "mode: append\n    expected: {peak_rps: 10, record_bytes: 100, "
-                                                           "peak: 3}"))  # fmt: skip
+    expected = "mode: append\n    expected: {peak_rps: 10, record_bytes: 100, peak: 3}"
+    error = _error(tmp_path, VALID.replace("mode: append", expected))
     assert error.field == "expected.peak"
     assert "unknown field (allowed: peak_rps, record_bytes)" in str(error)
 

@@ -108,15 +108,16 @@ def test_racing_creators_of_a_dead_letter_table_record_each_bad_record_once(tmp_
         start = threading.Barrier(2)
         outcomes: list[object] = [None, None]
 
-        def write(index: int, path: str = path, start: threading.Barrier = start, outcomes: list = outcomes) -> None:
-            request = AppendRequest(dataset=f"t{trial}_dlq", table_path=path, partition_by=(), rows=rows,
+        def write(index: int, path: str = path, start: threading.Barrier = start, outcomes: list = outcomes,
+                  name: str = f"t{trial}_dlq") -> None:  # fmt: skip
+            request = AppendRequest(dataset=name, table_path=path, partition_by=(), rows=rows,
                                     covered={0: 2}, expected_ledger={}, run_metadata={"run": index},
                                     target_file_size=1 << 27)  # fmt: skip
             start.wait()
             try:
                 outcomes[index] = append_with_ledger(lake, request)
-            except LakeWriteError as error:
-                outcomes[index] = error
+            except LakeWriteError as failure:
+                outcomes[index] = failure
 
         threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
         for thread in threads:
