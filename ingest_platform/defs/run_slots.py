@@ -15,11 +15,11 @@ on the host that asks (``dagster dev``, a single VM); Kubernetes launchers check
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import dagster as dg
+
+from ingest_platform.processes import process_started_at
 
 #: Run states that still hold slots while they last.
 UNFINISHED = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
@@ -53,26 +53,9 @@ def run_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunProcess:
 
 def process_alive(pid: int, started_by: float) -> bool:
     """Whether ``pid`` runs and is the same process (started no later than ``started_by``, Unix seconds),
-    not a later one that reused the number. A zombie counts as gone."""
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: all one can ask is whether the number is taken
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-    if fields[0] in ("Z", "X"):
-        return False
-    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                if line.startswith("btime"))  # fmt: skip
-    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    return started <= started_by + 2  # /proc's start time is in clock ticks, rounded
+    not a later one that reused the number."""
+    started = process_started_at(pid)
+    return started is not None and started <= started_by + 2  # /proc counts clock ticks, rounded
 
 
 def pool_holders(instance: dg.DagsterInstance, pool: str) -> list[RunProcess]:

@@ -53,6 +53,7 @@ from ingest_platform.dev.local_process import now_iso as _now_iso
 from ingest_platform.dev.local_process import run_captured as _run_captured
 from ingest_platform.dev.local_process import tail_text as _tail_text
 from ingest_platform.dev.maven_jars import MavenJarsError, jar_cache_dir, pom_property, resolve_jars
+from ingest_platform.processes import process_started_at
 
 _log = logging.getLogger(__name__)
 
@@ -849,19 +850,7 @@ def _pid_alive(pid: int) -> bool:
     """True if ``pid`` is a live (non-zombie) process. Reaps it if it is our exited child."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    return process_started_at(pid) is not None
 
 
 def _wait_pid_gone(pid: int, timeout_s: float) -> bool:
