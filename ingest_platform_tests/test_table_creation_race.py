@@ -54,15 +54,15 @@ def test_a_first_run_that_finds_the_table_created_under_it_commits_nothing(kafka
     assert frame.height == 300 and frame["order_id"].n_unique() == 300
 
 
-def _race(kafka, dataset, root: str) -> list[object]:
-    """Two threads run the dataset's first run at once; returns each one's report or error."""
+def _together(work, timeout_s: float = 300) -> list[object]:
+    """``work(0)`` and ``work(1)`` in two threads released at the same instant; each one's result or error."""
     outcomes: list[object] = [None, None]
     start = threading.Barrier(2)
 
     def run(index: int) -> None:
         start.wait()
         try:
-            outcomes[index] = EmbeddedEngine(kafka, LakeLocation(root)).run(dataset)
+            outcomes[index] = work(index)
         except (IngestError, LakeWriteError) as error:
             outcomes[index] = error
 
@@ -70,8 +70,13 @@ def _race(kafka, dataset, root: str) -> list[object]:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(120)
+        thread.join(timeout_s)
     return outcomes
+
+
+def _race(kafka, dataset, root: str) -> list[object]:
+    """Two first runs of the dataset at once."""
+    return _together(lambda _index: EmbeddedEngine(kafka, LakeLocation(root)).run(dataset))
 
 
 @pytest.mark.parametrize("trials", [12])
@@ -105,25 +110,14 @@ def test_racing_creators_of_a_dead_letter_table_record_each_bad_record_once(tmp_
     rows = pa.table({"x": pa.array([1, 2, 3], pa.int64())})
     for trial in range(15):
         path = f"s/t{trial}_dlq"
-        start = threading.Barrier(2)
-        outcomes: list[object] = [None, None]
 
-        def write(index: int, path: str = path, start: threading.Barrier = start, outcomes: list = outcomes,
-                  name: str = f"t{trial}_dlq") -> None:  # fmt: skip
-            request = AppendRequest(dataset=name, table_path=path, partition_by=(), rows=rows,
-                                    covered={0: 2}, expected_ledger={}, run_metadata={"run": index},
-                                    target_file_size=1 << 27)  # fmt: skip
-            start.wait()
-            try:
-                outcomes[index] = append_with_ledger(lake, request)
-            except LakeWriteError as failure:
-                outcomes[index] = failure
+        def write(index: int, path: str = path, name: str = f"t{trial}_dlq") -> int:
+            return append_with_ledger(lake, AppendRequest(
+                dataset=name, table_path=path, partition_by=(), rows=rows, covered={0: 2}, expected_ledger={},
+                run_metadata={"run": index}, target_file_size=1 << 27,
+            ))  # fmt: skip
 
-        threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        outcomes = _together(write, 60)
         table = DeltaTable(lake.table_uri(path))
         assert table.to_pyarrow_table().num_rows == 3, f"trial {trial}: {outcomes}"
         assert sum(isinstance(o, int) for o in outcomes) == 1, f"trial {trial}: {outcomes}"
@@ -148,23 +142,13 @@ def test_racing_first_spark_runs_never_both_commit(kafka, tmp_path, make_topic, 
         dataset = json_dataset(topic, name=f"spark_race{trial}", partition_by="[day]",
                                event_time_field="created_at")  # fmt: skip
         root = str(tmp_path / f"lake{trial}")
-        outcomes: list[object] = [None, None]
-        start = threading.Barrier(2)
 
-        def run(index: int, engine: str, dataset=dataset, root=root, outcomes=outcomes, start=start) -> None:
+        def run(index: int, engines=engines, dataset=dataset, root=root) -> object:
             lake = LakeLocation(root)
-            runner = SparkEngine(kafka, lake, spark) if engine == "spark" else EmbeddedEngine(kafka, lake)
-            start.wait()
-            try:
-                outcomes[index] = runner.run(dataset)
-            except (IngestError, LakeWriteError) as error:
-                outcomes[index] = error
+            engine = SparkEngine(kafka, lake, spark) if engines[index] == "spark" else EmbeddedEngine(kafka, lake)
+            return engine.run(dataset)
 
-        threads = [threading.Thread(target=run, args=(i, e)) for i, e in enumerate(engines)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(300)
+        outcomes = _together(run)
         frame = read_table(f"{root}/{dataset.table_path}")
         assert frame.height == 400 and frame.select("_kafka_partition", "_kafka_offset").n_unique() == 400, (
             f"trial {trial} {engines}: {frame.height} rows, {outcomes}")

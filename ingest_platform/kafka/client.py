@@ -188,8 +188,12 @@ class ClientProblems:
         return {"error_cb": self.errors.append, "logger": self._logger}
 
     def serve(self, client: Consumer | AdminClient) -> None:
-        """Deliver queued callbacks now (a failed blocking call leaves them queued)."""
+        """Deliver queued callbacks now (a failed blocking call leaves them queued). Not for a consumer with
+        assigned partitions: its ``poll`` could return a record, which would be lost; its own ``consume``
+        calls serve them."""
         try:
+            if isinstance(client, Consumer) and client.assignment():
+                return
             client.poll(0)
         except (KafkaException, RuntimeError):
             pass
