@@ -187,7 +187,7 @@ def test_missing_topic_is_a_clear_error(kafka, lake):
 
 def test_a_second_writer_that_lost_the_race_commits_nothing(kafka, lake, make_topic, monkeypatch):
     """Run A reads the ledger; run B ingests everything; A's commit must then refuse (the ledger moved)."""
-    from ingest_platform.engines.embedded import engine as embedded
+    from ingest_platform.engines.embedded import batch_writer as embedded
     from ingest_platform.lake.commit import ConcurrentWriterError
 
     topic = make_topic(partitions=2)
