@@ -28,6 +28,10 @@ class ConcurrentWriterError(LakeWriteError):
     """Another writer advanced the dataset's ledger while this run was reading."""
 
 
+class LakeSchemaError(LakeWriteError):
+    """The rows do not fit the table (schema or partitioning): retrying the same rows cannot succeed."""
+
+
 @dataclass(frozen=True)
 class AppendRequest:
     dataset: str
@@ -128,7 +132,7 @@ def _mapped_errors(dataset: str, what: str) -> Iterator[None]:
     try:
         yield
     except SchemaMismatchError as error:
-        raise LakeWriteError(
+        raise LakeSchemaError(
             f"dataset '{dataset}': the records do not fit the schema ({what}): {error}. Nothing was committed."
         ) from None
     except (DeltaError, OSError) as error:
@@ -150,7 +154,7 @@ def _check_before_commit(table: DeltaTable, request: AppendRequest, uri: str) ->
 def _check_partitioning(table: DeltaTable, request: AppendRequest, uri: str) -> None:
     existing = list(table.metadata().partition_columns)
     if existing != list(request.partition_by):
-        raise LakeWriteError(
+        raise LakeSchemaError(
             f"dataset '{request.dataset}': {uri} is partitioned by {existing}, the catalog says "
             f"partition_by: {list(request.partition_by)}. Restore the catalog's partition_by, or write a new table."
         )
