@@ -30,7 +30,7 @@ from datetime import date, datetime
 import pyarrow.compute as pc
 
 from ingest_platform.catalog import Dataset
-from ingest_platform.lake.health import target_file_bytes
+from ingest_platform.lake.health import add_actions, target_file_bytes
 from ingest_platform.lake.maintenance import compact, vacuum
 from ingest_platform.lake.tables import LakeLocation
 
@@ -142,7 +142,7 @@ class TableUpkeep:
 
     def _partitions_to_compact(self, dataset: Dataset, table) -> list[list[tuple[str, str, str]]]:
         """Table partitions worth an OPTIMIZE now (filters for each), the most small files first."""
-        actions = table.get_add_actions(flatten=True)
+        actions = add_actions(table)
         if actions.num_rows < 2:
             return []
         small_limit = min(target_file_bytes(dataset), int(dataset.slo.file_size_mb.min * 1024 * 1024))
