@@ -368,15 +368,18 @@ def markdown(r: dict) -> str:
              f"{r['record_bytes']}-byte JSON records, {r['partitions']} partitions per topic; the reader polls every "
              f"{r['poll_s']} s (included in the latencies)", ""]  # fmt: skip
     if r["scenarios"]:
-        lines += ["| scenario | datasets | target rec/s | trigger | produced | lost | dup | sustained rec/s | p50 | p95 "
-                  "| p99 | max | drained after producer | stream CPU (cores) | RSS peak MiB | commits, files (1st table) | read s |",
+        lines += ["| scenario | datasets | target rec/s | trigger | produced | lost | dup | sustained rec/s | p50 "
+                  "| p95 | p99 | max | drained after producer | stream CPU (cores) | RSS peak MiB "
+                  "| commits, files (1st table) | read s |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for s in r["scenarios"]:
             lines.append(
-                f"| {s['scenario']} | {s['datasets']} | {s['target_records_per_s']:,.0f} | {s['trigger_interval_s']:g} s "
+                f"| {s['scenario']} | {s['datasets']} | {s['target_records_per_s']:,.0f} "
+                f"| {s['trigger_interval_s']:g} s "
                 f"| {s['produced']:,} | {s['lost']} | {s['duplicated']} | {s['sustained_records_per_s']:,.0f} "
                 f"| {s['latency_p50_s']} s | {s['latency_p95_s']} s | {s['latency_p99_s']} s | {s['latency_max_s']} s "
-                f"| {s['drain_after_producer_s']} s | {s['stream_cpu_cores']} | {s['stream_rss_peak_mib']} | {s['commits_first_table']}, "
+                f"| {s['drain_after_producer_s']} s | {s['stream_cpu_cores']} | {s['stream_rss_peak_mib']} "
+                f"| {s['commits_first_table']}, "
                 f"{s['files_first_table']} | {s['read_s_first_table']} |"
             )  # fmt: skip
         lines.append("")
@@ -384,7 +387,8 @@ def markdown(r: dict) -> str:
         u = r["upkeep"]
         lines += [f"Upkeep: {u['commits']:,} commits of {u['rows_per_commit']} rows through the stream's commit path "
                   f"(`BatchWriter`), table partitioned by date:", "",
-                  "| variant | commits/s | files | checkpoints | open s | open + full read s |", "|---|---:|---:|---:|---:|---:|"]
+                  "| variant | commits/s | files | checkpoints | open s | open + full read s |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for variant in ("without_upkeep", "with_upkeep"):
             v = u[variant]
             lines.append(f"| {variant.replace('_', ' ')} | {v['commits_per_s']} | {v['files']} | {v['checkpoints']} "

@@ -10,7 +10,6 @@ from ingest_platform.catalog import Dataset
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform.streaming.events import CommitEvent, StreamOutcome
 from ingest_platform.streaming.process import StreamProcess, StreamSettings
-from ingest_platform.streaming.upkeep import UpkeepSettings
 from ingest_platform_tests.helpers import read_table
 
 #: Tests stream with short triggers and no background upkeep unless they test it.

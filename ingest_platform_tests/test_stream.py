@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ingest_platform.dev.demo_data import produce, records
@@ -21,8 +23,6 @@ def test_streams_micro_batches_exactly_once_and_idle_topics_make_no_commits(kafk
         produce(kafka, topic, records("orders", 300, seed=2, start=500))
         wait_for(lambda: table_rows(lake, dataset) == 800, what="new records")
         version = lake.open_table(dataset.table_path).version()
-        import time
-
         time.sleep(1.5)  # five trigger intervals without records
         assert lake.open_table(dataset.table_path).version() == version  # idle: no empty commits
     outcome = stream.stop()
@@ -49,7 +49,8 @@ def test_new_partitions_are_picked_up_without_a_restart(kafka, kafka_broker, lak
         admin.create_partitions([NewPartitions(topic, 3)])[topic].result(timeout=30)
         wait_for(lambda: len(admin.list_topics(topic, timeout=5).topics[topic].partitions) == 3, what="3 partitions")
         for partition in (1, 2):
-            produce(kafka, topic, records("orders", 50, seed=4 + partition, start=partition * 1000), partition=partition)
+            fresh = records("orders", 50, seed=4 + partition, start=partition * 1000)
+            produce(kafka, topic, fresh, partition=partition)
         wait_for(lambda: table_rows(lake, dataset) == 200, what="records on the new partitions")
     assert stream.stop().clean
     assert_exactly_once(lake, dataset, 200)

@@ -17,7 +17,7 @@ from ingest_platform.streaming.endpoints import Endpoints
 from ingest_platform.streaming.health import Readiness
 from ingest_platform.streaming.process import StreamSettings
 from ingest_platform_tests.helpers import json_dataset
-from ingest_platform_tests.stream_helpers import FAST, StreamThread, table_rows, wait_for
+from ingest_platform_tests.stream_helpers import StreamThread, table_rows, wait_for
 
 pytestmark = [pytest.mark.kafka]
 

@@ -127,3 +127,13 @@ def test_sigterm_finishes_the_in_flight_commit_and_exits_0_within_two_triggers(k
         stream.send_signal(signal.SIGTERM)
         assert stream.wait(30) == 0
     assert_exactly_once(lake, dataset, produced)
+
+
+@pytest.mark.slow
+def test_demo_stream_shows_latencies_read_from_the_table(tmp_path):
+    done = subprocess.run([CLI, "demo", "--stream", "8", "--rate", "100", "--lake-root", str(tmp_path / "lake")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("clicks "))
+    produced, in_table, commits = (int(x.replace(",", "")) for x in line.split()[1:4])
+    assert produced == in_table >= 700 and commits >= 1 and line.endswith("OK")

@@ -106,8 +106,10 @@ class LagExporter(Collector):
                      "unreadable": self.errors}  # fmt: skip
 
 
-def serve_exporter(datasets: list[Dataset], kafka: KafkaConnection, lake: LakeLocation, port: int, host: str,
-                   interval_s: float, duration_s: float | None, echo: Callable[[str], None] = print) -> None:  # fmt: skip
+def serve_exporter(
+    datasets: list[Dataset], kafka: KafkaConnection, lake: LakeLocation, port: int, host: str, interval_s: float,
+    duration_s: float | None, echo: Callable[[str], None] = print,
+) -> None:  # fmt: skip
     """Serve until SIGTERM/SIGINT (or ``duration_s``)."""
     import signal
 

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from ingest_platform.catalog import Dataset
 from ingest_platform.lake.health import add_actions, target_file_bytes
-from ingest_platform.lake.maintenance import compact, vacuum
+from ingest_platform.lake.maintenance import compact
 from ingest_platform.lake.tables import LakeLocation
 
 #: The stream never vacuums with a shorter retention than this (an in-flight commit's files are seconds old).
