@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from confluent_kafka import Producer
 
 from ingest_platform.catalog import Dataset, load_catalog
-from ingest_platform.dev.demo import DEMO_VOLUME, LOCAL_TOPIC_CONFIG, _clear
+from ingest_platform.dev.demo import DEMO_VOLUME, LOCAL_TOPIC_CONFIG, clear_lake
 from ingest_platform.dev.demo_data import records
 from ingest_platform.dev.local_kafka import LocalKafka, create_topic
 from ingest_platform.kafka.client import KafkaConnection
@@ -45,7 +45,7 @@ def run_stream_demo(lake_root: str, seconds: float, rate: float = 200.0, echo=pr
     """Stream the demo's continuous datasets for ``seconds`` while producing ``rate`` records/s to each."""
     datasets = [d for d in load_catalog(DEMO_CATALOG).datasets if d.continuous]
     lake = lake_location(lake_root)
-    _clear(lake)
+    clear_lake(lake)
     with LocalKafka() as broker:
         echo(f"local Kafka broker {broker.kafka_version} on {broker.bootstrap}")
         kafka = KafkaConnection(broker.bootstrap)
