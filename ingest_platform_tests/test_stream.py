@@ -156,3 +156,25 @@ def test_cdc_upserts_stream_with_dead_letters(kafka, lake, make_topic):
     assert table_state(lake, dataset) == expected_rows(events)
     assert read_dead_letters(lake, dataset).num_rows == 1
     assert sum(e.dead_letters for e in stream.events) == 1 and len(stream.events) >= 3
+
+
+def test_max_dlq_ratio_is_judged_over_a_window_of_records_not_one_micro_batch(kafka, lake, make_topic):
+    """One bad record in a micro-batch of five is 20 %, but a stream allowed 1 % goes on (the ratio is judged
+    over its last records, at least 1,000); a flood of bad records still stops it, with the DLQ holding the
+    ones before the ratio was reached and nothing of the failing batch committed."""
+    from ingest_platform.lake.dead_letters import read_dead_letters
+
+    topic = make_topic(partitions=1)
+    dataset = json_dataset(topic, max_dlq_ratio=0.01)
+    with StreamThread([dataset], kafka, lake) as stream:
+        produce(kafka, topic, records("orders", 4, seed=1))
+        produce(kafka, topic, iter([(b"k", b"{broken")]))
+        wait_for(lambda: sum(e.records for e in stream.events) == 5, what="the first batch")
+        produce(kafka, topic, records("orders", 50, seed=2, start=4))
+        wait_for(lambda: table_rows(lake, dataset) == 54, what="the good records")
+        assert stream.process.states()[dataset.name].status == "running"
+        produce(kafka, topic, iter([(b"k", b"{broken")] * 30))
+        wait_for(lambda: stream.process.states()[dataset.name].status == "failed", what="the flood to stop it")
+    error = stream.stop().failed[dataset.name]
+    assert "over the last" in error and "max_dlq_ratio is 0.01" in error
+    assert read_dead_letters(lake, dataset).num_rows < 31 and table_rows(lake, dataset) == 54

@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from deltalake.exceptions import DeltaError
 
 from ingest_platform.catalog import Dataset
-from ingest_platform.engines.embedded.batch_writer import BatchCommit, BatchWriter, RecordBatch
+from ingest_platform.engines.embedded.batch_writer import BatchCommit, BatchWriter, DeadLetterWindow, RecordBatch
 from ingest_platform.engines.embedded.engine import CONSUME_BATCH, ENGINE_NAME
 from ingest_platform.engines.offset_ranges import OffsetRangeError, start_offsets
 from ingest_platform.engines.run_plan import IngestError, plan_run
@@ -131,6 +131,7 @@ class DatasetLoop:
         self._seq = 0
         self._next_refresh = 0.0
         self._logged_at: dict[str, float] = {}
+        self._dlq_window = DeadLetterWindow()  # max_dlq_ratio over the last records, kept across re-plans
         self.thread = threading.Thread(target=self._main, name=f"stream-{dataset.name}", daemon=True)
 
     # -- control (any thread) ------------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ class DatasetLoop:
         starts = {r.partition: r.start for r in plan.ranges}
         self._writer = BatchWriter(
             dataset, self.lake, self.session, ENGINE_NAME, time.time(), dict(plan.ledger), plan.table_schema,
-            dict(starts), dict(plan.data_loss), self.log,
+            dict(starts), dict(plan.data_loss), self.log, self._dlq_window,
         )  # fmt: skip
         if plan.data_loss:
             self.metrics.error(dataset, "data_loss")

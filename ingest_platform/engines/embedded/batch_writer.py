@@ -10,6 +10,7 @@ stream commit a batch through the same code; each applies the returned ``BatchCo
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
@@ -99,6 +100,36 @@ class BatchCommit:
     oldest_event_time: datetime | None = None
 
 
+class DeadLetterWindow:
+    """``max_dlq_ratio`` over the last ``records`` records instead of one batch (streams, docs/DESIGN.md §10.3).
+
+    A stream's micro-batches can be a handful of records: one bad record in five is 20 %. Its ratio is
+    judged over a sliding window of the last commits, and over at least ``minimum`` records (a short history
+    counts as if the rest were good), so a few early bad records do not stop a stream allowed 1 %.
+    """
+
+    def __init__(self, records: int = 10_000, minimum: int = 1_000):
+        self.records = records
+        self.minimum = minimum
+        self._commits: deque[tuple[int, int]] = deque()  # (records, bad) per commit, oldest first
+        self._records = self._bad = 0
+
+    def ratio(self, bad: int, records: int) -> float:
+        return (self._bad + bad) / max(self._records + records, self.minimum)
+
+    def describe(self) -> str:
+        return f"over the last {self._records:,} records and this batch (at least {self.minimum:,})"
+
+    def add(self, records: int, bad: int) -> None:
+        self._commits.append((records, bad))
+        self._records += records
+        self._bad += bad
+        while self._commits and self._records - self._commits[0][0] >= self.records:
+            old_records, old_bad = self._commits.popleft()
+            self._records -= old_records
+            self._bad -= old_bad
+
+
 class BatchWriter:
     """Writes the batches of one dataset, in order, each as one Delta commit that advances the ledger.
 
@@ -119,6 +150,7 @@ class BatchWriter:
         first_offsets: dict[int, int],
         data_loss: dict[int, tuple[int, int]] | None = None,
         log: logging.Logger | None = None,
+        dlq_window: DeadLetterWindow | None = None,
     ):
         self.dataset = dataset
         self.lake = lake
@@ -130,6 +162,7 @@ class BatchWriter:
         self.first_offsets = first_offsets
         self.data_loss = data_loss if data_loss is not None else {}
         self.log = log or logging.getLogger(__name__)
+        self.dlq_window = dlq_window  # None: max_dlq_ratio is judged per batch
         self.uri = lake.table_uri(dataset.table_path)
         min_mb, max_mb = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
         self.target_file_size = int(min(max_mb, max(min_mb, PREFERRED_FILE_MB)) * 1024 * 1024)
@@ -185,6 +218,8 @@ class BatchWriter:
         else:
             version = append_with_ledger(self.lake, request)
         result.committed_at = datetime.now(timezone.utc)
+        if self.dlq_window is not None:
+            self.dlq_window.add(consumed, len(decoded.bad))
         self.ledger.update(advancing)
         for partition in advancing:
             self.data_loss.pop(partition, None)
@@ -207,7 +242,8 @@ class BatchWriter:
     def _dead_letter(self, bad: list, consumed: int, advancing: dict[int, int], metadata: dict) -> int | None:
         """Within ``max_dlq_ratio``: into ``<name>_dlq`` first (its own ledger); above it: fail, commit nothing."""
         dataset = self.dataset
-        ratio = len(bad) / consumed
+        window = self.dlq_window
+        ratio = len(bad) / consumed if window is None else window.ratio(len(bad), consumed)
         if ratio > dataset.max_dlq_ratio:
             first = "; ".join(f"record {dataset.topic}[{r.partition}] offset {r.offset}: {r.error}" for r in bad[:3])
             allowed = (
@@ -215,8 +251,9 @@ class BatchWriter:
                 if dataset.max_dlq_ratio
                 else "max_dlq_ratio is 0: dead-lettering is off"
             )
+            share = f"({ratio:.1%}{' ' + window.describe() if window is not None else ''})"
             raise IngestError(
-                f"dataset '{dataset.name}': {len(bad)} of {consumed} records ({ratio:.1%}) cannot be applied, and "
+                f"dataset '{dataset.name}': {len(bad)} of {consumed} records {share} cannot be applied, and "
                 f"{allowed}. First: {first}. Fix the producer, or raise max_dlq_ratio in the catalog to send such "
                 "records to the dead-letter table. Nothing was committed for this batch."
             )
