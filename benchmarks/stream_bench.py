@@ -12,6 +12,7 @@ distinct. Scenarios (the issue's goals):
   one:      1 dataset at 10,000 records/s, 1 s trigger            (p99 <= 5 s)
   many:     100 datasets x 100 records/s, 5 s trigger, one process (p99 <= 10 s, < 1 core)
   max:      the --max-rate (records/s) with the 30 s trigger       (p99 <= trigger + 5 s, 0 lost)
+  exporter: the lag exporter over 1,000 datasets (100 with a table): read and scrape times.
   upkeep:   10,000 stream-sized commits through the stream's commit path (``BatchWriter``), with the stream's
             upkeep (checkpoints, compaction) against without: the table's open + full read time at the end.
 
@@ -307,6 +308,62 @@ def upkeep_scenario(work: Path, commits: int, rows_per_commit: int) -> dict:
     return result
 
 
+# --- exporter -------------------------------------------------------------------------------------------------
+
+
+def exporter_scenario(bootstrap: str, work: Path, datasets: int, tables: int, refreshes: int = 3) -> dict:
+    """The lag exporter over ``datasets`` topics (``tables`` of them with a table): read and scrape times."""
+    import urllib.request
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from prometheus_client import CollectorRegistry
+
+    from ingest_platform.catalog import parse_catalog_text
+    from ingest_platform.engines.embedded.engine import EmbeddedEngine
+    from ingest_platform.kafka.client import KafkaConnection
+    from ingest_platform.lake.tables import LakeLocation
+    from ingest_platform.streaming.endpoints import Endpoints
+    from ingest_platform.streaming.exporter import LagExporter
+
+    names = [f"exp.t{i:04d}" for i in range(datasets)]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for i in range(0, len(names), 100):
+        for future in admin.create_topics([NewTopic(n, 1, 1) for n in names[i:i + 100]]).values():
+            future.result(timeout=120)
+    time.sleep(2)
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for name in names:
+        for n in range(10):
+            producer.produce(name, value=b'{"n": %d}' % n)
+    producer.flush(60)
+    catalog = parse_catalog_text("datasets:\n" + "".join(
+        f"  - {{name: e{i:04d}, source: exp, topic: {t}, format: json}}\n" for i, t in enumerate(names)))
+    kafka, lake = KafkaConnection(bootstrap), LakeLocation(str(work / "lake-exporter"))
+    for dataset in catalog[:tables]:
+        EmbeddedEngine(kafka, lake).run(dataset)
+    exporter = LagExporter(list(catalog), kafka, lake)
+    registry = CollectorRegistry()
+    registry.register(exporter)
+    reads = []
+    for _ in range(refreshes + 1):
+        started = time.perf_counter()
+        exporter.refresh()
+        reads.append(round(time.perf_counter() - started, 3))
+    endpoints = Endpoints(registry, lambda: (200, {}), lambda: (200, {}), 0, "127.0.0.1").start()
+    scrapes = []
+    try:
+        for _ in range(5):
+            started = time.perf_counter()
+            with urllib.request.urlopen(f"http://127.0.0.1:{endpoints.port}/metrics", timeout=30) as response:
+                body = response.read()
+            scrapes.append(round(time.perf_counter() - started, 4))
+    finally:
+        endpoints.stop()
+    return {"datasets": datasets, "tables": tables, "read_cold_s": reads[0], "read_warm_s": reads[1:],
+            "scrape_s": scrapes, "scrape_bytes": len(body), "unreadable": len(exporter.errors)}
+
+
 # --- main -----------------------------------------------------------------------------------------------------
 
 
@@ -315,9 +372,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="30 s scenarios, 20 datasets, 400 upkeep commits.")
     parser.add_argument("--duration", type=float, help="Seconds of steady production per scenario [300; quick 30].")
     parser.add_argument("--max-rate", type=float, default=30_000, help="Records/s of the 30 s-trigger scenario.")
-    parser.add_argument("--scenarios", default="one,many,max,upkeep", help="Comma-separated subset to run.")
+    parser.add_argument("--scenarios", default="one,many,max,upkeep,exporter", help="Comma-separated subset to run.")
     parser.add_argument("--upkeep-commits", type=int, help="Commits of the upkeep scenario [10,000; quick 400].")
     parser.add_argument("--out", type=Path, default=RESULTS, help="Where the JSON and markdown go.")
+    parser.add_argument("--merge", action="store_true", help="Update the results already in --out with the "
+                                                             "scenarios of this run (keep the others).")
     args = parser.parse_args()
     from ingest_platform.dev.local_kafka import LocalKafka
 
@@ -337,7 +396,7 @@ def main() -> int:
     }
     work = Path(tempfile.mkdtemp(prefix="stream-bench-"))
     try:
-        if wanted & set(plan):
+        if wanted & {*plan, "exporter"}:
             with LocalKafka(heap="1g") as broker:
                 for name, params in plan.items():
                     if name in wanted:
@@ -345,6 +404,11 @@ def main() -> int:
                         figures = stream_scenario(broker.bootstrap, work, name, duration_s=duration, **params)
                         print(json.dumps(figures), flush=True)
                         result["scenarios"].append(figures)  # type: ignore[union-attr]
+                if "exporter" in wanted:
+                    count = 200 if args.quick else 1000
+                    print(f"exporter: {count} datasets", flush=True)
+                    result["exporter"] = exporter_scenario(broker.bootstrap, work, count, count // 10)
+                    print(json.dumps(result["exporter"]), flush=True)
         if "upkeep" in wanted:
             commits = args.upkeep_commits or (400 if args.quick else 10_000)
             print(f"upkeep: {commits} commits with and without upkeep", flush=True)
@@ -353,6 +417,15 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / "stream_bench.json"
+    if args.merge and previous.exists():
+        merged = json.loads(previous.read_text())
+        ran = {s["scenario"] for s in result["scenarios"]}  # type: ignore[union-attr]
+        merged["scenarios"] = [s for s in merged["scenarios"] if s["scenario"] not in ran] + result["scenarios"]
+        merged.update({k: result[k] for k in ("exporter", "upkeep") if k in result})
+        merged.setdefault("runs", []).append({"started_at": result["started_at"], "scenarios": sorted(wanted),
+                                              "load_avg_at_start": result["machine"]["load_avg_at_start"]})  # type: ignore[index]
+        result = merged
     (args.out / "stream_bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "stream_bench.md").write_text(markdown(result))
     print(markdown(result))
@@ -383,6 +456,13 @@ def markdown(r: dict) -> str:
                 f"{s['files_first_table']} | {s['read_s_first_table']} |"
             )  # fmt: skip
         lines.append("")
+    if "exporter" in r:
+        e = r["exporter"]
+        lines += [f"Exporter (`ingest-platform metrics`): {e['datasets']:,} datasets, "
+                  f"{e['tables']:,} with a table: one "
+                  f"read of every offset and ledger {e['read_cold_s']} s cold, {e['read_warm_s']} s warm; a scrape "
+                  f"(served from the last read) {min(e['scrape_s'])}–{max(e['scrape_s'])} s for "
+                  f"{e['scrape_bytes']:,} bytes.", ""]
     if "upkeep" in r:
         u = r["upkeep"]
         lines += [f"Upkeep: {u['commits']:,} commits of {u['rows_per_commit']} rows through the stream's commit path "

@@ -178,3 +178,31 @@ def test_max_dlq_ratio_is_judged_over_a_window_of_records_not_one_micro_batch(ka
     error = stream.stop().failed[dataset.name]
     assert "over the last" in error and "max_dlq_ratio is 0.01" in error
     assert read_dead_letters(lake, dataset).num_rows < 31 and table_rows(lake, dataset) == 54
+
+
+def test_datasets_are_added_and_removed_while_the_process_runs(kafka, lake, make_topic):
+    """Kubernetes sharding moves datasets between workers: ``add`` starts a loop at once; ``remove`` drains its
+    in-flight commit and leaves the table exactly once, while the other datasets go on."""
+    first_topic, second_topic = make_topic(partitions=2), make_topic(partitions=2)
+    first, second = json_dataset(first_topic, name="first"), json_dataset(second_topic, name="second")
+    produce(kafka, first_topic, records("orders", 200, seed=1))
+    with StreamThread([first], kafka, lake) as stream:
+        wait_for(lambda: table_rows(lake, first) == 200, what="the first dataset")
+        produce(kafka, second_topic, records("orders", 150, seed=2))
+        stream.process.add(second)
+        wait_for(lambda: table_rows(lake, second) == 150, what="the added dataset")
+        produce(kafka, first_topic, records("orders", 100, seed=3, start=200))
+        time.sleep(0.4)  # a batch is open or being committed
+        state = stream.process.remove("first")
+        assert state.status == "stopped"
+        held = table_rows(lake, first)
+        assert held in (200, 300)  # the in-flight commit landed whole, or the open batch was left for later
+        produce(kafka, second_topic, records("orders", 50, seed=4, start=150))
+        wait_for(lambda: table_rows(lake, second) == 200, what="the remaining dataset")
+        with pytest.raises(ValueError, match="already served"):
+            stream.process.add(second)
+        stream.process.add(first)  # back on this worker: resumes from its ledger
+        wait_for(lambda: table_rows(lake, first) == 300, what="the re-added dataset")
+    assert stream.stop().clean
+    assert_exactly_once(lake, first, 300)
+    assert_exactly_once(lake, second, 200)
