@@ -48,7 +48,8 @@ def test_scraped_metrics_equal_the_table(kafka, lake, make_topic):
     dataset = json_dataset(topic, max_dlq_ratio=0.5)
     produce(kafka, topic, records("orders", 400, seed=1))
     produce(kafka, topic, iter([(b"x", b"{broken")]))
-    with StreamThread([dataset], kafka, lake) as stream:
+    settings = StreamSettings(trigger_interval_s=0.3, upkeep=None, memory_limit_bytes=2**31)
+    with StreamThread([dataset], kafka, lake, settings) as stream:
         process = stream.process
         endpoints = Endpoints(process.metrics.registry, process.healthz, Readiness(kafka, lake).check, 0,
                               "127.0.0.1").start()  # fmt: skip
@@ -78,6 +79,7 @@ def test_scraped_metrics_equal_the_table(kafka, lake, make_topic):
     assert value(scraped, "ingestion_stream_up", **labels) == 1
     assert value(scraped, "ingestion_errors_total", kind="decode", **labels) == 0
     assert scraped[("process_resident_memory_bytes", ())] > 0
+    assert value(scraped, "ingestion_memory_limit_bytes", pipeline="test") == 2**31
     assert value(scraped, "ingestion_bytes_processed_total", **labels) == sum(e.bytes for e in stream.events)
     assert health == (200, json.dumps({"status": "ok"}) + "\n")
     assert ready[0] == 200 and json.loads(ready[1])["status"] == "ready"

@@ -419,7 +419,9 @@ class DatasetLoop:
         code = error.code()
         if code == KafkaError._PARTITION_EOF:
             return
-        if code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+        if code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE) and (
+            message.partition() in self._positions
+        ):
             self._out_of_range(message.partition())
             return
         if error.fatal():

@@ -133,6 +133,8 @@ class StreamProcess:
                                self.metrics, self.session, self._commit_hook, self.on_state, self.log)  # fmt: skip
             self._loops[dataset.name] = loop
             self._ended.pop(dataset.name, None)
+            if self.memory_limit:
+                self.metrics.memory_limit.labels(dataset.pipeline).set(self.memory_limit)
             if self.upkeep is not None:
                 self.upkeep.add(dataset)
             if self._running:
@@ -184,9 +186,6 @@ class StreamProcess:
         started = time.monotonic()
         reason = "stopped"
         try:
-            if self.memory_limit:
-                for pipeline in {loop.dataset.pipeline for loop in self._loops.values()}:
-                    self.metrics.memory_limit.labels(pipeline).set(self.memory_limit)
             with self._lock:
                 loops = list(self._loops.values())
             for loop in loops:
