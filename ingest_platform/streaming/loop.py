@@ -116,6 +116,7 @@ class DatasetLoop:
         self.state = DatasetState(dataset.name, STARTING)
         self.last_activity = time.monotonic()  # last poll, retry or commit (liveness)
         self.commits = 0
+        self.pauses = 0  # times the loop paused its partitions (next batch full, or the budget exhausted)
         self.last_commit_s = 0.0  # how long the last commit took (to judge whether a drain has time for one)
         self._stop = threading.Event()  # stop polling, drain
         self._abandon = threading.Event()  # the drain deadline passed: stop retrying the in-flight commit
@@ -373,6 +374,7 @@ class DatasetLoop:
         partitions = [TopicPartition(self.dataset.topic, p) for p in self._positions]
         (self._consumer.pause if paused else self._consumer.resume)(partitions)
         self._paused = paused
+        self.pauses += paused
 
     def _add(self, messages: list) -> None:
         batch = self._batch
