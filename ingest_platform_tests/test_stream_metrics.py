@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -178,3 +179,81 @@ def test_the_exporter_serves_lag_and_last_commits_of_every_dataset(kafka, lake, 
     assert value(scraped, "ingestion_last_commit_version", **labels(0)) == 0
     assert ("ingestion_last_commit_version", tuple(sorted(labels(2).items()))) not in scraped  # no table yet
     assert value(scraped, "ingestion_last_commit_timestamp_seconds", **labels(0)) > 1.7e9
+
+
+class FlakyProxy:
+    """socat relaying a loopback port to a real server; ``down()`` kills it with every connection (an outage)."""
+
+    def __init__(self, target_port: int):
+        import socket
+
+        self.target_port = target_port
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._process = None
+        self.up()
+
+    def up(self) -> None:
+        import subprocess
+
+        self._process = subprocess.Popen(
+            ["socat", f"TCP-LISTEN:{self.port},bind=127.0.0.1,fork,reuseaddr", f"TCP:127.0.0.1:{self.target_port}"],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: _port_open(self.port), timeout_s=10, what="socat to listen")
+
+    def down(self) -> None:
+        import os
+        import signal
+
+        process, self._process = self._process, None
+        if process is not None:
+            os.killpg(process.pid, signal.SIGKILL)  # the listener and its forked relays
+            process.wait(10)
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+def test_an_unreachable_lake_is_reported_and_the_stream_resumes_exactly_once(kafka, make_topic, s3_server):
+    """S3 (moto on loopback) behind a relay (socat) that goes down for a while: /readyz 503 names the lake, the loop
+    stays alive, and once the store is back every record lands exactly once."""
+    import uuid
+
+    from ingest_platform.lake.tables import lake_location
+
+    proxy = FlakyProxy(int(s3_server.endpoint.rsplit(":", 1)[1]))
+    config = s3_server.config(endpoint_url=f"http://127.0.0.1:{proxy.port}")
+    lake = lake_location(f"s3://{s3_server.bucket}/stream-{uuid.uuid4().hex[:8]}", config)
+    topic = make_topic(partitions=2)
+    dataset = json_dataset(topic)
+    produce(kafka, topic, records("orders", 100, seed=1))
+    with StreamThread([dataset], kafka, lake) as stream:
+        process = stream.process
+        endpoints = Endpoints(process.metrics.registry, process.healthz, Readiness(kafka, lake, 2.0).check, 0,
+                              "127.0.0.1").start()  # fmt: skip
+        try:
+            wait_for(lambda: table_rows(lake, dataset) == 100, timeout_s=120, what="the first records")
+            proxy.down()
+            produce(kafka, topic, records("orders", 100, seed=2, start=100))
+            status, body = wait_for(lambda: (r := get(endpoints.port, "/readyz"))[0] == 503 and r, what="503")
+            assert "lake" in json.loads(body)["problems"] and "kafka" not in json.loads(body)["problems"]
+            time.sleep(3)
+            assert get(endpoints.port, "/healthz")[0] == 200
+            proxy.up()
+            wait_for(lambda: get(endpoints.port, "/readyz")[0] == 200, timeout_s=60, what="ready again")
+            wait_for(lambda: table_rows(lake, dataset) == 200, timeout_s=180, what="the records of the outage")
+        finally:
+            endpoints.stop()
+            proxy.down()
+    assert stream.stop().clean
+    direct = lake_location(lake.root, s3_server.config())  # the relay is down now
+    rows = direct.open_table(dataset.table_path).to_pyarrow_table(columns=["_kafka_partition", "_kafka_offset"])
+    assert rows.num_rows == 200 == rows.group_by(["_kafka_partition", "_kafka_offset"]).aggregate([]).num_rows

@@ -489,7 +489,8 @@ class DatasetLoop:
             self._update_lag()
         elif outcome.kind == "conflict":
             self.metrics.error(self.dataset, "lake")
-            self.log.warning(f"{outcome.error}. The stream re-reads its positions from the ledger and goes on.")
+            self.log.warning(f"{(outcome.error or '').rstrip('.')}. The stream re-reads its positions from the ledger "
+                             "and goes on.")
             if not self._stop.is_set():
                 self._drop_batch()
                 if not self._plan():
