@@ -86,6 +86,8 @@ def test_a_batch_run_racing_the_stream_commits_nothing_twice(kafka, lake, make_t
     assert runs + refused == 8
     print(f"runs committed {runs}, runs refused {refused}, stream conflicts {conflicts}")
     assert refused + conflicts > 0  # the two writers did race
+    by_version = {h["version"]: run_metadata_of(h) for h in lake.open_table(dataset.table_path).history()}
+    assert all(by_version[e.version]["stream"] == stream.process.session for e in stream.events)  # the right version
 
 
 def test_a_dataset_with_bad_data_stops_while_the_others_go_on(kafka, lake, make_topic):

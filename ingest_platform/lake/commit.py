@@ -57,10 +57,20 @@ class MergeClauses:
     insert_when: str | None  # not matched: insert all columns when this holds (None: always)
 
 
-def append_with_ledger(lake: LakeLocation, request: AppendRequest) -> int:
-    """Append ``request.rows`` and advance the ledger in one Delta commit; returns the commit's version."""
-    table = lake.open_table(request.table_path)
+def append_with_ledger(lake: LakeLocation, request: AppendRequest, table: DeltaTable | None = None) -> int:
+    """Append ``request.rows`` and advance the ledger in one Delta commit; returns the commit's version.
+
+    ``table``: a handle of the existing table that the caller keeps between commits (a stream's or a run's
+    writer): it is brought up to date (only the log entries added since are read) instead of loading the
+    table again, and the commit's version is the handle's version after the write.
+    """
     uri = lake.table_uri(request.table_path)
+    kept = table is not None
+    if table is not None:
+        with _mapped_errors(request.dataset, f"reading {uri}"):
+            table.update_incremental()
+    else:
+        table = lake.open_table(request.table_path)
     if table is not None:
         _check_before_commit(table, request, uri)
     token = uuid.uuid4().hex
@@ -79,16 +89,25 @@ def append_with_ledger(lake: LakeLocation, request: AppendRequest) -> int:
             description=request.description if table is None else None,
             commit_properties=_commit_properties(request, metadata),
         )
+    if table is not None and kept:
+        return table.version()  # the write leaves the handle at its own commit (checked against the commits' run ids in test_stream.py)
     return _version_of(lake, request.table_path, token)
 
 
-def merge_with_ledger(lake: LakeLocation, request: AppendRequest, clauses: MergeClauses) -> tuple[int, dict]:
+def merge_with_ledger(
+    lake: LakeLocation, request: AppendRequest, clauses: MergeClauses, table: DeltaTable | None = None
+) -> tuple[int, dict]:
     """MERGE ``request.rows`` into the existing table and advance the ledger in the same commit.
 
     Returns the commit's version and deltalake's merge metrics (rows inserted, updated, deleted…).
+    ``table``: a handle the caller keeps, brought up to date instead of loading the table again.
     """
-    table = lake.open_table(request.table_path)
     uri = lake.table_uri(request.table_path)
+    if table is not None:
+        with _mapped_errors(request.dataset, f"reading {uri}"):
+            table.update_incremental()
+    else:
+        table = lake.open_table(request.table_path)
     if table is None:
         raise LakeWriteError(f"dataset '{request.dataset}': {uri} does not exist; a MERGE needs the table")
     _check_before_commit(table, request, uri)

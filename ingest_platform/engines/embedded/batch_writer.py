@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake import DeltaTable
 
 from ingest_platform.catalog import Dataset
 from ingest_platform.engines.changes import (
@@ -164,6 +165,7 @@ class BatchWriter:
         self.log = log or logging.getLogger(__name__)
         self.dlq_window = dlq_window  # None: max_dlq_ratio is judged per batch
         self.uri = lake.table_uri(dataset.table_path)
+        self.table: DeltaTable | None = None  # a handle kept between commits (opened after the first one)
         min_mb, max_mb = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
         self.target_file_size = int(min(max_mb, max(min_mb, PREFERRED_FILE_MB)) * 1024 * 1024)
 
@@ -216,8 +218,10 @@ class BatchWriter:
         if dataset.mode == "upsert":
             version, rows = self._upsert(request, decoded.key, result)
         else:
-            version = append_with_ledger(self.lake, request)
+            version = append_with_ledger(self.lake, request, self.table)
         result.committed_at = datetime.now(timezone.utc)
+        if self.table is None:
+            self.table = self.lake.open_table(dataset.table_path)
         if self.dlq_window is not None:
             self.dlq_window.add(consumed, len(decoded.bad))
         self.ledger.update(advancing)
@@ -271,12 +275,12 @@ class BatchWriter:
         if self.table_schema is None:
             if dataset.format == "debezium" and dataset.delete_mode == "hard":
                 changes = changes.filter(pc.not_equal(changes[CDC_OP], DELETE_OP))
-            version = append_with_ledger(self.lake, replace(request, rows=changes))
+            version = append_with_ledger(self.lake, replace(request, rows=changes), self.table)
             result.rows_inserted += changes.num_rows
             return version, changes
         changes = with_table_columns(changes, self.table_schema)
         clauses = merge_clauses(dataset, key, changes.column_names, quote_datafusion)
-        version, metrics = merge_with_ledger(self.lake, replace(request, rows=changes), clauses)
+        version, metrics = merge_with_ledger(self.lake, replace(request, rows=changes), clauses, self.table)
         result.rows_inserted += int(metrics.get("num_target_rows_inserted", 0))
         result.rows_updated += int(metrics.get("num_target_rows_updated", 0))
         result.rows_deleted += int(metrics.get("num_target_rows_deleted", 0))
