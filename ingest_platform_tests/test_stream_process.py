@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest_platform.dev.demo_data import produce, records
+from ingest_platform.dev.demo_data import records
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform_tests.stream_helpers import assert_exactly_once, table_rows, wait_for
 
@@ -49,10 +49,21 @@ class SteadyProducer(threading.Thread):
         self.halt = threading.Event()
 
     def run(self) -> None:
+        from confluent_kafka import Producer
+
+        def delivered(error, _message) -> None:
+            if error is None:
+                self.produced += 1  # acknowledged records only
+
+        producer = Producer(self.kafka.producer_config())
+        sent = 0
         while not self.halt.is_set():
-            self.produced += produce(self.kafka, self.topic, records("orders", self.batch, seed=self.produced,
-                                                                     start=self.produced))  # fmt: skip
+            for key, value in records("orders", self.batch, seed=sent, start=sent):
+                producer.produce(self.topic, value=value, key=key, on_delivery=delivered)
+            sent += self.batch
+            producer.flush(30)
             self.halt.wait(self.every_s)
+        producer.flush(60)
 
     def stop(self) -> int:
         self.halt.set()
@@ -87,7 +98,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(kafka, kafka_brok
     finally:
         stream.send_signal(signal.SIGTERM)
         stream.wait(30)
-    assert kills == 5 and produced > 1000
+    assert kills == 5 and produced > 500
     assert_exactly_once(lake, dataset, produced)
 
 
