@@ -90,7 +90,8 @@ def append_with_ledger(lake: LakeLocation, request: AppendRequest, table: DeltaT
             commit_properties=_commit_properties(request, metadata),
         )
     if table is not None and kept:
-        return table.version()  # the write leaves the handle at its own commit (checked against the commits' run ids in test_stream.py)
+        # The write leaves the handle at its own commit (checked against the commits' run ids in test_stream.py).
+        return table.version()
     return _version_of(lake, request.table_path, token)
 
 
