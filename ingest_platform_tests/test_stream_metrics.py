@@ -257,3 +257,52 @@ def test_an_unreachable_lake_is_reported_and_the_stream_resumes_exactly_once(kaf
     direct = lake_location(lake.root, s3_server.config())  # the relay is down now
     rows = direct.open_table(dataset.table_path).to_pyarrow_table(columns=["_kafka_partition", "_kafka_offset"])
     assert rows.num_rows == 200 == rows.group_by(["_kafka_partition", "_kafka_offset"]).aggregate([]).num_rows
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("shutil").which("prometheus") is None, reason="prometheus not installed")
+def test_a_real_prometheus_scrapes_the_stream_and_the_exporter(kafka, lake, make_topic):
+    """The repository's Prometheus config and rules (ingest_platform/dev/local_prometheus.py) scraping a running
+    stream process and the lag exporter: the series equal the table, every dashboard panel returns series."""
+    from prometheus_client import CollectorRegistry
+
+    from ingest_platform.dev.local_prometheus import LocalPrometheus
+    from ingest_platform.streaming.exporter import LagExporter
+    from ingest_platform_tests.test_monitoring_files import dashboard_targets
+
+    topic = make_topic(partitions=2)
+    dataset = json_dataset(topic, max_dlq_ratio=0.5)
+    settings = StreamSettings(trigger_interval_s=0.3, upkeep=None, memory_limit_bytes=2**31)
+    server = LocalPrometheus(scrape_interval_s=1, evaluation_interval_s=1, startup_timeout_s=60)
+    exporter = LagExporter([dataset], kafka, lake)
+    registry = CollectorRegistry()
+    registry.register(exporter)
+    exporter.refresh()
+    with StreamThread([dataset], kafka, lake, settings) as stream:
+        endpoints = Endpoints(stream.process.metrics.registry, stream.process.healthz, lambda: (200, {}), 0,
+                              "127.0.0.1").start()  # fmt: skip
+        exported = Endpoints(registry, lambda: (200, {}), lambda: (200, {}), 0, "127.0.0.1").start()
+        try:
+            server.add_targets("stream", "test", [f"127.0.0.1:{endpoints.port}"])
+            server.add_targets("exporter", "test", [f"127.0.0.1:{exported.port}"])
+            server.start()
+            produce(kafka, topic, records("orders", 300, seed=1))
+            produce(kafka, topic, iter([(b"x", b"{broken")]))
+            wait_for(lambda: table_rows(lake, dataset) == 300, what="every row")
+
+            def scraped(expr: str) -> list[float]:
+                return [float(r["value"][1]) for r in server.query(expr)]
+
+            selector = f'{{dataset="{dataset.name}"}}'
+            server.wait_for(lambda: scraped(f"ingestion_records_processed_total{selector}") == [301], timeout_s=60)
+            exporter.refresh()  # after the last commit
+            lag = f"max by (pipeline, dataset, topic) (kafka_consumer_lag_sum{selector})"
+            server.wait_for(lambda: scraped(lag) == [0.0], timeout_s=60)
+            version = float(lake.open_table(dataset.table_path).version())  # the stream's and the exporter's:
+            server.wait_for(lambda: scraped(f"ingestion_last_commit_version{selector}") == [version] * 2, timeout_s=60)
+            server.wait_for(lambda: all(server.query(expr) for _, expr, _ in dashboard_targets()), timeout_s=60)
+        finally:
+            endpoints.stop()
+            exported.stop()
+            server.stop()
+    assert stream.stop().clean
