@@ -57,6 +57,10 @@ def test_scraped_metrics_equal_the_table(kafka, lake, make_topic):
         try:
             wait_for(lambda: table_rows(lake, dataset) == 400, what="every row")
             wait_for(lambda: sum(e.records for e in stream.events) == 401, what="every record")
+            # the lag gauge follows at the loop's next poll after the last commit
+            wait_for(lambda: "kafka_consumer_lag_sum{" in (t := get(endpoints.port, "/metrics")[1])
+                     and value(samples(t), "kafka_consumer_lag_sum", pipeline="test", dataset=dataset.name,
+                               topic=topic) == 0, timeout_s=10, what="lag 0")  # fmt: skip
             status, text = get(endpoints.port, "/metrics")
             assert status == 200
             health = get(endpoints.port, "/healthz")
