@@ -440,6 +440,11 @@ def markdown(r: dict) -> str:
              f"{', '.join(f'{x:.1f}' for x in r['machine']['load_avg_at_start'])}), Python {r['machine']['python']}; "
              f"{r['record_bytes']}-byte JSON records, {r['partitions']} partitions per topic; the reader polls every "
              f"{r['poll_s']} s (included in the latencies)", ""]  # fmt: skip
+    for run in r.get("runs", []):
+        lines.append(f"- run {run['started_at']}: {', '.join(run['scenarios'])}"
+                     + (f" ({run['note']})" if run.get("note") else ""))
+    if r.get("runs"):
+        lines.append("")
     if r["scenarios"]:
         lines += ["| scenario | datasets | target rec/s | trigger | produced | lost | dup | sustained rec/s | p50 "
                   "| p95 | p99 | max | drained after producer | stream CPU (cores) | RSS peak MiB "
