@@ -223,13 +223,18 @@ class Dataset(_Strict):
     schema_evolution: Literal["additive", "strict", "quarantine"] = "additive"  # docs/DESIGN.md §9.4
     max_dlq_ratio: float = Field(0.0, ge=0, le=1)  # share of a batch that may go to <name>_dlq; 0 = fail instead
     vacuum_retention_hours: int = Field(168, ge=0)  # files no longer in the table are deleted after this
+    # Continuous ingestion (docs/DESIGN.md §10): served by a stream process instead of runs.
+    continuous: bool = False
+    trigger_interval_s: float = Field(30, gt=0)  # a micro-batch closes this long after its first record
+    stream_group: str | None = None  # the datasets one stream process serves together; default: the source
+    materialization_interval_s: float = Field(60, gt=0)  # how often the Dagster layer reports a stream's commits
     description: str | None = None
     owners: tuple[str, ...] = ()
 
-    @field_validator("name", "source")
+    @field_validator("name", "source", "stream_group")
     @classmethod
-    def _identifier(cls, value: str) -> str:
-        if not IDENTIFIER.match(value):
+    def _identifier(cls, value: str | None) -> str | None:
+        if value is not None and not IDENTIFIER.match(value):
             raise ValueError(f"'{value}' must start with a letter and hold only letters, digits and '_'")
         return value
 
@@ -318,6 +323,11 @@ class Dataset(_Strict):
     def dlq_name(self) -> str:
         """The dead-letter table's name, also the dataset part of its ledger app ids."""
         return f"{self.name}{DLQ_SUFFIX}"
+
+    @property
+    def pipeline(self) -> str:
+        """The stream group: the datasets one stream process serves together, and the metrics' ``pipeline``."""
+        return self.stream_group or self.source
 
     @property
     def group_id(self) -> str:

@@ -191,3 +191,40 @@ def test_field_types_name_how_json_values_are_read():
     assert (fields["created_at"].kind, fields["created_at"].unit) == ("timestamp", "ms")
     assert fields["active"] == "boolean" and fields["token"].encoding == "base64"
     assert FieldType.parse("timestamp") != FieldType.parse({"type": "timestamp", "unit": "us"})
+
+def test_continuous_fields_default_and_merge_from_defaults(tmp_path):
+    (orders,) = load_catalog(write(tmp_path, "shop.yaml", VALID)).datasets
+    assert (orders.continuous, orders.trigger_interval_s, orders.stream_group, orders.materialization_interval_s) == (
+        False, 30, None, 60)  # fmt: skip
+    assert orders.pipeline == "shop"  # the stream group defaults to the source
+    text = VALID.replace("  engine: embedded\n", "  engine: embedded\n  continuous: true\n  trigger_interval_s: 5\n")
+    text += "    stream_group: hot_path\n    materialization_interval_s: 120\n"
+    (orders,) = load_catalog(write(tmp_path, "shop.yaml", text)).datasets
+    assert (orders.continuous, orders.trigger_interval_s, orders.pipeline, orders.materialization_interval_s) == (
+        True, 5, "hot_path", 120)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "problem"),
+    [
+        ("trigger_interval_s: 0", "trigger_interval_s", "greater than 0"),
+        ("trigger_interval_s: soon", "trigger_interval_s", "valid number"),
+        ("stream_group: 'hot path'", "stream_group", "must start with a letter"),
+        ("materialization_interval_s: -1", "materialization_interval_s", "greater than 0"),
+        ("continuous: maybe", "continuous", "valid boolean"),
+    ],
+)
+def test_continuous_field_errors_name_file_dataset_and_field(tmp_path, line, field, problem):
+    path = write(tmp_path, "shop.yaml", VALID + f"    {line}\n")
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(path)
+    error = caught.value
+    assert (error.file, error.dataset, error.field) == (str(path), "orders", field)
+    assert problem in error.problem
+
+
+def test_defaults_errors_name_the_dataset_they_reach(tmp_path):
+    text = VALID.replace("  engine: embedded\n", "  engine: embedded\n  trigger_interval_s: 0\n")
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(write(tmp_path, "shop.yaml", text))
+    assert (caught.value.dataset, caught.value.field) == ("orders", "trigger_interval_s")

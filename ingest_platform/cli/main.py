@@ -10,6 +10,7 @@ from ingest_platform.cli.checks import checks
 from ingest_platform.cli.demo import demo
 from ingest_platform.cli.ingest import ingest
 from ingest_platform.cli.kafka import kafka
+from ingest_platform.cli.stream import metrics, stream
 
 
 @click.group(help="Kafka topics into Delta Lake tables as Dagster assets, exactly once.")
@@ -25,6 +26,8 @@ main.add_command(plan)  # capacity planning, topics and the guide's checklist (d
 main.add_command(topics)
 main.add_command(preflight)
 main.add_command(checks)  # asset checks against a lake (docs/DESIGN.md §8)
+main.add_command(stream)  # continuous ingestion and its metrics (docs/DESIGN.md §10–11)
+main.add_command(metrics)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def run_demo(lake_root: Path | str, scale: float = 1.0, echo=print) -> list[Demo
 
     catalog = load_catalog(DEMO_CATALOG)
     lake = lake_location(str(lake_root))
-    _clear(lake)  # the topics are new on every demo broker: start the lake over too
+    clear_lake(lake)  # the topics are new on every demo broker: start the lake over too
     with LocalKafka() as broker:
         echo(f"local Kafka broker {broker.kafka_version} on {broker.bootstrap}")
         kafka = KafkaConnection(broker.bootstrap)
@@ -141,7 +141,7 @@ def _produce_changes(kafka: KafkaConnection, dataset: Dataset, users: int) -> tu
     return produced, len(state.rows), f"Debezium events ({ops}, {state.tombstones:,} tombstones)"
 
 
-def _clear(lake: LakeLocation) -> None:
+def clear_lake(lake: LakeLocation) -> None:
     """Delete the demo lake: the folder, or every object under the S3 prefix (never a whole bucket)."""
     if not is_s3(lake.root):
         if Path(lake.root).exists():
