@@ -9,6 +9,7 @@ import dagster as dg
 from ingest_platform.catalog import load_catalog
 from ingest_platform.defs.assets import ingestion_definitions
 from ingest_platform.defs.checks import check_definitions
+from ingest_platform.defs.maintenance import maintenance_definitions
 from ingest_platform.defs.resources import resource_definitions
 from ingest_platform.defs.sensors import sensor_definitions
 from ingest_platform.settings import Settings
@@ -19,6 +20,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions.merge(
         ingestion_definitions(catalog),
         check_definitions(catalog),
+        maintenance_definitions(catalog),
         sensor_definitions(catalog),
         resource_definitions(settings),
     )

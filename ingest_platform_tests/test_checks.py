@@ -323,7 +323,7 @@ def test_checks_are_declared_for_every_dataset_with_severity_and_blocking(two_ta
     spec = graph.get_check_spec(dg.AssetCheckKey(dg.AssetKey(["lake", "test", "good"]), "no_loss"))
     assert spec.blocking and "no_loss" in BLOCKING and SEVERITY["file_size"] == dg.AssetCheckSeverity.WARN
     assert defs.resolve_job_def("ingest_checks") is not None
-    assert {s.name for s in defs.schedules} >= {"ingest_checks_hourly", "maintain__test__good_daily"}
+    assert {s.name for s in defs.schedules} >= {"ingest_checks_hourly", "ingest_maintenance_daily"}
 
 
 def test_checks_run_through_dagster(two_tables):
@@ -339,6 +339,22 @@ def test_checks_run_through_dagster(two_tables):
     assert not result.success
     assert not gap.passed and gap.severity == dg.AssetCheckSeverity.ERROR
     assert gap.metadata["gaps"].value == 1 and isinstance(gap.metadata["table_rows"], dg.IntMetadataValue)
+
+
+def test_a_crashing_table_fails_the_step_but_keeps_the_other_datasets_results(two_tables):
+    """One op checks several datasets: a table that cannot be read must not hide the others' results."""
+    settings, catalog = two_tables
+    log = Path(settings.lake_root) / "test" / "gappy" / "_delta_log"
+    for entry in log.glob("*.json"):
+        entry.write_text("{not json")
+    defs = build_definitions(settings)
+    result = defs.resolve_job_def("ingest_checks").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+    )
+    evaluations = {(e.asset_key.path[-1], e.check_name) for e in result.get_asset_check_evaluations()}
+    assert {d for d, _ in evaluations} == {"good"} and len(evaluations) == 5
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert "the checks of 1 dataset(s) could not run: gappy:" in failure.step_failure_data.error.message
 
 
 def test_cli_prints_a_table_and_exits_1_on_error_failures(two_tables, monkeypatch):

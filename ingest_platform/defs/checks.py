@@ -1,9 +1,11 @@
 """Asset checks for every dataset, from one factory (docs/DESIGN.md §8). The checks only call the core
 (``ingest_platform/lake/health.py``); this module decides severities, blocking, the checks job and schedule.
 
-``check_definitions(catalog)`` returns the checks, the maintenance jobs and schedules and the sensor that
-compacts a table whose ``file_size`` check failed; ``ingest_platform/definitions.py`` merges it.
+``check_definitions(catalog)`` returns the checks, the checks job and its schedule;
+``ingest_platform/definitions.py`` merges it (maintenance: ``defs/maintenance.py``).
 """
+
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
@@ -43,6 +45,9 @@ DESCRIPTIONS = {
     KEY_UNIQUE: "No key appears twice in the upsert table.",
 }
 CHECKS_JOB = "ingest_checks"
+#: Datasets per check op (ops are named ``checks__<source>[__<n>]``), and tables one op reads at a time.
+DATASETS_PER_CHECK_OP = 50
+CHECK_THREADS = 4
 #: Every check of every dataset, hourly (a materialization also runs its asset's checks).
 CHECKS_CRON = "15 * * * *"
 
@@ -56,26 +61,66 @@ def check_specs(dataset: Dataset) -> list[dg.AssetCheckSpec]:
     ]  # fmt: skip
 
 
-def build_dataset_checks(dataset: Dataset) -> dg.AssetChecksDefinition:
-    """One multi-check per dataset: the table and its log are read once for all selected checks."""
-    key = dg.AssetKey(dataset.asset_path)
+def build_table_checks(datasets: list[Dataset], name: str) -> dg.AssetChecksDefinition:
+    """One multi-asset check over ``datasets`` (``can_subset``): a run evaluates the checks it selects, each
+    dataset's table and log read once for all of its selected checks, a few datasets at a time.
+
+    A few datasets per op instead of one op each keeps the code location light (benchmarks/definitions_bench.py)
+    and the hourly checks job at a few steps instead of one process per dataset; not all of them in one op,
+    because Dagster's asset-job builder compares every input of an op with all of its check keys (quadratic).
+    A dataset whose checks crash gets no result (its checks show as failed executions) and fails the step
+    after the other datasets' results are recorded. A blocking check that fails stops, in the same run, the
+    downstream assets of every dataset the op checked in that run (runs started by the sensors hold one dataset).
+    """
+    by_key = {dg.AssetKey(d.asset_path): d for d in datasets}
 
     @dg.multi_asset_check(
-        specs=check_specs(dataset),
-        name=f"checks__{dataset.source}__{dataset.name}",
+        specs=[spec for dataset in datasets for spec in check_specs(dataset)],
+        name=name,
         can_subset=True,
-        description=f"Health of the Delta table of dataset '{dataset.name}'.",
+        description=f"Health of the Delta tables of {', '.join(d.name for d in datasets[:3])}"
+        + (f" and {len(datasets) - 3} more datasets" if len(datasets) > 3 else "") + " (docs/DESIGN.md §8).",
     )
-    def _checks(context: dg.AssetCheckExecutionContext, lake: LakeResource):
-        selected = [k.name for k in context.selected_asset_check_keys]
+    def ingest_table_checks(context: dg.AssetCheckExecutionContext, lake: LakeResource):
+        selected: dict[dg.AssetKey, list[str]] = {}
+        for check_key in sorted(context.selected_asset_check_keys, key=lambda k: (k.asset_key.path, k.name)):
+            selected.setdefault(check_key.asset_key, []).append(check_key.name)
         location = lake.location()
-        uri = location.table_uri(dataset.table_path)
-        table = location.open_table(dataset.table_path)
-        findings = health.evaluate(dataset, table, uri, selected, storage_options=location.storage_options)
-        for name, finding in findings.items():
-            yield check_result(key, name, finding)
 
-    return _checks
+        def evaluate(dataset: Dataset, names: list[str]) -> dict[str, Finding]:
+            uri = location.table_uri(dataset.table_path)
+            table = location.open_table(dataset.table_path)
+            return health.evaluate(dataset, table, uri, names, storage_options=location.storage_options)
+
+        crashed = []
+        with ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="checks") as pool:
+            futures = [(key, pool.submit(evaluate, by_key[key], names)) for key, names in selected.items()]
+            for key, future in futures:
+                try:
+                    findings = future.result()
+                except Exception as error:  # one broken table must not hide the others' results
+                    crashed.append(f"{by_key[key].name}: {type(error).__name__}: {error}")
+                    context.log.error(f"checks of {key.to_user_string()} could not run: {crashed[-1]}")
+                    continue
+                for name, finding in findings.items():
+                    yield check_result(key, name, finding)
+        if crashed:
+            raise dg.Failure(f"the checks of {len(crashed)} dataset(s) could not run: " + "; ".join(crashed))
+
+    return ingest_table_checks
+
+
+def check_groups(catalog: Catalog) -> dict[str, list[Dataset]]:
+    """The datasets of each check op: per source, in catalog order, at most DATASETS_PER_CHECK_OP each."""
+    by_source: dict[str, list[Dataset]] = {}
+    for dataset in catalog.datasets:
+        by_source.setdefault(dataset.source, []).append(dataset)
+    groups = {}
+    for source, datasets in by_source.items():
+        for start in range(0, len(datasets), DATASETS_PER_CHECK_OP):
+            suffix = f"__{start // DATASETS_PER_CHECK_OP + 1}" if len(datasets) > DATASETS_PER_CHECK_OP else ""
+            groups[f"checks__{source}{suffix}"] = datasets[start : start + DATASETS_PER_CHECK_OP]
+    return groups
 
 
 def check_result(key: dg.AssetKey, name: str, finding: Finding) -> dg.AssetCheckResult:
@@ -113,12 +158,10 @@ def checks_job(selection: dg.AssetSelection | None = None, name: str = CHECKS_JO
 
 
 def check_definitions(catalog: Catalog) -> dg.Definitions:
-    """Checks, the checks job and its schedule, and maintenance (jobs, schedules, the file_size sensor)."""
-    from ingest_platform.defs.maintenance import maintenance_definitions
-
+    """Checks, the checks job and its schedule."""
     job = checks_job()
-    checks = dg.Definitions(
-        asset_checks=[build_dataset_checks(dataset) for dataset in catalog.datasets],
+    return dg.Definitions(
+        asset_checks=[build_table_checks(group, name) for name, group in check_groups(catalog).items()],
         jobs=[job],
         schedules=[
             dg.ScheduleDefinition(
@@ -127,4 +170,3 @@ def check_definitions(catalog: Catalog) -> dg.Definitions:
             )
         ],
     )  # fmt: skip
-    return dg.Definitions.merge(checks, maintenance_definitions(catalog))

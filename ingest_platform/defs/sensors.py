@@ -37,6 +37,10 @@ IN_PROGRESS = [
     dg.DagsterRunStatus.CANCELING,
 ]
 CURSOR_VERSION = 1
+#: What the sensors may run: the catalog's tables (asset keys ``lake/<source>/<name>``). A prefix rather than
+#: every key (the selection is part of the code location's snapshot), and ``asset_selection`` rather than
+#: ``target``: runs go to the base asset job instead of an extra job per sensor (benchmarks/definitions_bench.py).
+LAKE_TABLES = dg.AssetSelection.key_prefixes(["lake"])
 
 
 def _now() -> float:
@@ -44,12 +48,17 @@ def _now() -> float:
     return time.time()
 
 
-def running_datasets(instance: dg.DagsterInstance, catalog: Catalog) -> set[str]:
-    """Datasets with a run queued or in progress: one query for all, by tag or by the run's asset selection."""
+def running_datasets(
+    instance: dg.DagsterInstance, catalog: Catalog, exclude_run_id: str | None = None
+) -> set[str]:
+    """Datasets with a run queued or in progress (ingest or maintenance): one query for all, by tag or by the
+    run's asset selection. ``exclude_run_id``: the asking run itself."""
     by_key = {dg.AssetKey(d.asset_path): d.name for d in catalog.datasets}
     names: set[str] = set()
     for record in instance.get_run_records(dg.RunsFilter(statuses=IN_PROGRESS)):
         run = record.dagster_run
+        if run.run_id == exclude_run_id:
+            continue
         if DATASET_TAG in run.tags:
             names.add(run.tags[DATASET_TAG])
         for key in run.asset_selection or ():
@@ -113,12 +122,10 @@ def build_lag_sensor(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
 ) -> dg.SensorDefinition:
-    keys = [dg.AssetKey(d.asset_path) for d in catalog.datasets]
-
     @dg.sensor(
         name=LAG_SENSOR,
         minimum_interval_seconds=interval_s,
-        target=dg.AssetSelection.assets(*keys),
+        asset_selection=LAKE_TABLES,
         default_status=default_status,
         description="Consumer lag of every dataset by its table's ledger; runs a dataset when its lag reaches "
         "lag_threshold or its oldest unconsumed record would break the latency SLO (docs/DESIGN.md §7).",
@@ -185,12 +192,10 @@ def build_partition_sensor(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
 ) -> dg.SensorDefinition:
-    keys = [dg.AssetKey(d.asset_path) for d in catalog.datasets]
-
     @dg.sensor(
         name=PARTITION_SENSOR,
         minimum_interval_seconds=interval_s,
-        target=dg.AssetSelection.assets(*keys),
+        asset_selection=LAKE_TABLES,
         default_status=default_status,
         description="Topic partitions of every dataset: new partitions are ingested from offset 0, recreated "
         "topics and retention gaps are reported, partition counts recommended (docs/DESIGN.md §7).",
