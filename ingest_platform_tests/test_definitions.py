@@ -39,7 +39,7 @@ def test_demo_catalog_becomes_one_asset_per_dataset(tmp_path):
     assert orders.group_name == "shop"
     assert orders.kinds == {"kafka", "delta"}
     assert orders.metadata["topic"] == "shop.orders"
-    assert orders.metadata["format"] == "json" and orders.metadata["mode"] == "append"
+    assert orders.tags["ingest/format"] == "json" and orders.tags["ingest/mode"] == "append"
     assert orders.owners == ["team:commerce"]
     assert "Orders placed" in orders.description
     pools = {
@@ -140,6 +140,10 @@ def test_materialization_metadata_and_zero_record_run(tmp_path, kafka, kafka_bro
     assert sorted(first["offsets"]) == ["0", "1", "2"]
     assert sum(p["records"] for p in first["offsets"].values()) == 300
     assert isinstance(first["max_event_to_commit_lag_s"], float)
+    columns = {c.name: c for c in first["dagster/column_schema"].columns}  # the Delta schema after the run
+    assert columns["viewport"].type == "struct<w: long, h: long>" and columns["duration_ms"].type == "long"
+    assert columns["_event_time"].type == "timestamp" and "Kafka timestamp" in columns["_event_time"].description
+    assert columns["date"].tags == {"partition": ""} and columns["date"].type == "date"
 
     second = materialize()
     assert second["records"] == 0 and second["files_written"] == 0
