@@ -93,7 +93,8 @@ def test_delta_types_read_as_text_generically(tmp_path):
     table = DeltaTable(str(tmp_path / "t"))
     ds = dataset_from_yaml("datasets:\n  - {name: p, source: s, topic: t, format: json, partition_by: [currency], "
                            "schema: {currency: string, amount: {description: Paid amount.}}}\n")  # fmt: skip
-    columns = {c.name: c for c in table_columns(table.schema().to_json(), table.metadata().partition_columns, ds)}
+    columns = {c.name: c for c in table_columns(table.schema().to_json(), table.metadata().partition_columns,
+                                                ds.column_descriptions)}  # fmt: skip
     assert {name: c.type for name, c in columns.items()} == {
         "amount": "decimal(12,2)", "born": "date", "paid_at": "timestamp", "local": "timestamp_ntz",
         "items": "array<struct<sku: string, qty: long>>", "attrs": "map<string, integer>", "currency": "string",

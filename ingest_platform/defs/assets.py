@@ -54,7 +54,8 @@ def build_ingest_asset(dataset: Dataset) -> dg.AssetsDefinition:
         table = location.open_table(dataset.table_path)
         metadata = materialization_metadata(report, table.count() if table else 0)
         if table is not None:
-            columns = table_columns(table.schema().to_json(), table.metadata().partition_columns, dataset)
+            columns = table_columns(table.schema().to_json(), table.metadata().partition_columns,
+                                    dataset.column_descriptions)  # fmt: skip
             metadata["dagster/column_schema"] = column_schema(columns)
         return dg.MaterializeResult(metadata=metadata)
 

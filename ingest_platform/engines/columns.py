@@ -10,6 +10,7 @@ layer turns these into ``dagster/column_schema``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ingest_platform.catalog import Dataset
@@ -68,11 +69,14 @@ def catalog_columns(dataset: Dataset) -> list[Column]:
     return columns
 
 
-def table_columns(schema_json: str, partition_columns: list[str], dataset: Dataset) -> list[Column]:
+def table_columns(
+    schema_json: str, partition_columns: Sequence[str], descriptions: Mapping[str, str] | None = None
+) -> list[Column]:
     """The columns of the table's Delta schema (``DeltaTable.schema().to_json()``) in table order, with the
-    catalog's descriptions and the engines' own; ``partition_columns`` from the table's metadata."""
+    ``descriptions`` given (a dataset's ``column_descriptions``) and the engines' own; ``partition_columns``
+    from the table's metadata."""
     known = {**RESERVED, **CDC, **SOFT_DELETE, **DERIVED}
-    described = dataset.column_descriptions
+    described = descriptions or {}
     columns = []
     for entry in json.loads(schema_json)["fields"]:
         name = entry["name"]
