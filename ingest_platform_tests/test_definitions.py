@@ -57,6 +57,15 @@ def test_lake_and_kafka_resources_come_from_settings(tmp_path):
     assert defs.resources["kafka"].bootstrap_servers == "127.0.0.1:1234"
 
 
+def test_an_exported_bootstrap_does_not_redirect_explicit_settings(tmp_path, monkeypatch):
+    """The demo builds definitions for its own broker while INGEST_KAFKA_BOOTSTRAP points elsewhere."""
+    monkeypatch.setenv("INGEST_KAFKA_BOOTSTRAP", "10.0.0.1:9092")
+    kafka = build_definitions(demo_settings(tmp_path, bootstrap="127.0.0.1:1234")).resources["kafka"]
+    assert kafka.bootstrap_servers == "127.0.0.1:1234"
+    kafka = build_definitions(demo_settings(tmp_path, bootstrap="10.0.0.1:9092")).resources["kafka"]
+    assert isinstance(kafka.bootstrap_servers, dg.EnvVar)  # from the environment: resolved at run time
+
+
 def test_secrets_stay_env_vars(tmp_path, monkeypatch):
     monkeypatch.setenv("INGEST_KAFKA_SASL_PASSWORD", "s3cr3t-value")
     defs = build_definitions(demo_settings(tmp_path))

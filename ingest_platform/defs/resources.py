@@ -108,9 +108,12 @@ def s3_fields_from_env() -> dict[str, object]:
             "use_ssl": not (allow_http or endpoint.startswith("http://"))}
 
 
-def _env_or(name: str, default: str) -> str | dg.EnvVar:
-    """An ``EnvVar`` when the variable is set (resolved at run time, never stored), else the default."""
-    return dg.EnvVar(name) if os.environ.get(name) else default
+def _env_or(name: str, value: str) -> str | dg.EnvVar:
+    """``value``, as an ``EnvVar`` (resolved at run time, never stored) when the environment variable holds
+    exactly it. A value the settings got elsewhere (the demo's own broker, a command-line option) is used as
+    given: an exported variable must not redirect it (issue 17: the demo produced to its broker, then the
+    resource read the exported address)."""
+    return dg.EnvVar(name) if os.environ.get(name) == value else value
 
 
 def _optional_env(name: str) -> dg.EnvVar | None:
