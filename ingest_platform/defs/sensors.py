@@ -188,6 +188,7 @@ def build_lag_sensor(
         skip = None
         if not requests:
             skip = "no dataset needs a run: " + skipped.summary()
+            context.log.info(skip)  # the tick's logs say it too, beside the tick's skip reason
         elif skipped:
             context.log.info(f"{len(requests)} run(s) requested; the others: {skipped.summary()}")
         return dg.SensorResult(run_requests=requests, asset_events=events, cursor=new_cursor, skip_reason=skip)

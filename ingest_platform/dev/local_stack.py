@@ -113,8 +113,9 @@ class LocalStack:
             resumed = [d for d in catalog.datasets if d.name not in feeds]
             offsets = read_topic_offsets(kafka, {d.topic for d in resumed}, with_ids=False) if resumed else {}
             feeds.update({d.name: _resumed_feed(d, offsets[d.topic].marks) for d in resumed})
-            self.producer = SteadyProducer(kafka, feeds.values(), rate=self.rate, on_error=self.echo).start()
-            self.echo(f"producing {self.rate:g} records/s to each of {len(feeds)} topics")
+            if self.rate > 0:
+                self.producer = SteadyProducer(kafka, feeds.values(), rate=self.rate, on_error=self.echo).start()
+                self.echo(f"producing {self.rate:g} records/s to each of {len(feeds)} topics")
         except BaseException:
             self.stop()
             raise
