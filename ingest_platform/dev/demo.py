@@ -1,4 +1,4 @@
-"""``make demo``: a real local broker, the demo topics, ~240K records, every asset materialized through Dagster.
+"""``make demo``: a real local broker, the demo topics, ~225K records, every asset materialized through Dagster.
 
 Prints what was ingested (records, files, MB, records/s) and the row count an independent reader
 (pyarrow over the Delta table) sees next to the count expected: the records produced for append datasets,

@@ -24,6 +24,7 @@ log, lake, Dagster instance): the next ``make dev`` continues where this one sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ from ingest_platform.catalog import load_catalog
 from ingest_platform.dev import local_kafka
 from ingest_platform.dev.demo import create_demo_topics, produce_backlog
 from ingest_platform.dev.demo_stream import ChangeFeed, Feed, JsonFeed, SteadyProducer, feed_for
+from ingest_platform.dev.local_kafka import _pid_alive, _wait_pid_gone
 from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.monitoring.offsets import read_topic_offsets
 from ingest_platform.settings import DEMO_CATALOG
@@ -181,7 +183,7 @@ class LocalStack:
             self.echo(f"producer stopped ({sum(self.producer.produced.values()):,} records sent)")
             self.producer = None
         if self.dagster is not None:
-            _stop_process_group(self.dagster.pid, DAGSTER_STOP_S, self.dagster)
+            _stop_process_group(self.dagster.pid, DAGSTER_STOP_S)
             self.echo("dagster dev stopped")
             self.dagster = None
         if self.own_broker and self.bootstrap is not None:
@@ -212,14 +214,14 @@ def stop_stack(root: Path | str = DEFAULT_ROOT, timeout_s: float = DAGSTER_STOP_
     if state is None:
         return f"no stack running from {root}"
     pid = int(state["pid"])
-    if _alive(pid):
+    if _pid_alive(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
+        while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.5)
-        if _alive(pid):
+        if _pid_alive(pid):
             raise StackError(f"the stack (pid {pid}) did not stop within {timeout_s:.0f} s; kill it: kill {pid}")
-    if state.get("dagster_pid") and _alive(int(state["dagster_pid"])):
+    if state.get("dagster_pid") and _pid_alive(int(state["dagster_pid"])):
         _stop_process_group(int(state["dagster_pid"]), DAGSTER_STOP_S)
     if state.get("own_broker"):
         local_kafka.down(root / "kafka")
@@ -241,7 +243,7 @@ def _resumed_feed(dataset, marks: dict[int, tuple[int, int]]) -> Feed:
 
 def _running_stack(root: Path) -> bool:
     state = _read_state(root)
-    return state is not None and _alive(int(state["pid"]))
+    return state is not None and _pid_alive(int(state["pid"]))
 
 
 def _read_state(root: Path) -> dict | None:
@@ -251,41 +253,13 @@ def _read_state(root: Path) -> dict | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _stop_process_group(pid: int, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+def _stop_process_group(pid: int, timeout_s: float) -> None:
     """SIGTERM to ``pid`` (dagster dev shuts its children down on it), then SIGKILL to its whole group."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            break
-        if process is None and not _alive(pid):
-            break
-        time.sleep(0.5)
-    try:
-        os.killpg(pid, signal.SIGKILL)  # whatever is left in its group: webserver, daemon, code servers, runs
-    except (ProcessLookupError, PermissionError):
-        pass
-    if process is not None:
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
+    _wait_pid_gone(pid, timeout_s)  # reaps it when it is our child
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # its group (pgid == pid: a new session)
+        os.killpg(pid, signal.SIGKILL)  # whatever is left: webserver, daemon, code servers, run workers
 
 
 def _interruptible() -> None:
