@@ -24,6 +24,7 @@ from ingest_platform.lake.tables import LakeLocation
 from ingest_platform.settings import Settings
 from ingest_platform_tests.helpers import json_dataset
 from ingest_platform_tests.lake_fixtures import commit, rows
+from ingest_platform_tests.test_checks import run_checks_only
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,7 +187,6 @@ def test_maintenance_never_overlaps_an_ingest_run_of_its_dataset(frag, monkeypat
 def test_sensor_requests_maintenance_once_per_failed_file_size_evaluation(frag):
     defs, ds, lake = frag
     sensor = defs.resolve_sensor_def(SENSOR_NAME)
-    checks = defs.resolve_job_def("ingest_checks")
     with dg.DagsterInstance.ephemeral() as instance:
 
         def tick(cursor):
@@ -195,7 +195,7 @@ def test_sensor_requests_maintenance_once_per_failed_file_size_evaluation(frag):
             return sensor.evaluate_tick(context)
 
         assert not tick(None).run_requests  # no evaluation yet
-        checks.execute_in_process(instance=instance, raise_on_error=False)
+        run_checks_only(defs, instance)
         first = tick(None)
         assert [r.job_name for r in first.run_requests] == [MAINTENANCE_JOB]
         assert first.run_requests[0].run_config == maintenance_run_config(ds)
@@ -205,7 +205,7 @@ def test_sensor_requests_maintenance_once_per_failed_file_size_evaluation(frag):
 
         defs.resolve_job_def(MAINTENANCE_JOB).execute_in_process(instance=instance,
                                                                  run_config=maintenance_run_config(ds))
-        checks.execute_in_process(instance=instance, raise_on_error=False)  # now passing
+        run_checks_only(defs, instance)  # now passing
         assert not tick(again.cursor).run_requests
         assert json.loads(again.cursor) == json.loads(first.cursor)
 

@@ -6,11 +6,13 @@
 """
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
 from ingest_platform.catalog import Catalog, Dataset
 from ingest_platform.defs.resources import LakeResource
+from ingest_platform.defs.sensors import LAKE_TABLES
 from ingest_platform.lake import health
 from ingest_platform.lake.health import (
     FILE_SIZE,
@@ -45,11 +47,13 @@ DESCRIPTIONS = {
     KEY_UNIQUE: "No key appears twice in the upsert table.",
 }
 CHECKS_JOB = "ingest_checks"
+CHECKS_SENSOR = "ingest_checks_hourly"
 #: Datasets per check op (ops are named ``checks__<source>[__<n>]``), and tables one op reads at a time.
 DATASETS_PER_CHECK_OP = 50
 CHECK_THREADS = 4
 #: Every check of every dataset, hourly (a materialization also runs its asset's checks).
-CHECKS_CRON = "15 * * * *"
+CHECKS_MINUTE = 15
+CHECKS_CRON = f"{CHECKS_MINUTE} * * * *"
 
 
 def check_specs(dataset: Dataset) -> list[dg.AssetCheckSpec]:
@@ -150,6 +154,7 @@ def _metadata_value(value: object) -> dg.MetadataValue:
 
 
 def checks_job(selection: dg.AssetSelection | None = None, name: str = CHECKS_JOB):
+    """A job of checks only (``ingest-platform checks`` builds one for the datasets it is asked about)."""
     return dg.define_asset_job(
         name,
         selection=selection if selection is not None else dg.AssetSelection.all_asset_checks(),
@@ -157,16 +162,46 @@ def checks_job(selection: dg.AssetSelection | None = None, name: str = CHECKS_JO
     )
 
 
+def build_hourly_checks_sensor(catalog: Catalog) -> dg.SensorDefinition:
+    """Every check of every dataset at CHECKS_CRON (UTC), as one checks-only run of the base asset job (no
+    asset is materialized). A sensor with an ``asset_selection`` rather than a schedule: a schedule needs a
+    job of its own, and a checks-only asset job of N datasets costs a third of the code location's
+    resolution (benchmarks/definitions_bench.py). Like a schedule it does not catch up: the first tick only
+    records the latest cron time, each later one requests a run when a new cron time has passed (run key =
+    that time)."""
+    keys = [key for dataset in catalog.datasets for key in check_keys(dataset)]
+
+    @dg.sensor(
+        name=CHECKS_SENSOR,
+        asset_selection=LAKE_TABLES,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Evaluates every dataset's checks at '{CHECKS_CRON}' (UTC), without ingesting.",
+    )
+    def ingest_checks_hourly(context: dg.SensorEvaluationContext):
+        due = latest_hourly_time(datetime.now(timezone.utc)).isoformat()
+        if context.cursor is None or context.cursor >= due:
+            return dg.SensorResult(skip_reason=f"next checks run after {CHECKS_CRON} (UTC) passes", cursor=due)
+        request = dg.RunRequest(run_key=f"checks:{due}", asset_selection=[], asset_check_keys=keys,
+                                tags={"ingest/trigger": "hourly checks"})  # fmt: skip
+        return dg.SensorResult(run_requests=[request], cursor=due)
+
+    return ingest_checks_hourly
+
+
+def check_keys(dataset: Dataset) -> list[dg.AssetCheckKey]:
+    return [dg.AssetCheckKey(dg.AssetKey(dataset.asset_path), name) for name in health.check_names(dataset)]
+
+
+def latest_hourly_time(now: datetime) -> datetime:
+    """The last time at or before ``now`` (UTC) that CHECKS_CRON names: minute CHECKS_MINUTE of an hour."""
+    latest = now.replace(minute=CHECKS_MINUTE, second=0, microsecond=0)
+    return latest if latest <= now else latest - timedelta(hours=1)
+
+
 def check_definitions(catalog: Catalog) -> dg.Definitions:
-    """Checks, the checks job and its schedule."""
-    job = checks_job()
+    """The checks and the sensor that evaluates all of them hourly."""
     return dg.Definitions(
         asset_checks=[build_table_checks(group, name) for name, group in check_groups(catalog).items()],
-        jobs=[job],
-        schedules=[
-            dg.ScheduleDefinition(
-                name=f"{CHECKS_JOB}_hourly", job=job, cron_schedule=CHECKS_CRON,
-                default_status=dg.DefaultScheduleStatus.RUNNING,
-            )
-        ],
-    )  # fmt: skip
+        sensors=[build_hourly_checks_sensor(catalog)],
+    )
