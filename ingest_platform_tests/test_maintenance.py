@@ -169,17 +169,18 @@ def test_maintenance_never_overlaps_an_ingest_run_of_its_dataset(frag, monkeypat
     monkeypatch.setattr(maintenance_defs, "WAIT_POLL_S", 0.2)
     job = defs.resolve_job_def(MAINTENANCE_JOB)
     with dg.DagsterInstance.ephemeral() as instance:
-        ingest = instance.create_run_for_job(
-            defs.resolve_implicit_global_asset_job_def(), asset_selection=frozenset({dg.AssetKey(ds.asset_path)})
-        )
-        # the run stays NOT_STARTED, which counts as in progress
+        key = dg.AssetKey(ds.asset_path)  # an ingest run launched from the UI: no tag, its asset selected
+        instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="ui-run", status=dg.DagsterRunStatus.STARTED,
+                                       asset_selection=frozenset({key})))  # fmt: skip
+        instance.add_run(dg.DagsterRun(job_name=MAINTENANCE_JOB, run_id="queued", tags={DATASET_TAG: ds.name},
+                                       status=dg.DagsterRunStatus.NOT_STARTED))  # fmt: skip  # not waited for
         blocked = job.execute_in_process(instance=instance, run_config=maintenance_run_config(ds), raise_on_error=False)
         assert not blocked.success
         failure = next(e for e in blocked.all_events if e.is_step_failure)
         assert "another run has been ingesting this dataset" in failure.step_failure_data.error.message
         assert len(lake.open_table(ds.table_path).file_uris()) == 6  # untouched
 
-        instance.report_run_canceled(ingest)
+        instance.report_run_canceled(instance.get_run_by_id("ui-run"))
         assert job.execute_in_process(instance=instance, run_config=maintenance_run_config(ds)).success
         assert len(lake.open_table(ds.table_path).file_uris()) == 1
 

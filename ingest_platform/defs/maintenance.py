@@ -16,7 +16,7 @@ import dagster as dg
 
 from ingest_platform.catalog import Catalog, Dataset
 from ingest_platform.defs.resources import LakeResource
-from ingest_platform.defs.sensors import DATASET_TAG, TRIGGER_TAG, running_datasets
+from ingest_platform.defs.sensors import DATASET_TAG, EXECUTING, TRIGGER_TAG, running_datasets
 from ingest_platform.lake import maintenance
 from ingest_platform.lake.health import FILE_SIZE, MB
 
@@ -96,9 +96,11 @@ def build_maintenance_job(catalog: Catalog) -> dg.JobDefinition:
 
 
 def _wait_for_ingest_runs(context: dg.OpExecutionContext, catalog: Catalog, dataset: Dataset) -> None:
-    """Waits (bounded) while another run that ingests ``dataset`` is queued or in progress."""
+    """Waits (bounded) while another run that touches ``dataset`` executes. Queued runs are not waited for:
+    the run queue holds the tagged ones back while this run executes (waiting for them would deadlock), and
+    an untagged one that starts now races as Delta allows (§8 "Concurrency")."""
     deadline = time.monotonic() + WAIT_FOR_INGEST_S
-    while dataset.name in running_datasets(context.instance, catalog, exclude_run_id=context.run_id):
+    while dataset.name in running_datasets(context.instance, catalog, context.run_id, EXECUTING):
         if time.monotonic() > deadline:
             raise dg.Failure(
                 f"{dataset.name}: another run has been ingesting this dataset for more than {WAIT_FOR_INGEST_S} s; "

@@ -37,6 +37,8 @@ IN_PROGRESS = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 ]
+#: Runs that are executing (not waiting in the queue).
+EXECUTING = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 CURSOR_VERSION = 1
 #: What the sensors may run: the catalog's tables (asset keys ``lake/<source>/<name>``). A prefix rather than
 #: every key (the selection is part of the code location's snapshot), and ``asset_selection`` rather than
@@ -50,13 +52,16 @@ def _now() -> float:
 
 
 def running_datasets(
-    instance: dg.DagsterInstance, catalog: Catalog, exclude_run_id: str | None = None
+    instance: dg.DagsterInstance,
+    catalog: Catalog,
+    exclude_run_id: str | None = None,
+    statuses: list[dg.DagsterRunStatus] = IN_PROGRESS,
 ) -> set[str]:
-    """Datasets with a run queued or in progress (ingest or maintenance): one query for all, by tag or by the
-    run's asset selection. ``exclude_run_id``: the asking run itself."""
+    """Datasets with a run in one of ``statuses`` (default: queued or in progress; ingest or maintenance): one
+    query for all, by tag or by the run's asset selection. ``exclude_run_id``: the asking run itself."""
     by_key = {dg.AssetKey(d.asset_path): d.name for d in catalog.datasets}
     names: set[str] = set()
-    for record in instance.get_run_records(dg.RunsFilter(statuses=IN_PROGRESS)):
+    for record in instance.get_run_records(dg.RunsFilter(statuses=statuses)):
         run = record.dagster_run
         if run.run_id == exclude_run_id:
             continue
