@@ -41,6 +41,7 @@ from ingest_platform.dev import local_kafka
 from ingest_platform.dev.demo import create_demo_topics, produce_backlog
 from ingest_platform.dev.demo_stream import ChangeFeed, Feed, JsonFeed, SteadyProducer, feed_for
 from ingest_platform.dev.local_kafka import _pid_alive, _wait_pid_gone
+from ingest_platform.dev.local_process import tail_text
 from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.monitoring.offsets import read_topic_offsets
 from ingest_platform.settings import DEMO_CATALOG
@@ -277,9 +278,9 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def _tail(path: Path) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return tail_text(path.read_text(errors="replace"))
     except OSError:
         return "(no log)"
 
