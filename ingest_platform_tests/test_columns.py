@@ -39,6 +39,16 @@ def test_schema_entries_take_a_description_beside_the_type():
                                       "order_id": "The shop's order number."}  # fmt: skip
 
 
+def test_a_description_sits_beside_the_other_type_options():
+    ds = dataset_from_yaml("datasets:\n  - {name: p, source: s, topic: t, format: json, schema: {"
+                           "paid_at: {type: timestamp, unit: ms, description: Capture time.}, "
+                           "amount: {type: decimal, precision: 12, scale: 2, description: Amount.}}}\n")  # fmt: skip
+    assert ds.fields["paid_at"].unit == "ms" and str(ds.fields["amount"]) == "decimal(12,2)"
+    assert ds.column_descriptions == {"paid_at": "Capture time.", "amount": "Amount."}
+    columns = {c.name: c for c in catalog_columns(ds)}
+    assert columns["amount"].type == "decimal(12,2)" and columns["paid_at"].description == "Capture time."
+
+
 @pytest.mark.parametrize("entry, field, words", [
     ("{total: {type: double, description: 3}}", "schema.total.description", "non-empty text"),
     ("{total: {type: double, description: ''}}", "schema.total.description", "non-empty text"),
