@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 
 from ingest_platform.catalog import Catalog, Dataset, load_catalog
 from ingest_platform.dev.demo_data import produce
-from ingest_platform.dev.demo_stream import Feed, feed_for
+from ingest_platform.dev.demo_producer import Feed, feed_for
 from ingest_platform.dev.local_kafka import LocalKafka, create_topic
 from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.lake.storage import is_s3

@@ -39,7 +39,7 @@ from pathlib import Path
 from ingest_platform.catalog import load_catalog
 from ingest_platform.dev import local_kafka
 from ingest_platform.dev.demo import create_demo_topics, produce_backlog
-from ingest_platform.dev.demo_stream import ChangeFeed, Feed, JsonFeed, SteadyProducer, feed_for
+from ingest_platform.dev.demo_producer import ChangeFeed, Feed, JsonFeed, SteadyProducer, feed_for
 from ingest_platform.dev.local_kafka import _pid_alive, _wait_pid_gone
 from ingest_platform.dev.local_process import tail_text
 from ingest_platform.kafka.client import KafkaConnection

@@ -15,7 +15,7 @@ import pytest
 
 from ingest_platform.dev.cdc_data import expected_state
 from ingest_platform.dev.demo_data import produce
-from ingest_platform.dev.demo_stream import DEMO_SPREAD_S, ChangeFeed, JsonFeed, SteadyProducer, feed_for
+from ingest_platform.dev.demo_producer import DEMO_SPREAD_S, ChangeFeed, JsonFeed, SteadyProducer, feed_for
 from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform_tests.helpers import dataset_from_yaml, read_table
