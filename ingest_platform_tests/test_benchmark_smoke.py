@@ -72,3 +72,31 @@ def test_reliability_bench_smoke(tmp_path):
     result = json.loads((tmp_path / "reliability_bench.json").read_text())
     assert [s["scenario"] for s in result["scenarios"]] == ["race", "kill", "restart", "broker_down", "new_partition"]
     assert result["violations"] == 0
+
+
+def test_stream_bench_smoke(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "stream_bench.py"), "--quick", "--duration", "6",
+         "--scenarios", "one,upkeep", "--upkeep-commits", "80", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "stream_bench.json").read_text())
+    (one,) = result["scenarios"]
+    assert one["produced"] > 0 and one["lost"] == 0 and one["duplicated"] == 0 and one["stream_exit_code"] == 0
+    assert one["latency_p99_s"] is not None
+    assert result["upkeep"]["without_upkeep"]["files"] == 80 > result["upkeep"]["with_upkeep"]["files"]
+    assert "| one | 1 |" in (tmp_path / "stream_bench.md").read_text()
+
+def test_definitions_bench_smoke(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "definitions_bench.py"), "--sizes", "20", "--repeat", "1",
+         "--validate-size", "20", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "definitions_bench.json").read_text())
+    (row,) = result["rows"]
+    assert row["ours"]["assets"] == row["bare"]["assets"] == 20 and row["ours"]["checks"] == 100
+    assert row["ratio"] > 0 and row["cpu_ratio"] > 0 and result["validate"]["ours_s"] > 0
+    assert "| 20 | ours |" in (tmp_path / "definitions_bench.md").read_text()

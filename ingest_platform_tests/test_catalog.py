@@ -213,3 +213,41 @@ def test_a_spark_profile_that_does_not_exist_fails_validation_naming_the_profile
     assert result.exit_code == 1 and f"{bad}: dataset 'orders': field 'spark_profile'" in result.output
     ok = write(tmp_path, "ok.yaml", VALID.replace("mode: append", "mode: append\n    spark_profile: k8s"))
     assert load_catalog(ok).datasets[0].spark_profile == "k8s"
+
+
+def test_continuous_fields_default_and_merge_from_defaults(tmp_path):
+    (orders,) = load_catalog(write(tmp_path, "shop.yaml", VALID)).datasets
+    assert (orders.continuous, orders.trigger_interval_s, orders.stream_group, orders.materialization_interval_s) == (
+        False, 30, None, 60)  # fmt: skip
+    assert orders.pipeline == "shop"  # the stream group defaults to the source
+    text = VALID.replace("  engine: embedded\n", "  engine: embedded\n  continuous: true\n  trigger_interval_s: 5\n")
+    text += "    stream_group: hot_path\n    materialization_interval_s: 120\n"
+    (orders,) = load_catalog(write(tmp_path, "shop.yaml", text)).datasets
+    assert (orders.continuous, orders.trigger_interval_s, orders.pipeline, orders.materialization_interval_s) == (
+        True, 5, "hot_path", 120)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "problem"),
+    [
+        ("trigger_interval_s: 0", "trigger_interval_s", "greater than 0"),
+        ("trigger_interval_s: soon", "trigger_interval_s", "valid number"),
+        ("stream_group: 'hot path'", "stream_group", "must start with a letter"),
+        ("materialization_interval_s: -1", "materialization_interval_s", "greater than 0"),
+        ("continuous: maybe", "continuous", "valid boolean"),
+    ],
+)
+def test_continuous_field_errors_name_file_dataset_and_field(tmp_path, line, field, problem):
+    path = write(tmp_path, "shop.yaml", VALID + f"    {line}\n")
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(path)
+    error = caught.value
+    assert (error.file, error.dataset, error.field) == (str(path), "orders", field)
+    assert problem in error.problem
+
+
+def test_defaults_errors_name_the_dataset_they_reach(tmp_path):
+    text = VALID.replace("  engine: embedded\n", "  engine: embedded\n  trigger_interval_s: 0\n")
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(write(tmp_path, "shop.yaml", text))
+    assert (caught.value.dataset, caught.value.field) == ("orders", "trigger_interval_s")

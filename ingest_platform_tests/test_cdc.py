@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from ingest_platform.dev import cdc_data
-from ingest_platform.engines.embedded import engine as embedded_engine
+from ingest_platform.engines.embedded import batch_writer
 from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.engines.spark import engine as spark_engine
@@ -240,7 +240,7 @@ def test_bad_records_go_to_the_dead_letter_table_once(kafka, make_topic, lake, r
         if engine == "spark":
             patch.setattr(spark_engine._SparkRun, "_commit", crash)
         else:
-            patch.setattr(embedded_engine, "append_with_ledger", crash)  # the first commit creates the table
+            patch.setattr(batch_writer, "append_with_ledger", crash)  # the first commit creates the table
         with pytest.raises(OSError):
             run(dataset)
     table = lake.open_table(dataset.table_path)

@@ -1,7 +1,7 @@
 """A real Prometheus (Debian's package, ingest_platform/dev/local_prometheus.py) with this repository's config
 and rules: every dashboard panel returns series, the recording rule gives the guide's latency panel a value and
 the lag alerts go pending — on synthetic samples of the DESIGN §11 metrics, backfilled with promtool. The check
-against a running stream worker and the lag exporter comes with the stream process (issue 12)."""
+against a running stream worker and the lag exporter: test_stream_metrics.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """deploy/prometheus/ and deploy/grafana/: checked and unit-tested by promtool (Debian's prometheus package),
-on the metric names of docs/DESIGN.md §11. The end-to-end check against a scraped stream worker comes with the
-stream process (issue 12)."""
+on the metric names of docs/DESIGN.md §11. The end-to-end check against a scraped stream worker and exporter is in
+test_stream_metrics.py."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from ingest_platform.defs.sensors import DATASET_TAG
 from ingest_platform.processes import process_started_at
 
 #: Run states that still hold slots while they last.
@@ -69,6 +70,14 @@ def pool_holders(instance: dg.DagsterInstance, pool: str) -> list[RunProcess]:
     return holders
 
 
+def tagged_runs(instance: dg.DagsterInstance, dataset: str, exclude: set[str]) -> list[RunProcess]:
+    """Unfinished runs tagged ``ingest/dataset: <dataset>`` (ingest and maintenance runs) not in ``exclude``: the
+    run queue admits one per dataset (dagster.yaml) and the lag sensor counts them as running, so a killed one
+    blocks its dataset even when it holds no pool slot (a maintenance run, or one killed before its step)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={DATASET_TAG: dataset}, statuses=list(UNFINISHED)))
+    return [run_process(instance, run) for run in runs if run.run_id not in exclude]
+
+
 @dataclass(frozen=True)
 class Release:
     released: list[RunProcess]  # dead runs failed and their slots freed (or finished runs' slots freed)
@@ -76,9 +85,11 @@ class Release:
 
 
 def release_dead_runs(instance: dg.DagsterInstance, pool: str, dataset: str) -> Release:
-    """Fail every run holding ``pool`` whose process is gone, and free its slots; leave live ones alone."""
+    """Fail every run holding ``pool``, or unfinished and tagged with the dataset, whose process is gone, and free
+    its slots; leave live ones alone."""
     released, kept = [], []
-    for holder in pool_holders(instance, pool):
+    holders = pool_holders(instance, pool)
+    for holder in holders + tagged_runs(instance, dataset, {h.run_id for h in holders}):
         finished = holder.status not in UNFINISHED
         if not finished and holder.alive is not False:
             kept.append(holder)
