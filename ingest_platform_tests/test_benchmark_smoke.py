@@ -12,16 +12,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _bench(name: str, args: list[str], tmp_path: Path, timeout_s: float) -> tuple[subprocess.CompletedProcess, dict]:
+    """``benchmarks/<name>.py args --out tmp_path``: the finished process and its JSON result ({} if none)."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{name}.py"), *args, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+    result = tmp_path / f"{name}.json"
+    return done, json.loads(result.read_text()) if result.exists() else {}
+
+
 @pytest.mark.slow
 @pytest.mark.kafka
 def test_ingest_bench_smoke(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "ingest_bench.py"), "--records", "3000", "--partitions", "3",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )
+    done, result = _bench("ingest_bench", ["--records", "3000", "--partitions", "3"], tmp_path, 300)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "ingest_bench.json").read_text())
     assert result["engine_records"] == 3000
     for key in ("a_raw_consume_records_per_s", "b_arrow_decode_records_per_s", "c_parquet_write_records_per_s",
                 "serial_bound_records_per_s", "d_engine_records_per_s", "ratio_d_to_serial_bound"):
@@ -32,13 +35,8 @@ def test_ingest_bench_smoke(tmp_path):
 @pytest.mark.slow
 @pytest.mark.kafka
 def test_cdc_bench_smoke(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "cdc_bench.py"), "--keys", "300", "--changes", "600",
-         "--partitions", "2", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done, result = _bench("cdc_bench", ["--keys", "300", "--changes", "600", "--partitions", "2"], tmp_path, 300)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "cdc_bench.json").read_text())
     assert result["c_table_rows"] == result["c_expected_live_keys"] == result["d_table_rows"]
     assert result["d_upsert"]["rows_updated"] == result["d_steady_updates"] == 300
     assert "| (c) upsert: last change per key + MERGE |" in (tmp_path / "cdc_bench.md").read_text()
@@ -47,13 +45,9 @@ def test_cdc_bench_smoke(tmp_path):
 @pytest.mark.slow
 @pytest.mark.kafka
 def test_memory_bench_smoke(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "memory_bench.py"), "--records", "30000", "--partitions", "3",
-         "--batch-mb", "1", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    done, result = _bench("memory_bench", ["--records", "30000", "--partitions", "3", "--batch-mb", "1"],
+                          tmp_path, 600)  # fmt: skip
     assert done.returncode in (0, 1), done.stderr[-3000:]  # 1: above the bound (reported, not asserted here)
-    result = json.loads((tmp_path / "memory_bench.json").read_text())
     reference, engine = result["runs"]
     assert (reference["target"], engine["target"], engine["batch_mib"]) == ("consume", "engine", 1)
     assert engine["peak_rss_mib"] >= engine["peak_anon_rss_mib"] > 0 and engine["samples"]
@@ -63,39 +57,28 @@ def test_memory_bench_smoke(tmp_path):
 @pytest.mark.slow
 @pytest.mark.kafka
 def test_reliability_bench_smoke(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "reliability_bench.py"), "--records", "5000", "--kills", "2",
-         "--races", "2", "--restarts", "1", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    done, result = _bench("reliability_bench", ["--records", "5000", "--kills", "2", "--races", "2",
+                                                 "--restarts", "1"], tmp_path, 900)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads((tmp_path / "reliability_bench.json").read_text())
     assert [s["scenario"] for s in result["scenarios"]] == ["race", "kill", "restart", "broker_down", "new_partition"]
     assert result["violations"] == 0
 
 
 def test_stream_bench_smoke(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "stream_bench.py"), "--quick", "--duration", "6",
-         "--scenarios", "one,upkeep", "--upkeep-commits", "80", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    done, result = _bench("stream_bench", ["--quick", "--duration", "6", "--scenarios", "one,upkeep",
+                                            "--upkeep-commits", "80"], tmp_path, 600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "stream_bench.json").read_text())
     (one,) = result["scenarios"]
     assert one["produced"] > 0 and one["lost"] == 0 and one["duplicated"] == 0 and one["stream_exit_code"] == 0
     assert one["latency_p99_s"] is not None
     assert result["upkeep"]["without_upkeep"]["files"] == 80 > result["upkeep"]["with_upkeep"]["files"]
     assert "| one | 1 |" in (tmp_path / "stream_bench.md").read_text()
 
+
 def test_definitions_bench_smoke(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "definitions_bench.py"), "--sizes", "20", "--repeat", "1",
-         "--validate-size", "20", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    done, result = _bench("definitions_bench", ["--sizes", "20", "--repeat", "1", "--validate-size", "20"],
+                          tmp_path, 600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "definitions_bench.json").read_text())
     (row,) = result["rows"]
     assert row["ours"]["assets"] == row["bare"]["assets"] == 20 and row["ours"]["checks"] == 100
     assert row["ratio"] > 0 and row["cpu_ratio"] > 0 and result["validate"]["ours_s"] > 0
