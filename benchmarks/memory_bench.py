@@ -7,10 +7,12 @@ it reads the whole backlog:
   consume   the reference, in the same run: the engine's consumer (same settings), batch ``consume()`` of
             the whole backlog, every value dropped at once (what Kafka reading alone costs);
   engine    the embedded engine, one run over the whole backlog (``max_records_per_run`` above N), once per
-            ``--batch-mb`` value.
+            ``--batch-mb`` value;
+  stream    the stream process (``ingest-platform stream``'s ``StreamProcess``) over the same backlog, one
+            dataset, buffer budget 2 x max_batch_bytes, no upkeep, stopped once every record is committed
+            (``--targets`` picks which run; default all three).
 
-A stream target (``ingest-platform stream``) is added by putting a child command in ``TARGETS``, as soon as the
-stream process is on main. The goal checked: peak RSS <= 2 x max_batch_bytes + 300 MiB. Reported per target:
+The goal checked: peak RSS <= 2 x max_batch_bytes + 300 MiB. Reported per target:
 peak RSS, RSS when 10/25/50/75/100 % of the records were read (growth with the backlog shows there), records/s,
 and the peak as a ratio of the reference's.
 
@@ -94,6 +96,36 @@ def child_engine(bootstrap: str, topic: str, batch_bytes: int, lake_root: str) -
     report = EmbeddedEngine(KafkaConnection(bootstrap), LakeLocation(lake_root), log=log).run(dataset)
     print(json.dumps({"done": {"records": report.records, "seconds": report.duration_s,
                                "commits": len(report.commits)}}), flush=True)  # fmt: skip
+
+
+def child_stream(bootstrap: str, topic: str, batch_bytes: int, lake_root: str, total: int) -> None:
+    import threading as _threading
+
+    from ingest_platform.catalog import parse_catalog_text
+    from ingest_platform.kafka.client import KafkaConnection
+    from ingest_platform.lake.tables import LakeLocation
+    from ingest_platform.streaming.process import StreamProcess, StreamSettings
+
+    (dataset,) = parse_catalog_text(
+        f"datasets:\n  - {{name: memory, source: bench, topic: {topic}, format: json, mode: append, "
+        f"max_batch_bytes: {batch_bytes}}}\n"
+    )
+    committed, finished, started = [0], _threading.Event(), time.perf_counter()
+
+    def on_commit(event) -> None:
+        committed[0] += event.records
+        print(json.dumps({"records": committed[0]}), flush=True)
+        if committed[0] >= total:
+            finished.set()
+
+    settings = StreamSettings(trigger_interval_s=5.0, max_buffer_bytes=2 * batch_bytes, upkeep=None)
+    process = StreamProcess([dataset], KafkaConnection(bootstrap), LakeLocation(lake_root), settings,
+                            on_commit=on_commit)  # fmt: skip
+    outcome = process.run(stop_event=finished)
+    failed = {name: state.error for name, state in outcome.states.items() if state.error}
+    if failed:
+        raise SystemExit(f"the stream failed: {failed}")
+    print(json.dumps({"done": {"records": committed[0], "seconds": time.perf_counter() - started}}), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -183,12 +215,14 @@ def produce_backlog(bootstrap: str, topic: str, records: int, record_bytes: int)
     return records / (time.perf_counter() - started)
 
 
-#: Target name -> child arguments (the stream process goes here once it is on main).
+#: Target name -> child arguments.
 TARGETS = {
     "consume": lambda ctx, _batch: ["--child", "consume", ctx["bootstrap"], ctx["topic"], str(ctx["partitions"]),
                                     str(ctx["records"])],
     "engine": lambda ctx, batch: ["--child", "engine", ctx["bootstrap"], ctx["topic"], str(batch),
                                   str(ctx["work"] / f"lake-{batch}")],
+    "stream": lambda ctx, batch: ["--child", "stream", ctx["bootstrap"], ctx["topic"], str(batch),
+                                  str(ctx["work"] / f"lake-{batch}"), str(ctx["records"])],
 }  # fmt: skip
 
 
@@ -197,6 +231,8 @@ def main() -> int:
         kind, rest = sys.argv[2], sys.argv[3:]
         if kind == "consume":
             child_consume(rest[0], rest[1], int(rest[2]), int(rest[3]))
+        elif kind == "stream":
+            child_stream(rest[0], rest[1], int(rest[2]), rest[3], int(rest[4]))
         else:
             child_engine(rest[0], rest[1], int(rest[2]), rest[3])
         return 0
@@ -205,6 +241,8 @@ def main() -> int:
     parser.add_argument("--record-bytes", type=int, default=400)
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--batch-mb", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--targets", nargs="+", choices=["engine", "stream"], default=["engine", "stream"],
+                        help="Measured targets besides the reference.")
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds allowed per target.")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -222,10 +260,10 @@ def main() -> int:
                    "records": args.records, "work": work}  # fmt: skip
             reference = run_child(TARGETS["consume"](ctx, 0), args.records, args.timeout)
             runs.append({"target": "consume", "batch_mib": None, **reference})
-            for batch_mb in args.batch_mb:
-                measured = run_child(TARGETS["engine"](ctx, batch_mb * MIB), args.records, args.timeout)
+            for target, batch_mb in ((t, b) for t in args.targets for b in args.batch_mb):
+                measured = run_child(TARGETS[target](ctx, batch_mb * MIB), args.records, args.timeout)
                 bound = 2 * batch_mb + FIXED_ALLOWANCE_MIB
-                runs.append({"target": "engine", "batch_mib": batch_mb, "bound_mib": bound,
+                runs.append({"target": target, "batch_mib": batch_mb, "bound_mib": bound,
                              "rss_within_bound": measured["peak_rss_mib"] <= bound,
                              "within_bound": measured["peak_anon_rss_mib"] <= bound,
                              "peak_vs_reference": round(measured["peak_rss_mib"] / reference["peak_rss_mib"], 2),
