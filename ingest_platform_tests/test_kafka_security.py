@@ -96,6 +96,14 @@ def test_the_command_line_honours_the_security_variables(kafka_broker, catalog_e
         assert WRONG not in result.output and kafka_broker.sasl_users[SASL_USER] not in result.output
 
 
+def test_the_stream_command_honours_the_security_variables(kafka_broker, catalog_env, tmp_path):
+    result = CliRunner().invoke(main, ["stream", "clicks", "--duration", "15", "--trigger-interval", "1",
+                                       "--no-upkeep"], env={**catalog_env, **sasl_env(kafka_broker)})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert read_table(str(tmp_path / "lake" / "secure" / "clicks")).height == 40
+    assert kafka_broker.sasl_users[SASL_USER] not in result.output
+
+
 def test_the_dagster_resource_and_the_command_line_build_the_same_connection(kafka_broker, monkeypatch, tmp_path):
     for name, value in sasl_env(kafka_broker).items():
         monkeypatch.setenv(name, value)

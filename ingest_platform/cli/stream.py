@@ -27,7 +27,7 @@ def _places(lake_root: str | None, bootstrap: str | None):  # type: ignore[no-un
     from ingest_platform.lake.tables import lake_location
 
     settings = Settings.from_env()
-    kafka = KafkaConnection(bootstrap or settings.kafka_bootstrap)
+    kafka = KafkaConnection.from_env(bootstrap=bootstrap or settings.kafka_bootstrap)  # + INGEST_KAFKA_* security
     lake = lake_location(normalize_lake_root(lake_root) if lake_root else settings.lake_root)
     return kafka, lake
 
