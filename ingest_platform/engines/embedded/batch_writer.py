@@ -29,7 +29,7 @@ from ingest_platform.engines.changes import (
     quote_datafusion,
     with_table_columns,
 )
-from ingest_platform.engines.embedded.batch_rows import ENGINE_COLUMN_TYPES, KafkaRecords, to_rows
+from ingest_platform.engines.embedded.batch_rows import ENGINE_COLUMN_TYPES, BatchRows, KafkaRecords, to_rows
 from ingest_platform.engines.embedded.record_values import RecordValues, int_array
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.lake.commit import AppendRequest, append_with_ledger, merge_with_ledger
@@ -53,6 +53,9 @@ class RecordBatch:
     nbytes: int = 0
     skipped: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset) of null values
     finished: dict[int, int] = field(default_factory=dict)  # partition -> end - 1, for ranges read to the end
+    # The rows once decoded (the raw values are released as they are decoded): a commit retried after a
+    # failure (the stream retries while the lake fails) writes these again. Dropped once committed.
+    decoded: BatchRows | None = field(default=None, repr=False)
 
     @property
     def records(self) -> int:
@@ -229,14 +232,17 @@ class BatchWriter:
         advancing = {p: last for p, (last, _) in progress.items() if last > self.ledger.get(p, -1)}
         consumed = batch.records
         result = BatchCommit(records=consumed, skipped=len(batch.skipped), progress=progress)
-        if not advancing or not batch.values:
+        if not advancing or (batch.decoded is None and not batch.values):
             # Nothing to write. Offsets that carried no row are re-read next run (harmless: they hold no data).
             return result
         for partition, last in self.accepted.items():
             if last > self.ledger.get(partition, -1):
                 advancing.setdefault(partition, last)
-        decoded = to_rows(dataset, batch.kafka_records(dataset.topic), self.table_schema, release=True)
-        batch.release_records()  # the values went segment by segment; the keys go now
+        decoded = batch.decoded
+        if decoded is None:
+            decoded = to_rows(dataset, batch.kafka_records(dataset.topic), self.table_schema, release=True)
+            batch.decoded = decoded
+            batch.release_records()  # the values went segment by segment; the keys go now
         rows = decoded.rows
         metadata = {
             "run_id": self.run_id,
@@ -280,6 +286,7 @@ class BatchWriter:
         if self.table is None:
             self.table = self.lake.open_table(dataset.table_path)
         self.accepted = {}
+        batch.decoded = None
         if self.dlq_judge is not None:
             self.dlq_judge.add(consumed, len(decoded.bad))
         self.ledger.update(advancing)
