@@ -201,7 +201,8 @@ def _mapped_errors(dataset: str, what: str) -> Iterator[None]:
 def _check_before_commit(table: DeltaTable, request: AppendRequest, uri: str) -> None:
     """Same partitioning as the catalog says, and the ledger still where this run read it."""
     _check_partitioning(table, request, uri)
-    now = read_ledger(table, request.dataset, request.covered)
+    with _mapped_errors(request.dataset, f"reading the ledger of {uri}"):
+        now = read_ledger(table, request.dataset, request.covered)
     expected = {p: o for p, o in request.expected_ledger.items() if p in request.covered}
     if now != expected:
         raise ConcurrentWriterError(
