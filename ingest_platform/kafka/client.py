@@ -325,10 +325,13 @@ class GroupOffsetCommitter:
     down (``commit(asynchronous=False)`` hung runs; ``close()`` of a consumer with a pending asynchronous
     commit hangs the same way; the AdminClient's ``alter_consumer_group_offsets`` aborts the process when
     the connection drops mid-request, librdkafka PR #5397). So ``commit`` only hands offsets over and returns;
-    the thread sends the newest (offsets handed over meanwhile are merged), retrying retriable errors (the
-    coordinator moving or loading) for ``timeout_s``; a failure is logged, never raised, and its offsets go
-    with the next attempt. ``close`` waits at most ``timeout_s`` for the last ones; an attempt still blocked
-    then is abandoned to its thread, which ends when the broker answers.
+    the thread sends the newest (offsets handed over meanwhile are merged) as an asynchronous commit and
+    polls for its outcome until ``timeout_s`` (the polls also deliver librdkafka's errors: the cause a
+    warning names), retrying retriable errors (the coordinator moving or loading); a failure is logged,
+    never raised, and its offsets go with the next attempt. ``close`` waits at most ``timeout_s`` for the
+    last ones and never calls into the thread's consumer (confluent-kafka serialises the calls on one client:
+    any call waits for a blocked one); the consumer is closed by its thread, which may stay blocked there
+    until the broker answers (a daemon thread: it never holds the process).
     """
 
     def __init__(self, kafka: KafkaConnection, group_id: str, topic: str, log: logging.Logger,
@@ -341,7 +344,8 @@ class GroupOffsetCommitter:
         self._busy = False
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._consumer: IngestConsumer | None = None
+        self._problems: ClientProblems | None = None  # the thread's consumer's: read, never served, from here
+        self._outcome: dict[str, KafkaError | None] = {}  # the asynchronous commit's result (on_commit)
         self._changed = threading.Condition()
 
     def commit(self, next_offsets: Mapping[int, int], what: str) -> None:
@@ -378,13 +382,16 @@ class GroupOffsetCommitter:
 
     @property
     def _cause(self) -> str | None:
-        if self._consumer is None:
-            return None
-        self._consumer.problems.serve(self._consumer)  # librdkafka is thread-safe; the commit holds no lock
-        return self._consumer.problems.cause()
+        """What the thread's polls delivered so far (calling into its consumer would wait for its call)."""
+        return self._problems.cause() if self._problems is not None else None
+
+    def _committed(self, error: KafkaError | None, _partitions) -> None:
+        self._outcome["error"] = error
 
     def _work(self) -> None:
-        self._consumer = consumer = self.kafka.consumer(self.group_id)  # never assigned: it only commits
+        # Never assigned: it only commits (its polls return no records).
+        consumer = self.kafka.consumer(self.group_id, {"on_commit": self._committed})
+        self._problems = consumer.problems
         try:
             while True:
                 with self._changed:
@@ -410,7 +417,7 @@ class GroupOffsetCommitter:
         offsets = [TopicPartition(self.topic, p, o) for p, o in sorted(next_offsets.items())]
         try:
             with_deadline(f"committing offsets to the consumer group {self.group_id}",
-                          lambda _left: consumer.commit(offsets=offsets, asynchronous=False), self.timeout_s,
+                          lambda left: self._commit_within(consumer, offsets, left), self.timeout_s,
                           consumer)  # fmt: skip
             return True
         except KafkaReadError as error:
@@ -421,6 +428,21 @@ class GroupOffsetCommitter:
                 "ledger is the read position."
             )
             return False
+
+
+    def _commit_within(self, consumer: IngestConsumer, offsets: list[TopicPartition], timeout_s: float) -> None:
+        """One asynchronous commit, polled for its outcome for at most ``timeout_s``; its error raised as
+        ``KafkaException`` (``with_deadline`` retries the retriable ones), no answer as ``_TIMED_OUT``."""
+        self._outcome.clear()
+        consumer.commit(offsets=offsets, asynchronous=True)
+        deadline = time.monotonic() + timeout_s
+        while "error" not in self._outcome and time.monotonic() < deadline:
+            consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))  # serves on_commit and the errors
+        if "error" not in self._outcome:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer from the group coordinator"))
+        error = self._outcome["error"]
+        if error is not None:
+            raise KafkaException(error)
 
 
 def _merge(into: dict[int, int], offsets: Mapping[int, int]) -> dict[int, int]:
