@@ -7,8 +7,8 @@ and Delta tables read back by (partition, offset):
                exits 1 naming the concurrent writer, no row twice (docs/DESIGN.md §2 "Table creation");
   kill         SIGKILL of a run at a random moment, many times over one table, then a run to the end: every
                record exactly once (§2 crash analysis);
-  broker_down  the broker stopped mid-run and kept down: the run ends by itself (deadlines, §2), then, broker
-               back, a run completes the table exactly once;
+  broker_down  the broker stopped mid-run (right after the run's first data commit) and kept down: the run
+               ends by itself (deadlines, §2), then, broker back, a run completes the table exactly once;
   restart      a run right after a broker restart (partitions answer "Not leader" for a moment): succeeds;
   new_partition  a partition added to the topic whose first records were deleted before any run: reported
                as a retention gap, never skipped silently (§2 step 1).
@@ -129,23 +129,27 @@ def broker_down(bench: Bench) -> dict:
     topic = bench.topic("reliability.down", bench.records, bench.partitions)
     name = bench.dataset("down", topic, max_batch_bytes=1048576)
     run = bench.ingest(name)
-    time.sleep(3.0)
+    first_data_commit = bench.lake / "bench" / name / "_delta_log" / f"{1:020d}.json"  # 0: the empty table
+    waited = time.monotonic()
+    while not first_data_commit.exists() and run.poll() is None and time.monotonic() - waited < 300:
+        time.sleep(0.05)
+    mid_run = run.poll() is None  # the broker goes while the run still reads (else the scenario tested nothing)
     bench.broker.stop()
     stopped = time.monotonic()
     try:
-        code = run.wait(600)
-        ended_after = time.monotonic() - stopped
-        message = run.stderr.read()
+        _, message = run.communicate(timeout=600)  # drains the pipes while waiting
+        code, ended_after = run.returncode, time.monotonic() - stopped
     except subprocess.TimeoutExpired:
         run.kill()
+        run.communicate()
         code, ended_after, message = None, None, "still running after 600 s"
     bench.broker.start()
     final = bench.ingest(name)
     final_code = final.wait(1800)
     rows, distinct = bench.table(name)
     violations = int(code is None) + int(final_code != 0) + int(rows != bench.records) + int(distinct != rows)
-    return {"scenario": "broker_down", "trials": 1, "violations": violations, "run_exit_code": code,
-            "run_ended_s_after_stop": round(ended_after, 1) if ended_after is not None else None,
+    return {"scenario": "broker_down", "trials": 1, "violations": violations, "stopped_mid_run": mid_run,
+            "run_exit_code": code, "run_ended_s_after_stop": round(ended_after, 1) if ended_after is not None else None,
             "message": message.strip().splitlines()[-1][:300] if message.strip() else "",
             "rows": rows, "distinct": distinct}  # fmt: skip
 
