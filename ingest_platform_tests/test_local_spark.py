@@ -3,6 +3,7 @@ JVMs from pyspark's distribution, on loopback, private and bounded; the session'
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -85,9 +86,16 @@ def _listening_ports(pid: int) -> list[tuple[str, int]]:
             fields = line.split()
             if fields[3] == "0A" and fields[9] in inodes:  # state LISTEN
                 address, port = fields[1].split(":")
-                host = ".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)) if len(address) == 8 else address
-                found.append((host, int(port, 16)))
+                found.append((_proc_net_address(address), int(port, 16)))
     return found
+
+
+def _proc_net_address(hexed: str) -> str:
+    """An address of /proc/net/tcp{,6} (32-bit words in host byte order) as text; IPv4-mapped IPv6 as IPv4."""
+    raw = b"".join(bytes.fromhex(hexed[i : i + 8])[::-1] for i in range(0, len(hexed), 8))
+    address = ipaddress.ip_address(raw)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
 
 
 def _processes_mentioning(path: Path) -> list[int]:

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ingest_platform.kafka.local_broker import (
+from ingest_platform.dev.local_kafka import (
     _atomic_write,
     _file_lock,
     _now_iso,

@@ -1,10 +1,11 @@
-"""Spark profiles kept as data under deploy/spark/profiles/: ``local`` (default) and ``k8s`` (production).
+"""Spark profiles kept as data under deploy/spark/profiles/: ``local`` (default), ``standalone`` (a Spark
+standalone cluster, e.g. the local one of ``ingest-platform spark cluster up``) and ``k8s`` (production).
 
 A profile is a YAML file with ``master`` and a ``conf`` map of ``spark.*`` settings. ``${VAR}`` in a value
 is read from the environment (cluster address, image, namespace), and a missing variable is an error that
-names the profile file and the variable. The deployment picks the default profile
-(``DAGSTER_DEPLOYMENT``: ``prod``/``production`` -> ``k8s``, anything else -> ``local``); a dataset's
-``spark_profile`` overrides it.
+names the profile file and the variable. The deployment picks the default profile: ``$INGEST_SPARK_PROFILE``
+when set, else ``DAGSTER_DEPLOYMENT`` (``prod``/``production`` -> ``k8s``, anything else -> ``local``); a
+dataset's ``spark_profile`` overrides it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 import yaml
 
 PROFILES_ENV = "INGEST_SPARK_PROFILES_DIR"
+#: Names the default profile of this deployment (e.g. ``standalone``), whatever ``DAGSTER_DEPLOYMENT`` says.
+PROFILE_ENV = "INGEST_SPARK_PROFILE"
 PRODUCTION_DEPLOYMENTS = ("prod", "production")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -40,8 +43,10 @@ def profiles_dir() -> Path:
 
 
 def default_profile_name(environ: Mapping[str, str] | None = None) -> str:
-    deployment = (environ if environ is not None else os.environ).get("DAGSTER_DEPLOYMENT", "local")
-    return "k8s" if deployment.lower() in PRODUCTION_DEPLOYMENTS else "local"
+    env = environ if environ is not None else os.environ
+    if env.get(PROFILE_ENV):
+        return env[PROFILE_ENV]
+    return "k8s" if env.get("DAGSTER_DEPLOYMENT", "local").lower() in PRODUCTION_DEPLOYMENTS else "local"
 
 
 def available_profiles() -> list[str]:
