@@ -77,7 +77,10 @@ def _listening_ports(pid: int) -> list[tuple[str, int]]:
     """(host, port) of the TCP sockets ``pid`` listens on, from /proc (no ss/netstat needed)."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed meanwhile
+            continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     found = []

@@ -10,6 +10,7 @@ from ingest_platform.cli.checks import checks
 from ingest_platform.cli.demo import demo
 from ingest_platform.cli.ingest import ingest
 from ingest_platform.cli.kafka import kafka
+from ingest_platform.cli.spark import spark
 
 
 @click.group(help="Kafka topics into Delta Lake tables as Dagster assets, exactly once.")
@@ -21,6 +22,7 @@ main.add_command(catalog)
 main.add_command(ingest)
 main.add_command(demo)
 main.add_command(kafka)  # the local development broker
+main.add_command(spark)  # a local Spark standalone cluster; a run's Spark driver settings
 main.add_command(plan)  # capacity planning, topics and the guide's checklist (docs/DESIGN.md §6)
 main.add_command(topics)
 main.add_command(preflight)

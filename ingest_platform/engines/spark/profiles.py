@@ -54,8 +54,11 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
 
 
-def load_profile(name: str, environ: Mapping[str, str] | None = None, resolve: bool = True) -> SparkProfile:
-    """The named profile; ``resolve=False`` keeps ``${VAR}`` placeholders (for inspection and preflight)."""
+def load_profile(
+    name: str, environ: Mapping[str, str] | None = None, resolve: bool = True, missing_ok: bool = False
+) -> SparkProfile:
+    """The named profile; ``resolve=False`` keeps ``${VAR}`` placeholders (for inspection and preflight);
+    ``missing_ok`` fills the variables that are set and keeps the others' placeholders (dry runs)."""
     env = environ if environ is not None else os.environ
     path = profiles_dir() / f"{name}.yaml"
     if not path.is_file():
@@ -74,6 +77,8 @@ def load_profile(name: str, environ: Mapping[str, str] | None = None, resolve: b
         if not resolve:
             return text
         missing = [var for var in _VARIABLE.findall(text) if not env.get(var)]
+        if missing and missing_ok:
+            return _VARIABLE.sub(lambda m: env.get(m.group(1)) or m.group(0), text)
         if missing:
             raise SparkProfileError(
                 f"{path}: '{key}' needs the environment variable(s) {', '.join(missing)}; set them for this deployment"
@@ -82,3 +87,9 @@ def load_profile(name: str, environ: Mapping[str, str] | None = None, resolve: b
 
     conf = {str(k): fill(str(k), v) for k, v in (raw.get("conf") or {}).items()}
     return SparkProfile(name=name, master=fill("master", raw["master"]), conf=conf, path=str(path))
+
+
+def profile_variables(profile: SparkProfile) -> list[str]:
+    """The ``${VAR}`` names a profile's master and settings read (those still in an unresolved profile)."""
+    texts = [profile.master, *profile.conf.values()]
+    return sorted({var for text in texts for var in _VARIABLE.findall(text)})
