@@ -59,7 +59,6 @@ def load_profile(
 ) -> SparkProfile:
     """The named profile; ``resolve=False`` keeps ``${VAR}`` placeholders (for inspection and preflight);
     ``missing_ok`` fills the variables that are set and keeps the others' placeholders (dry runs)."""
-    env = environ if environ is not None else os.environ
     path = profiles_dir() / f"{name}.yaml"
     if not path.is_file():
         raise SparkProfileError(
@@ -71,22 +70,31 @@ def load_profile(
         raise SparkProfileError(f"{path}: unreadable YAML: {error}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("conf", {}), dict) or "master" not in raw:
         raise SparkProfileError(f"{path}: expected 'master' and a 'conf' mapping of spark.* settings")
+    conf = {str(k): str(v) for k, v in (raw.get("conf") or {}).items()}
+    profile = SparkProfile(name=name, master=str(raw["master"]), conf=conf, path=str(path))
+    return resolve_profile(profile, environ, missing_ok) if resolve else profile
 
-    def fill(key: str, value: object) -> str:
-        text = str(value)
-        if not resolve:
-            return text
+
+def resolve_profile(
+    profile: SparkProfile, environ: Mapping[str, str] | None = None, missing_ok: bool = False
+) -> SparkProfile:
+    """``profile`` with every ``${VAR}`` read from the environment; an unset variable is an error naming the
+    profile and the variable (with ``missing_ok`` its placeholder stays)."""
+    env = environ if environ is not None else os.environ
+
+    def fill(key: str, text: str) -> str:
         missing = [var for var in _VARIABLE.findall(text) if not env.get(var)]
         if missing and missing_ok:
             return _VARIABLE.sub(lambda m: env.get(m.group(1)) or m.group(0), text)
         if missing:
             raise SparkProfileError(
-                f"{path}: '{key}' needs the environment variable(s) {', '.join(missing)}; set them for this deployment"
+                f"{profile.path or profile.name}: '{key}' needs the environment variable(s) {', '.join(missing)}; "
+                "set them for this deployment"
             )
         return _VARIABLE.sub(lambda m: env[m.group(1)], text)
 
-    conf = {str(k): fill(str(k), v) for k, v in (raw.get("conf") or {}).items()}
-    return SparkProfile(name=name, master=fill("master", raw["master"]), conf=conf, path=str(path))
+    conf = {key: fill(key, value) for key, value in profile.conf.items()}
+    return SparkProfile(name=profile.name, master=fill("master", profile.master), conf=conf, path=profile.path)
 
 
 def profile_variables(profile: SparkProfile) -> list[str]:
