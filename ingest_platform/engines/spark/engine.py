@@ -35,9 +35,8 @@ from ingest_platform.engines.report import PartitionProgress, RunReport
 from ingest_platform.engines.run_plan import IngestError, RunPlan, plan_run
 from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.spark.merge import SparkUpsert
-from ingest_platform.engines.spark.session import append_operation, scala_none
+from ingest_platform.engines.spark.transaction import DeltaTransaction
 from ingest_platform.kafka.client import CONSUMER_TUNING, KafkaConnection, commit_group_offsets
-from ingest_platform.lake.commit import RUN_METADATA_KEY, ConcurrentWriterError
 from ingest_platform.lake.dead_letters import BadRecord, write_dead_letters
 from ingest_platform.lake.ledger import app_id
 from ingest_platform.lake.storage import is_s3, s3a_conf, spark_path
@@ -227,11 +226,9 @@ class _SparkRun(SparkUpsert):
         data = self._table_rows(decoded)
         self._ensure_table(data)
         data = self._size_files(self._to_table_schema(data))
-        txn = self._delta_log().startTransaction()
-        for r in self._read_ranges:
-            self._check_ledger(r.partition, int(txn.txnVersion(app_id(self.dataset.name, r.partition))))
+        txn = self._transaction()
         try:
-            files = txn.writeFiles(data._jdf)
+            files = txn.write(data)
         except Exception as error:  # py4j wraps Spark's failure (FAILFAST decoding, event-time parsing)
             raise IngestError(self._explain_failure(error, prepared.where(F.col(sc.ERROR).isNull()))) from None
         self._read_metrics(source_metrics.get, record_metrics.get)
@@ -304,23 +301,30 @@ class _SparkRun(SparkUpsert):
                 if name in values:
                     setattr(counts, name, values[name])
 
-    def _commit(self, txn, files, key=None) -> int:
-        """One Delta commit: the files plus one ``txn`` per partition (the ledger), with the run's metadata."""
-        jvm = self.spark._jvm
+    def _commit(self, txn: DeltaTransaction, files, key=None, removed=(), merge_metrics=None) -> int:
+        """One Delta commit: the files (and removed files of a MERGE) plus one ``txn`` per partition (the
+        ledger), with the run's metadata."""
         advancing = {r.partition: r.end - 1 for r in self._read_ranges}
-        for partition, last in sorted(advancing.items()):
-            txn.updateSetTransaction(app_id(self.dataset.name, partition), last, scala_none(jvm))
-        metadata = json.dumps({RUN_METADATA_KEY: self._metadata(advancing, key)}, sort_keys=True)
-        version = int(txn.commit(files, append_operation(jvm, metadata)))
+        ledger = {app_id(self.dataset.name, partition): last for partition, last in advancing.items()}
+        version = txn.commit(files, ledger, self._metadata(advancing, key), removed=removed,
+                             merge_metrics=merge_metrics)  # fmt: skip
         self.ledger.update(advancing)
         stats = self._record_commit(version)
-        self.report.rows_written += stats.rows
-        self.report.rows_inserted += stats.rows if self.dataset.mode == "upsert" else 0
         self._record_lag(stats.oldest_event_time)
-        self.engine.log.info(
-            f"{self.dataset.name}: committed version {version}: {stats.rows} rows, {stats.files} files"
-        )
+        if merge_metrics is None:
+            self.report.rows_written += stats.rows
+            self.report.rows_inserted += stats.rows if self.dataset.mode == "upsert" else 0
+            self.engine.log.info(
+                f"{self.dataset.name}: committed version {version}: {stats.rows} rows, {stats.files} files"
+            )
         return version
+
+    def _transaction(self) -> DeltaTransaction:
+        """A transaction on the table whose ledger is still where the run read it (else another writer moved it)."""
+        txn = DeltaTransaction(self.spark, self.path, f"dataset '{self.dataset.name}'")
+        txn.check_ledger({app_id(self.dataset.name, r.partition): self.ledger.get(r.partition, -1)
+                          for r in self._read_ranges})  # fmt: skip
+        return txn
 
     def _metadata(self, advancing: dict[int, int], key=None) -> dict:
         """The commit's ``ingest_platform.run`` metadata (docs/DESIGN.md §2, §9.3)."""
@@ -355,16 +359,6 @@ class _SparkRun(SparkUpsert):
         if oldest is not None:
             lag = (datetime.now(timezone.utc) - oldest).total_seconds()
             self.report.max_event_to_commit_lag_s = max(lag, self.report.max_event_to_commit_lag_s or lag)
-
-    def _check_ledger(self, partition: int, recorded: int) -> None:
-        """The ledger must still be where this run read it; another writer moved it otherwise."""
-        expected = self.ledger.get(partition, -1)
-        if recorded != expected:
-            raise ConcurrentWriterError(
-                f"dataset '{self.dataset.name}': the ledger of {self.path} moved from {expected} to {recorded} for "
-                f"partition {partition} during this run; another writer is ingesting this dataset. "
-                "Nothing more was committed by this run."
-            )
 
     # -- decoding ---------------------------------------------------------------------------------------------
 
@@ -664,11 +658,12 @@ class _SparkRun(SparkUpsert):
         if added:
             self.spark.sql(f"ALTER TABLE delta.`{self.path}` ADD COLUMNS ({', '.join(added)})")
 
-    def _size_files(self, data: DataFrame) -> DataFrame:
-        """Output files per batch = max(1, data size / target file size) (the guide's file-size rule)."""
+    def _size_files(self, data: DataFrame, extra_bytes: int = 0) -> DataFrame:
+        """Output files per batch = max(1, data size / target file size) (the guide's file-size rule);
+        ``extra_bytes``: rows rewritten besides the batch's (a MERGE's touched files)."""
         from pyspark.sql import functions as F
 
-        files = max(1, int(self._expected_output_bytes() / self.target_file_bytes))
+        files = max(1, int((self._expected_output_bytes() + extra_bytes) / self.target_file_bytes))
         partition_by = list(self.dataset.partition_by)
         if partition_by and files == 1:
             return data.repartition(*partition_by)
@@ -692,6 +687,17 @@ class _SparkRun(SparkUpsert):
         size = pc.sum(actions["size_bytes"]).as_py() or 0
         return self.plan.total * size / rows if rows else 0.0
 
+    def _explain_job_failure(self, error: Exception, what: str) -> str:
+        """A Spark job that failed for another reason than a record (executors lost beyond Spark's retries, the
+        store unreachable): what failed, that nothing was committed, and that the next run retries it."""
+        java = getattr(error, "java_exception", None)
+        cause = str(java.getMessage()) if java is not None else str(error)
+        first = next((line.strip() for line in cause.splitlines() if line.strip()), type(error).__name__)
+        return (
+            f"dataset '{self.dataset.name}': the Spark job {what} records {self.plan.describe(self.dataset.topic)} "
+            f"failed: {first[:500]}. Nothing was committed; the next run reads the same offsets again."
+        )
+
     def _explain_failure(self, error: Exception, rows: DataFrame) -> str:
         """Turn Spark's decoding failure into the embedded engine's message: which record, which field."""
         from pyspark.sql import functions as F
@@ -700,6 +706,8 @@ class _SparkRun(SparkUpsert):
         marker = "INGEST_PLATFORM_ERROR:"
         if marker in text:
             return text.split(marker, 1)[1].split("\n", 1)[0].strip() + " Nothing was committed."
+        if not any(sign in text for sign in _DECODING_FAILURES):
+            return self._explain_job_failure(error, "decoding and writing")
         dataset = self.dataset
         keys = F.json_object_keys(F.col(sc.TEXT))  # null for invalid JSON or a non-object
         corrupt = (
@@ -726,6 +734,11 @@ class _SparkRun(SparkUpsert):
             f"dataset '{dataset.name}', records {self.plan.describe(dataset.topic)}: {what}. Fix the producer, or "
             "declare the field's type under 'schema:' in the catalog. Nothing was committed."
         )
+
+
+#: Signs of a record Spark could not decode (FAILFAST from_json, a cast of a value); other failures are the
+#: job's (a lost executor beyond its retries, an unreachable store).
+_DECODING_FAILURES = ("MALFORMED_RECORD", "Malformed records", "CANNOT_PARSE_JSON", "CAST_INVALID_INPUT")
 
 
 def _struct(fields: dict):

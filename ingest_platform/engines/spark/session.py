@@ -407,18 +407,3 @@ def _diagnose_connectors(profile_name: str, conf: Mapping[str, Any], error: Exce
         f"Spark profile '{profile_name}' could not start ({first_line}); every connector "
         f"({', '.join(packages)}) is on Maven Central, so see the Spark/Ivy output above for the cause."
     )
-
-
-def scala_none(jvm):
-    """Scala's ``None``, for JVM calls that take an ``Option``."""
-    return getattr(getattr(jvm.scala, "None$"), "MODULE$")
-
-
-def append_operation(jvm, user_metadata: str):
-    """``DeltaOperations.Write`` (append) carrying ``userMetadata``, for commits through the internal API."""
-    none = scala_none(jvm)
-    write_op = getattr(getattr(jvm.org.apache.spark.sql.delta.DeltaOperations, "Write$"), "MODULE$")
-    return write_op.apply(
-        jvm.org.apache.spark.sql.SaveMode.Append, none, none, jvm.scala.Option.apply(user_metadata),
-        none, none, none, none, none,
-    )  # fmt: skip
