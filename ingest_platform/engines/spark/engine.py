@@ -106,31 +106,31 @@ class SparkEngine:
 
 @dataclass
 class _Counts:
-    """What a run's batch holds, per Kafka partition (records = applied + dead-lettered + tombstones)."""
+    """What a run's batch holds (records = applied + dead-lettered + tombstones); records also per partition.
+    A run is one commit, so its figures are the batch's totals."""
 
-    records: dict[int, int] = field(default_factory=dict)
-    tombstones: dict[int, int] = field(default_factory=dict)  # null values: covered, skipped, never written
-    bad: dict[int, int] = field(default_factory=dict)  # records that cannot be applied
+    records: dict[int, int] = field(default_factory=dict)  # per Kafka partition
+    tombstones: int = 0  # null values: covered, skipped, never written
+    bad: int = 0  # records that cannot be applied
     type_mismatches: int = 0  # of the bad: a field whose type differs from the table's
-    fields: set[str] = field(default_factory=set)  # top-level field names of the records (row images)
+    fields: set[str] = field(default_factory=set)  # field names of the records (row images) to look at
     key_fields: list[str] = field(default_factory=list)  # field names of the message keys (Debezium upserts)
     bytes: int = 0
     oldest_micros: int | None = None  # the oldest Kafka timestamp
     oldest_event_micros: int | None = None  # upserts: the oldest event time of the changes
 
-    def total(self, what: dict[int, int]) -> int:
-        return sum(what.values())
+    @property
+    def total(self) -> int:
+        return sum(self.records.values())
 
-    def applied(self, partition: int) -> int:
-        return self.records.get(partition, 0) - self.tombstones.get(partition, 0) - self.bad.get(partition, 0)
+    @property
+    def applied(self) -> int:
+        return self.total - self.tombstones - self.bad
 
-    def figures(self, partitions) -> dict[str, int]:
-        """The run metadata's counts for the commit covering ``partitions``."""
-        records = sum(self.records.get(p, 0) for p in partitions)
-        tombstones = sum(self.tombstones.get(p, 0) for p in partitions)
-        bad = sum(self.bad.get(p, 0) for p in partitions)
-        return {"records": records, "applied": records - tombstones - bad, "dead_lettered": bad,
-                "skipped": tombstones, "tombstones": tombstones}  # fmt: skip
+    def figures(self) -> dict[str, int]:
+        """The run metadata's counts for the run's commit."""
+        return {"records": self.total, "applied": self.applied, "dead_lettered": self.bad,
+                "skipped": self.tombstones, "tombstones": self.tombstones}  # fmt: skip
 
 
 class _SparkRun(SparkUpsert):
@@ -176,9 +176,9 @@ class _SparkRun(SparkUpsert):
             for r in self.plan.ranges
         ]
         counts, report = self.counts, self.report
-        report.records = counts.total(counts.records)
-        report.skipped = counts.total(counts.tombstones)
-        report.dead_lettered = counts.total(counts.bad)
+        report.records = counts.total
+        report.skipped = counts.tombstones
+        report.dead_lettered = counts.bad
         report.applied = report.records - report.skipped - report.dead_lettered
         report.bytes_read = counts.bytes
 
@@ -188,8 +188,11 @@ class _SparkRun(SparkUpsert):
         source = self._source()
         known = self._known_fields()
         ignored: set[str] = set()  # fields that are null in every record so far: no type to give them yet
-        if not self.table_existed:  # first run: one extra pass for the schema
-            known, ignored = self._learn_fields(self._texts(self._prepared(source), ()), known, None)
+        if not self.table_existed:
+            if not self.dataset.fields:  # first run without a declared schema: one extra pass to infer it
+                known, ignored = self._learn_fields(self._texts(self._prepared(source), ()), known, None)
+            # With one, the declared fields are the schema, and a field the catalog does not declare is found
+            # while the batch is written, like a new field later (its type inferred, the batch written again).
             if self.tolerant or self.dataset.format == "debezium":
                 self._check_bad_before_creating(source, known)
 
@@ -203,6 +206,9 @@ class _SparkRun(SparkUpsert):
             learned = self._evolve(source, known, ignored, ())
             if learned is None:
                 break
+            if learned[0] == known:  # the new fields are null in every record: no column yet, the files stand
+                ignored = learned[1]
+                break
             # Fields the table does not know: the files just written are dropped (never committed), the new
             # fields' types are inferred from the batch and the batch is written again. Rare: schema changes.
             known, ignored = learned
@@ -213,7 +219,7 @@ class _SparkRun(SparkUpsert):
         """A first run above ``max_dlq_ratio`` fails before it creates the table (one more pass, first run only;
         the planned offsets stand in for the records, the exact check follows the write)."""
         decoded = self._decoded(self._prepared(source), known, ())
-        self._read_metrics(decoded.agg(*self._record_aggregates(fields=False)).first().asDict())
+        self._read_metrics(decoded.agg(*self._record_aggregates()).first().asDict())
         self._dead_letters(lambda: decoded, known, write=False, records=self.plan.total)
 
     def _write_files(self, source: DataFrame, known: dict):
@@ -222,10 +228,10 @@ class _SparkRun(SparkUpsert):
 
         observed, source_metrics = self._observe_source(source)
         prepared = self._prepared(observed)
-        decoded, record_metrics = self._observe_records(self._decoded(prepared, known, ()))
+        decoded, record_metrics = self._observe_records(self._decoded(prepared, known, ()), known)
         data = self._table_rows(decoded)
         self._ensure_table(data)
-        data = self._size_files(self._to_table_schema(data))
+        data = self._size_files(self._to_table_schema(data), kafka_tasks=len(self._read_ranges))
         txn = self._transaction()
         try:
             files = txn.write(data)
@@ -244,50 +250,55 @@ class _SparkRun(SparkUpsert):
             observation,
             F.sum(F.coalesce(F.length("value"), F.lit(0)) + F.coalesce(F.length("key"), F.lit(0))).alias("bytes"),
             F.unix_micros(F.min("timestamp")).alias("oldest_micros"),
-            *self._per_partition("records", "partition", F.lit(True)),
-            *self._per_partition("tombstones", "partition", F.col("value").isNull()),
+            *self._source_counts(),
         )
         return observed, observation
 
-    def _observe_records(self, decoded: DataFrame):
+    def _observe_records(self, decoded: DataFrame, known: dict):
         from pyspark.sql import Observation
 
         observation = Observation(f"records-{self.run_id}-{uuid.uuid4().hex[:8]}")
-        observed = decoded.observe(observation, *self._record_aggregates())
+        observed = decoded.observe(observation, *self._record_aggregates(known))
         return observed, observation
 
-    def _record_aggregates(self, fields: bool = True) -> list[Column]:
-        """Field names (of good records), bad records per partition and type mismatches, over decoded records."""
+    def _record_aggregates(self, known: dict | None = None) -> list[Column]:
+        """Over decoded records: bad records per partition and type mismatches (when decoding can find any), and
+        with ``known`` the names of fields the table does not know (of good records)."""
         from pyspark.sql import functions as F
 
         error = F.col(sc.ERROR)
-        aggregates = [
-            F.sum(F.when(error == sc.TYPE_MISMATCH, 1).otherwise(0)).alias("type_mismatches"),
-            *self._per_partition("bad", "_kafka_partition", error.isNotNull()),
-        ]
-        if not fields:
+        aggregates = []
+        if self.tolerant or self.dataset.format == "debezium" or self.dataset.mode == "upsert":
+            aggregates = [
+                F.sum(F.when(error == sc.TYPE_MISMATCH, 1).otherwise(0)).alias("type_mismatches"),
+                F.sum(F.when(error.isNotNull(), 1).otherwise(0)).alias("bad"),
+            ]  # else every record decodes (a bad one fails the job): nothing to count
+        if known is None:
             return aggregates
-        names = [sc.field_names(sc.TEXT).alias("fields")]
+        names = [_unknown_names(sc.TEXT, known).alias("fields")]
         if self.dataset.format == "debezium" and not self.dataset.key:
-            names.append(sc.field_names(sc.KEY_TEXT).alias("key_fields"))
+            names.append(_unknown_names(sc.KEY_TEXT, known).alias("key_fields"))
         return names + aggregates
 
-    def _per_partition(self, name: str, column: str, condition: Column) -> list[Column]:
+    def _source_counts(self) -> list[Column]:
+        """Records per Kafka partition and tombstones, over the Kafka rows."""
         from pyspark.sql import functions as F
 
-        return [
-            F.sum(F.when((F.col(column) == r.partition) & condition, 1).otherwise(0)).alias(f"{name}_{r.partition}")
-            for r in self._read_ranges
-        ]
+        partition = F.col("partition")
+        records = [F.sum(F.when(partition == r.partition, 1).otherwise(0)).alias(f"records_{r.partition}")
+                   for r in self._read_ranges]  # fmt: skip
+        return [*records, F.sum(F.when(F.col("value").isNull(), 1).otherwise(0)).alias("tombstones")]
 
     def _read_metrics(self, *metrics: dict) -> None:
-        """Fill ``self.counts`` from observed or aggregated figures (keys ``<name>_<partition>`` per partition)."""
+        """Fill ``self.counts`` from observed or aggregated figures (``records_<partition>`` per partition)."""
         counts = self.counts
         for values in metrics:
             for r in self._read_ranges:
-                for name in ("records", "tombstones", "bad"):
-                    if f"{name}_{r.partition}" in values:
-                        getattr(counts, name)[r.partition] = int(values[f"{name}_{r.partition}"] or 0)
+                if f"records_{r.partition}" in values:
+                    counts.records[r.partition] = int(values[f"records_{r.partition}"] or 0)
+            for name in ("tombstones", "bad"):
+                if name in values:
+                    setattr(counts, name, int(values[name] or 0))
             if "fields" in values:
                 counts.fields = set(values["fields"] or [])
             if "key_fields" in values:  # message keys' fields are columns too (they fill the row image)
@@ -334,7 +345,7 @@ class _SparkRun(SparkUpsert):
             "started_at": round(self.started_at, 3),
             "ranges": {str(r.partition): [r.start, advancing[r.partition]] for r in self._read_ranges
                        if r.partition in advancing},
-            **self.counts.figures(advancing),
+            **self.counts.figures(),
         }  # fmt: skip
         if key:
             metadata["key"] = list(key)
@@ -561,8 +572,8 @@ class _SparkRun(SparkUpsert):
         """Bad records over ``max_dlq_ratio`` fail the run (nothing committed); else they go to the DLQ first
         (``write``). ``decoded`` makes the decoded batch (only called when there are bad records to read)."""
         dataset = self.dataset
-        bad = self.counts.total(self.counts.bad)
-        records = self.counts.total(self.counts.records) if records is None else records
+        bad = self.counts.bad
+        records = self.counts.total if records is None else records
         over = bad > dataset.max_dlq_ratio * records
         if not bad or not (over or write):
             return
@@ -658,9 +669,10 @@ class _SparkRun(SparkUpsert):
         if added:
             self.spark.sql(f"ALTER TABLE delta.`{self.path}` ADD COLUMNS ({', '.join(added)})")
 
-    def _size_files(self, data: DataFrame, extra_bytes: int = 0) -> DataFrame:
-        """Output files per batch = max(1, data size / target file size) (the guide's file-size rule);
-        ``extra_bytes``: rows rewritten besides the batch's (a MERGE's touched files)."""
+    def _size_files(self, data: DataFrame, extra_bytes: int = 0, kafka_tasks: int | None = None) -> DataFrame:
+        """Output files per batch = max(1, data size / target file size) (the guide's file-size rule), written
+        by as many tasks as keep the cluster busy. ``extra_bytes``: rows rewritten besides the batch's (a MERGE's
+        touched files). ``kafka_tasks``: ``data`` comes straight from that many Kafka read tasks (an append)."""
         from pyspark.sql import functions as F
 
         files = max(1, int((self._expected_output_bytes() + extra_bytes) / self.target_file_bytes))
@@ -669,7 +681,12 @@ class _SparkRun(SparkUpsert):
             return data.repartition(*partition_by)
         if partition_by:
             return data.repartition(files, *partition_by, F.pmod(F.col("_kafka_offset"), F.lit(files)))
-        # A shuffle, not coalesce(): coalesce would shrink the whole stage (read and decode) to `files` tasks.
+        if kafka_tasks is not None:
+            if files >= kafka_tasks:
+                return data  # each read task writes its file: every file within the target size
+            # Fewer files than read tasks without a shuffle: coalesce, but to no fewer tasks than the cluster runs
+            # at once (spark.default.parallelism: its cores), or reading and decoding would use fewer cores.
+            return data.coalesce(max(files, min(kafka_tasks, self.spark.sparkContext.defaultParallelism)))
         return data.repartition(files)
 
     def _expected_output_bytes(self) -> float:
@@ -734,6 +751,17 @@ class _SparkRun(SparkUpsert):
             f"dataset '{dataset.name}', records {self.plan.describe(dataset.topic)}: {what}. Fix the producer, or "
             "declare the field's type under 'schema:' in the catalog. Nothing was committed."
         )
+
+
+def _unknown_names(column: str, known: dict) -> Column:
+    """The distinct top-level field names of the JSON objects in ``column`` that are not in ``known`` (over good
+    records). Per record the names not known are an empty array, so the aggregate hashes one small value per
+    record: the cost is reading each object's keys (a second, shallow JSON parse), not collecting them."""
+    from pyspark.sql import functions as F
+
+    names = F.array(*[F.lit(name) for name in known]) if known else F.array().cast("array<string>")
+    unknown = F.when(F.col(sc.ERROR).isNull(), F.array_except(F.json_object_keys(F.col(column)), names))
+    return F.array_distinct(F.flatten(F.collect_set(unknown)))
 
 
 #: Signs of a record Spark could not decode (FAILFAST from_json, a cast of a value); other failures are the

@@ -70,7 +70,7 @@ class SparkUpsert:
         """The batch's figures, its key columns, and the record fields under the schema policy (no commit)."""
         self._count(source)
         key = list(self.dataset.key) or self.counts.key_fields
-        if not key and self.counts.total(self.counts.records) > self.counts.total(self.counts.tombstones):
+        if not key and self.counts.total > self.counts.tombstones:
             raise IngestError(
                 f"dataset '{self.dataset.name}', records {self.plan.describe(self.dataset.topic)}: no key: the "
                 "records carry no message key and the catalog sets no key: [...]. Nothing was committed."
@@ -89,7 +89,7 @@ class SparkUpsert:
         good = F.when(F.col(sc.ERROR).isNull(), F.col("_event_time"))
         oldest = F.unix_micros(F.min(good)).alias("oldest_event_micros")
         try:
-            self._read_metrics(decoded.agg(*self._record_aggregates(fields=False), oldest).first().asDict())
+            self._read_metrics(decoded.agg(*self._record_aggregates(), oldest).first().asDict())
         except Exception as error:  # py4j wraps Spark's failure (FAILFAST decoding, event-time parsing)
             raise IngestError(self._explain_failure(error, prepared.where(F.col(sc.ERROR).isNull()))) from None
 
@@ -105,8 +105,7 @@ class SparkUpsert:
         self._read_metrics(prepared.agg(
             F.sum(F.coalesce(F.length("value"), F.lit(0)) + F.coalesce(F.length("key"), F.lit(0))).alias("bytes"),
             F.unix_micros(F.min("timestamp")).alias("oldest_micros"),
-            *self._per_partition("records", "partition", F.lit(True)),
-            *self._per_partition("tombstones", "partition", F.col("value").isNull()),
+            *self._source_counts(),
             *names,
         ).first().asDict())  # fmt: skip
 
@@ -130,7 +129,7 @@ class SparkUpsert:
         files = None
         touched: list = []
         metrics = {"numSourceRows": 0}
-        if sum(self.counts.applied(r.partition) for r in self._read_ranges):
+        if self.counts.applied:
             touched = touched_files(txn, changes, key)
             target = txn.frame_of(touched) if touched else None
             rows, observation = merged_rows(target, changes, key, clauses)
