@@ -255,15 +255,22 @@ class _SparkRun(SparkUpsert):
         return observed, observation
 
     def _observe_records(self, decoded: DataFrame, known: dict):
+        """The decoded batch with its figures collected while it is written, among them the names of fields the
+        table does not know: computed per record in a projection (compiled with the decoding), so that the
+        observed aggregate only collects the few records that have any."""
         from pyspark.sql import Observation
 
+        names = {UNKNOWN_FIELDS: sc.TEXT}
+        if self.dataset.format == "debezium" and not self.dataset.key:
+            names[UNKNOWN_KEY_FIELDS] = sc.KEY_TEXT
+        for column, text in names.items():
+            decoded = decoded.withColumn(column, _unknown_names(text, known))
         observation = Observation(f"records-{self.run_id}-{uuid.uuid4().hex[:8]}")
-        observed = decoded.observe(observation, *self._record_aggregates(known))
-        return observed, observation
+        observed = decoded.observe(observation, *self._record_aggregates(), *_collected_names(names))
+        return observed.drop(*names), observation
 
-    def _record_aggregates(self, known: dict | None = None) -> list[Column]:
-        """Over decoded records: bad records per partition and type mismatches (when decoding can find any), and
-        with ``known`` the names of fields the table does not know (of good records)."""
+    def _record_aggregates(self) -> list[Column]:
+        """Over decoded records: bad records and type mismatches (when decoding can find any)."""
         from pyspark.sql import functions as F
 
         error = F.col(sc.ERROR)
@@ -273,12 +280,7 @@ class _SparkRun(SparkUpsert):
                 F.sum(F.when(error == sc.TYPE_MISMATCH, 1).otherwise(0)).alias("type_mismatches"),
                 F.sum(F.when(error.isNotNull(), 1).otherwise(0)).alias("bad"),
             ]  # else every record decodes (a bad one fails the job): nothing to count
-        if known is None:
-            return aggregates
-        names = [_unknown_names(sc.TEXT, known).alias("fields")]
-        if self.dataset.format == "debezium" and not self.dataset.key:
-            names.append(_unknown_names(sc.KEY_TEXT, known).alias("key_fields"))
-        return names + aggregates
+        return aggregates
 
     def _source_counts(self) -> list[Column]:
         """Records per Kafka partition and tombstones, over the Kafka rows."""
@@ -753,15 +755,28 @@ class _SparkRun(SparkUpsert):
         )
 
 
+#: Per-record helper columns: the top-level field names of a record (and of its message key) the table lacks.
+UNKNOWN_FIELDS = "_kafka_unknown_fields"
+UNKNOWN_KEY_FIELDS = "_kafka_unknown_key_fields"
+
+
 def _unknown_names(column: str, known: dict) -> Column:
-    """The distinct top-level field names of the JSON objects in ``column`` that are not in ``known`` (over good
-    records). Per record the names not known are an empty array, so the aggregate hashes one small value per
-    record: the cost is reading each object's keys (a second, shallow JSON parse), not collecting them."""
+    """The top-level field names of the JSON object in ``column`` that are not in ``known``, or null when there
+    are none (or the record is bad): reading the object's keys is a second, shallow parse of each record."""
     from pyspark.sql import functions as F
 
     names = F.array(*[F.lit(name) for name in known]) if known else F.array().cast("array<string>")
-    unknown = F.when(F.col(sc.ERROR).isNull(), F.array_except(F.json_object_keys(F.col(column)), names))
-    return F.array_distinct(F.flatten(F.collect_set(unknown)))
+    unknown = F.array_except(F.json_object_keys(F.col(column)), names)
+    return F.when(F.col(sc.ERROR).isNull() & (F.size(unknown) > 0), unknown)
+
+
+def _collected_names(columns) -> list[Column]:
+    """Observed aggregates ``fields`` / ``key_fields``: the distinct names of ``UNKNOWN_FIELDS`` /
+    ``UNKNOWN_KEY_FIELDS`` (collect_set skips the nulls of records without new fields)."""
+    from pyspark.sql import functions as F
+
+    alias = {UNKNOWN_FIELDS: "fields", UNKNOWN_KEY_FIELDS: "key_fields"}
+    return [F.array_distinct(F.flatten(F.collect_set(F.col(c)))).alias(alias[c]) for c in columns]
 
 
 #: Signs of a record Spark could not decode (FAILFAST from_json, a cast of a value); other failures are the
