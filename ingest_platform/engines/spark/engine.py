@@ -35,6 +35,7 @@ from ingest_platform.engines.report import PartitionProgress, RunReport
 from ingest_platform.engines.run_plan import IngestError, RunPlan, plan_run
 from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.spark.merge import SparkUpsert
+from ingest_platform.engines.spark.new_fields import UNKNOWN_FIELDS, UNKNOWN_KEY_FIELDS, collected_names, unknown_names
 from ingest_platform.engines.spark.transaction import DeltaTransaction
 from ingest_platform.kafka.client import CONSUMER_TUNING, KafkaConnection, commit_group_offsets
 from ingest_platform.lake.dead_letters import BadRecord, write_dead_letters
@@ -264,9 +265,9 @@ class _SparkRun(SparkUpsert):
         if self.dataset.format == "debezium" and not self.dataset.key:
             names[UNKNOWN_KEY_FIELDS] = sc.KEY_TEXT
         for column, text in names.items():
-            decoded = decoded.withColumn(column, _unknown_names(text, known))
+            decoded = decoded.withColumn(column, unknown_names(text, known))
         observation = Observation(f"records-{self.run_id}-{uuid.uuid4().hex[:8]}")
-        observed = decoded.observe(observation, *self._record_aggregates(), *_collected_names(names))
+        observed = decoded.observe(observation, *self._record_aggregates(), *collected_names(names))
         return observed.drop(*names), observation
 
     def _record_aggregates(self) -> list[Column]:
@@ -753,30 +754,6 @@ class _SparkRun(SparkUpsert):
             f"dataset '{dataset.name}', records {self.plan.describe(dataset.topic)}: {what}. Fix the producer, or "
             "declare the field's type under 'schema:' in the catalog. Nothing was committed."
         )
-
-
-#: Per-record helper columns: the top-level field names of a record (and of its message key) the table lacks.
-UNKNOWN_FIELDS = "_kafka_unknown_fields"
-UNKNOWN_KEY_FIELDS = "_kafka_unknown_key_fields"
-
-
-def _unknown_names(column: str, known: dict) -> Column:
-    """The top-level field names of the JSON object in ``column`` that are not in ``known``, or null when there
-    are none (or the record is bad): reading the object's keys is a second, shallow parse of each record."""
-    from pyspark.sql import functions as F
-
-    names = F.array(*[F.lit(name) for name in known]) if known else F.array().cast("array<string>")
-    unknown = F.array_except(F.json_object_keys(F.col(column)), names)
-    return F.when(F.col(sc.ERROR).isNull() & (F.size(unknown) > 0), unknown)
-
-
-def _collected_names(columns) -> list[Column]:
-    """Observed aggregates ``fields`` / ``key_fields``: the distinct names of ``UNKNOWN_FIELDS`` /
-    ``UNKNOWN_KEY_FIELDS`` (collect_set skips the nulls of records without new fields)."""
-    from pyspark.sql import functions as F
-
-    alias = {UNKNOWN_FIELDS: "fields", UNKNOWN_KEY_FIELDS: "key_fields"}
-    return [F.array_distinct(F.flatten(F.collect_set(F.col(c)))).alias(alias[c]) for c in columns]
 
 
 #: Signs of a record Spark could not decode (FAILFAST from_json, a cast of a value); other failures are the

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from ingest_platform.engines.changes import CDC_OP, DELETE_OP, merge_clauses, order_column, quote_spark
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.engines.spark import changes as sc
+from ingest_platform.engines.spark.new_fields import unknown_names
 from ingest_platform.engines.spark.transaction import DeltaTransaction
 from ingest_platform.lake.commit import MergeClauses
 
@@ -68,7 +69,7 @@ class SparkUpsert:
 
     def _key_and_fields(self, source: DataFrame, prepared: DataFrame) -> tuple[list[str], dict]:
         """The batch's figures, its key columns, and the record fields under the schema policy (no commit)."""
-        self._count(source)
+        self._count(source, self._known_fields())
         key = list(self.dataset.key) or self.counts.key_fields
         if not key and self.counts.total > self.counts.tombstones:
             raise IngestError(
@@ -76,7 +77,7 @@ class SparkUpsert:
                 "records carry no message key and the catalog sets no key: [...]. Nothing was committed."
             )
         known, ignored = self._known_fields(), set()
-        if not self.table_existed:
+        if not self.table_existed and not self.dataset.fields:  # a declared schema is the first run's (§4)
             known, ignored = self._learn_fields(self._texts(prepared, key), known, None)
         self._check_schema_policy(source, known, key)  # strict: a new field fails before any commit
         learned = self._evolve(source, known, ignored, key)
@@ -93,13 +94,14 @@ class SparkUpsert:
         except Exception as error:  # py4j wraps Spark's failure (FAILFAST decoding, event-time parsing)
             raise IngestError(self._explain_failure(error, prepared.where(F.col(sc.ERROR).isNull()))) from None
 
-    def _count(self, source: DataFrame) -> None:
-        """Records, tombstones, bytes per partition, and the field names of records and message keys (one job;
-        tombstones have no JSON text, and a Debezium tombstone is no envelope, so they add no field)."""
+    def _count(self, source: DataFrame, known: dict) -> None:
+        """Records, tombstones, bytes per partition, the record fields ``known`` lacks and the field names of the
+        message keys (one job; tombstones have no JSON text, and a Debezium tombstone is no envelope, so they add
+        no field)."""
         from pyspark.sql import functions as F
 
         prepared = sc.prepare(source, self.dataset)
-        names = [sc.field_names(sc.TEXT).alias("fields")]
+        names = [F.array_distinct(F.flatten(F.collect_set(unknown_names(sc.TEXT, known)))).alias("fields")]
         if sc.KEY_TEXT in prepared.columns:
             names.append(sc.field_names(sc.KEY_TEXT).alias("key_fields"))
         self._read_metrics(prepared.agg(
