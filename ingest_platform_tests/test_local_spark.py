@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,24 @@ def _processes_mentioning(path: Path) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def test_a_detached_cluster_outlives_its_command_and_down_stops_all_of_it(tmp_path):
+    """`spark cluster up` in its own process (as a shell would run it), then status and down from this one."""
+    import subprocess
+
+    state = tmp_path / "detached"
+    cli = [str(Path(sys.executable).parent / "ingest-platform"), "spark", "cluster"]
+    started = subprocess.run([*cli, "up", "--state-dir", str(state), "--workers", "1"], capture_output=True,
+                             text=True, timeout=180)  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        master_url = started.stdout.strip().splitlines()[-1]
+        info = local_spark.status(state)  # the command has exited; its cluster runs on
+        assert info["running"] and info["answering"] and info["master_url"] == master_url
+        assert info["workers_alive"] == info["workers_expected"] == 1
+    finally:
+        stopped = subprocess.run([*cli, "down", "--state-dir", str(state)], capture_output=True, text=True,
+                                 timeout=120)  # fmt: skip
+    assert stopped.returncode == 0 and "stopped the cluster" in stopped.stdout
+    assert _processes_mentioning(state) == [] and not local_spark.status(state)["running"]
