@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: venv system-deps demo test test-fast checks-demo lint bench clean
+.PHONY: venv system-deps demo dev dev-stop test test-fast checks-demo lint bench clean deploy-render image-check
 
 venv: $(STAMP)
 
@@ -24,6 +24,15 @@ system-deps:
 demo: venv
 	$(BIN)/ingest-platform demo
 
+# The Dagster UI on http://127.0.0.1:3000 with the demo's data flowing (broker, topics, a steady producer,
+# `dagster dev` with the project's dagster.yaml), state in .dev/. Ctrl-C or `make dev-stop` stops it all.
+DEV_PORT ?= 3000
+dev: venv
+	$(BIN)/ingest-platform dev up --port $(DEV_PORT)
+
+dev-stop:
+	$(BIN)/ingest-platform dev down
+
 test: venv system-deps
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/python -m pytest
@@ -38,6 +47,16 @@ checks-demo: venv
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
 
+# Regenerates the deployment files that have one source each (ingest_platform/deployment/render.py): the
+# spark-defaults ConfigMap and pod templates from deploy/spark/profiles/k8s.yaml, the PrometheusRule from
+# deploy/prometheus/rules/, the Grafana dashboard ConfigMap from deploy/grafana/. The suite fails when stale.
+deploy-render: venv
+	$(BIN)/python -m ingest_platform.deployment.render
+
+# The code image's install steps (deploy/docker/install.sh) in a clean folder, with the offline Spark check.
+image-check: venv
+	$(BIN)/python -m pytest -q ingest_platform_tests/test_image_install.py
+
 lint: venv
 	$(BIN)/ruff check ingest_platform ingest_platform_tests benchmarks
 
@@ -45,4 +64,4 @@ bench: venv
 	$(BIN)/python benchmarks/ingest_bench.py
 
 clean:
-	rm -rf $(VENV) .demo lake *.egg-info
+	rm -rf $(VENV) .demo .dev lake *.egg-info

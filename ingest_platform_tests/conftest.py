@@ -12,6 +12,14 @@ import pytest
 from ingest_platform.kafka.client import KafkaConnection
 
 _topic_numbers = itertools.count()
+#: Where the UI tests left their screenshots (set by test_ui.py), printed at the end of the session.
+SCREENSHOTS = pytest.StashKey[object]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    folder = config.stash.get(SCREENSHOTS, None)
+    if folder is not None:
+        terminalreporter.write_line(f"UI screenshots: {folder}")
 
 
 @pytest.fixture(scope="session")
@@ -167,3 +175,13 @@ def lake(tmp_path):
     from ingest_platform.lake.tables import LakeLocation
 
     return LakeLocation(str(tmp_path / "lake"))
+
+
+@pytest.fixture(scope="session")
+def cdc_source(kafka_broker):
+    """The real CDC stream of the session (``dev/real_cdc.py``): MariaDB and Kafka Connect with Debezium start
+    once, publish the workload with and without the JSON converter's wrapper into the session broker, and
+    stop; the topics, the event counts and ``SELECT *`` of the source remain (~25 s on 2 cores)."""
+    from ingest_platform.dev.real_cdc import CdcWorkload, capture
+
+    return capture(kafka_broker.bootstrap, CdcWorkload())

@@ -86,6 +86,16 @@ def _error(tmp_path: Path, text: str, name: str = "bad.yaml") -> CatalogError:
         (("event_time_field: created_at", "event_time_field: _kafka_offset"), "event_time_field", "reserved"),
         (("format: json", "format: json\n    colour: blue"), "colour", "unknown field"),
         (("format: json", "format: json\n    schema: {amount: money}"), "schema.amount", "'string'"),
+        (("format: json", "format: json\n    schema: {amount: decimal}"), "schema.amount", "decimal(12,2)"),
+        (("format: json", "format: json\n    schema: {amount: 'decimal(40,2)'}"), "schema.amount", "1 to 38"),
+        (("format: json", "format: json\n    schema: {amount: 'decimal(4,6)'}"), "schema.amount", "must not exceed"),
+        (("format: json", "format: json\n    schema: {at: {type: timestamp, unit: days}}"), "schema.at", "'ms'"),
+        (("format: json", "format: json\n    schema: {n: {type: long, unit: ms}}"), "schema.n", "timestamp fields"),
+        (("format: json", "format: json\n    schema: {b: {type: binary, encoding: hex}}"), "schema.b", "'base64'"),
+        (("format: json", "format: json\n    schema: {b: {typ: binary}}"), "schema.b", "unknown key"),
+        (("format: json", "format: json\n    schema: {p: {type: decimal(12,2)}}"), "schema.p", "quote the type"),
+        (("format: json", "format: json\n    schema: {p: {type: long, scale: 2}}"), "schema.p", "type decimal"),
+        (("format: json", "format: json\n    schema: {_cdc_x: long}"), "schema._cdc_x", "reserved"),
         (("format: json", "format: json\n    owners: [bob]"), "owners", "email address or 'team:"),
         (("name: orders", "name: orders_dlq"), "name", "suffix of dead-letter tables"),
         (("mode: append", "mode: upsert\n    key: [_cdc_op]"), "key", "reserved"),
@@ -164,3 +174,57 @@ def test_cdc_dataset_defaults_and_key_from_the_message():
     assert (users.delete_mode, users.schema_evolution, users.max_dlq_ratio) == ("hard", "additive", 0.0)
     assert users.dlq_table_path == "inventory/users_dlq"
     assert users.dlq_name == "users_dlq"
+
+
+def test_field_types_name_how_json_values_are_read():
+    from ingest_platform.catalog import FieldType
+
+    (dataset,) = parse_catalog_text(
+        "datasets:\n  - {name: users, source: s, topic: t, format: debezium, mode: upsert, schema: "
+        "{balance: {type: decimal, precision: 12, scale: 2, encoding: base64}, price: 'DECIMAL( 5, 0 )', created_at: "
+        "{type: timestamp, unit: ms}, active: boolean, token: {type: binary, encoding: base64}}}"
+    )
+    fields = dataset.fields
+    assert fields["balance"] == "decimal(12,2)" and (fields["balance"].precision, fields["balance"].scale) == (12, 2)
+    assert fields["balance"].encoding == "base64" and fields["price"].encoding is None
+    assert str(fields["price"]) == "decimal(5,0)" and fields["price"].kind == "decimal"
+    assert (fields["created_at"].kind, fields["created_at"].unit) == ("timestamp", "ms")
+    assert fields["active"] == "boolean" and fields["token"].encoding == "base64"
+    assert FieldType.parse("timestamp") != FieldType.parse({"type": "timestamp", "unit": "us"})
+
+def test_continuous_fields_default_and_merge_from_defaults(tmp_path):
+    (orders,) = load_catalog(write(tmp_path, "shop.yaml", VALID)).datasets
+    assert (orders.continuous, orders.trigger_interval_s, orders.stream_group, orders.materialization_interval_s) == (
+        False, 30, None, 60)  # fmt: skip
+    assert orders.pipeline == "shop"  # the stream group defaults to the source
+    text = VALID.replace("  engine: embedded\n", "  engine: embedded\n  continuous: true\n  trigger_interval_s: 5\n")
+    text += "    stream_group: hot_path\n    materialization_interval_s: 120\n"
+    (orders,) = load_catalog(write(tmp_path, "shop.yaml", text)).datasets
+    assert (orders.continuous, orders.trigger_interval_s, orders.pipeline, orders.materialization_interval_s) == (
+        True, 5, "hot_path", 120)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "problem"),
+    [
+        ("trigger_interval_s: 0", "trigger_interval_s", "greater than 0"),
+        ("trigger_interval_s: soon", "trigger_interval_s", "valid number"),
+        ("stream_group: 'hot path'", "stream_group", "must start with a letter"),
+        ("materialization_interval_s: -1", "materialization_interval_s", "greater than 0"),
+        ("continuous: maybe", "continuous", "valid boolean"),
+    ],
+)
+def test_continuous_field_errors_name_file_dataset_and_field(tmp_path, line, field, problem):
+    path = write(tmp_path, "shop.yaml", VALID + f"    {line}\n")
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(path)
+    error = caught.value
+    assert (error.file, error.dataset, error.field) == (str(path), "orders", field)
+    assert problem in error.problem
+
+
+def test_defaults_errors_name_the_dataset_they_reach(tmp_path):
+    text = VALID.replace("  engine: embedded\n", "  engine: embedded\n  trigger_interval_s: 0\n")
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(write(tmp_path, "shop.yaml", text))
+    assert (caught.value.dataset, caught.value.field) == ("orders", "trigger_interval_s")

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from ingest_platform.dev import cdc_data
-from ingest_platform.engines.embedded import engine as embedded_engine
+from ingest_platform.engines.embedded import batch_writer
 from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.engines.spark import engine as spark_engine
@@ -120,6 +120,35 @@ def test_postgres_events_with_key_only_deletes(kafka, make_topic, lake, run, wra
     assert all(p.startswith("pg:") and len(p) == 23 for p in positions)
 
 
+def test_wrapped_events_take_their_connect_types_also_when_dead_lettering(kafka, make_topic, lake, run, engine):
+    """The generator's wrapped events carry Connect schemas with DEFAULTs of mixed JSON types and logical
+    types (Decimal bytes, Date, ZonedTimestamp, Timestamp): the columns take those types, the values equal
+    the source's, and ``max_dlq_ratio: 0.01`` (which used to crash on them) changes nothing; the bare events
+    of the same plan with the matching ``schema:`` give the same table."""
+    import datetime as dt
+    from decimal import Decimal
+
+    plan = cdc_data.scenario(keys=12, changes=30, hot_key_updates=4, seed=21)
+    wrapped_topic, bare_topic = make_topic(2), make_topic(2)
+    wrapped = cdc_data.mysql_events(plan, wrapped=True, topic=wrapped_topic)
+    cdc_data.produce_events(kafka, wrapped_topic, wrapped)
+    cdc_data.produce_events(kafka, bare_topic, cdc_data.mysql_events(plan, topic=bare_topic))
+    typed = cdc_dataset(wrapped_topic, name="typed", max_dlq_ratio=0.01)
+    schema = {"credit": {"type": "decimal(10,2)", "encoding": "base64"}, "updated_at": {"type": "timestamp",
+              "unit": "ms"}, "birthday": "date", "last_login": "timestamp"}  # fmt: skip
+    declared = cdc_dataset(bare_topic, name="declared", max_dlq_ratio=0.01, schema=schema)
+
+    reports = [run(typed), run(declared)]
+
+    assert all(r.dead_lettered == 0 and reconciles(r) for r in reports)
+    expected = expected_rows(wrapped)  # cdc_data.decode types wrapped images (a plain-Python reference)
+    assert table_state(lake, typed) == expected
+    assert table_state(lake, declared) == expected
+    row = next(r for r in expected.values() if r["birthday"] is not None and r["last_login"] is not None)
+    assert isinstance(row["credit"], Decimal) and isinstance(row["birthday"], dt.date)
+    assert isinstance(row["updated_at"], dt.datetime) and row["last_login"].tzinfo is not None
+
+
 def test_late_older_changes_never_overwrite_newer_rows(kafka, make_topic, lake, run):
     """Run 1 gets the newest change of some keys; run 2 gets their older changes late: the guard ignores
     them, and the ledger still moves past them."""
@@ -178,7 +207,7 @@ def test_bad_records_go_to_the_dead_letter_table_once(kafka, make_topic, lake, r
         if engine == "spark":
             patch.setattr(spark_engine._SparkRun, "_commit", crash)
         else:
-            patch.setattr(embedded_engine, "append_with_ledger", crash)  # the first commit creates the table
+            patch.setattr(batch_writer, "append_with_ledger", crash)  # the first commit creates the table
         with pytest.raises(OSError):
             run(dataset)
     table = lake.open_table(dataset.table_path)

@@ -7,6 +7,7 @@ import json
 import pyarrow as pa
 import pytest
 
+from ingest_platform.engines import connect_schema
 from ingest_platform.engines.changes import (
     last_change_per_key,
     merge_clauses,
@@ -112,10 +113,15 @@ def test_envelopes_give_row_images_ops_and_problems_per_event():
 
 
 def test_wrapped_and_plain_envelopes_read_the_same():
+    """The wrapper is split off the bytes (``connect_schema.split``, never parsed as rows); the payload reads
+    as the plain envelope does."""
     plain = {"op": "u", "before": {"id": 7, "n": "x"}, "after": {"id": 7, "n": "y"}, "source": MYSQL, "ts_ms": 1}
     schema = {"type": "struct", "optional": False, "name": "mysql.inventory.users.Envelope", "fields": []}
     wrapped = {"schema": schema, "payload": plain}
-    read = [read_events(decode.read_json_values(_events([v]), pa.schema([]))) for v in (plain, wrapped)]
+    values = _events([plain, wrapped])
+    assert connect_schema.split(values[0]) is None
+    payloads = [values[0], connect_schema.split(values[1]).payload]
+    read = [read_events(decode.read_json_values([v], pa.schema([]))) for v in payloads]
     assert read[0].images.to_pylist() == read[1].images.to_pylist() == [{"id": 7, "n": "y"}]
     assert read[0].position.to_pylist() == read[1].position.to_pylist()
 

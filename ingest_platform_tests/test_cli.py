@@ -52,3 +52,16 @@ def test_ingest_command_runs_a_dataset_and_prints_its_report(tmp_path, kafka, ka
     assert json.loads(second.output.strip().splitlines()[-1])["records"] == 0
     missing = CliRunner().invoke(main, ["ingest", "nope", "--catalog", str(catalog)])
     assert missing.exit_code == 1 and "no dataset named 'nope'" in missing.output
+
+
+def test_stream_command_says_what_to_serve(tmp_path):
+    catalog = tmp_path / "c.yaml"
+    catalog.write_text("datasets:\n  - {name: clicks, source: web, topic: t, format: json}\n")
+    nothing = CliRunner().invoke(main, ["stream", "--catalog", str(catalog)])
+    assert nothing.exit_code == 2 and "--all-continuous" in nothing.output
+    none_continuous = CliRunner().invoke(main, ["stream", "--all-continuous", "--catalog", str(catalog)])
+    assert none_continuous.exit_code == 1 and "no continuous dataset" in none_continuous.output
+    unknown = CliRunner().invoke(main, ["stream", "nope", "--catalog", str(catalog)])
+    assert unknown.exit_code == 1 and "no dataset named 'nope'" in unknown.output
+    bad_trigger = CliRunner().invoke(main, ["stream", "clicks", "--trigger-interval", "0", "--catalog", str(catalog)])
+    assert bad_trigger.exit_code == 2 and "--trigger-interval must be > 0" in bad_trigger.output

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 CRASHING_RUN = textwrap.dedent(
     """
     import os, signal, sys
-    from ingest_platform.engines.embedded import engine as embedded
+    from ingest_platform.engines.embedded import batch_writer, engine as embedded
     from ingest_platform.kafka.client import KafkaConnection
     from ingest_platform.lake.tables import LakeLocation
     from ingest_platform_tests.helpers import json_dataset
@@ -35,7 +35,7 @@ CRASHING_RUN = textwrap.dedent(
     if point == "after_delta_commit":      # Delta committed, Kafka group not yet
         embedded._Run._commit_group = die
     elif point == "before_delta_commit":   # data read and decoded, nothing committed
-        embedded.append_with_ledger = die
+        batch_writer.append_with_ledger = die
     engine = embedded.EmbeddedEngine(KafkaConnection(bootstrap), LakeLocation(lake_root))
     engine.run(json_dataset(topic))
     sys.exit(3)  # not reached when the crash point is hit

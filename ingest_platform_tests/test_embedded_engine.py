@@ -187,7 +187,7 @@ def test_missing_topic_is_a_clear_error(kafka, lake):
 
 def test_a_second_writer_that_lost_the_race_commits_nothing(kafka, lake, make_topic, monkeypatch):
     """Run A reads the ledger; run B ingests everything; A's commit must then refuse (the ledger moved)."""
-    from ingest_platform.engines.embedded import engine as embedded
+    from ingest_platform.engines.embedded import batch_writer as embedded
     from ingest_platform.lake.commit import ConcurrentWriterError
 
     topic = make_topic(partitions=2)
@@ -195,10 +195,10 @@ def test_a_second_writer_that_lost_the_race_commits_nothing(kafka, lake, make_to
     produce(kafka, topic, records("orders", 200))
     original = embedded.append_with_ledger
 
-    def b_wins_then_a_commits(location, request):
+    def b_wins_then_a_commits(location, request, table=None):
         monkeypatch.setattr(embedded, "append_with_ledger", original)
         assert EmbeddedEngine(kafka, lake).run(dataset).records == 200  # run B, start to end
-        return original(location, request)  # run A's commit, planned before B ran
+        return original(location, request, table)  # run A's commit, planned before B ran
 
     monkeypatch.setattr(embedded, "append_with_ledger", b_wins_then_a_commits)
     with pytest.raises(ConcurrentWriterError, match="another writer is ingesting this dataset"):

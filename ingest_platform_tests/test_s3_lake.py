@@ -253,17 +253,17 @@ def test_position_cache_checks_the_log_on_s3(s3_server):
 
 
 def test_demo_clears_only_its_s3_prefix(s3_server):
-    from ingest_platform.dev.demo import _clear
+    from ingest_platform.dev.demo import clear_lake
 
     client, keep = s3_server.client(), f"keep-{uuid.uuid4().hex[:8]}/x"
     demo = f"demo-{uuid.uuid4().hex[:8]}"
     for key in (keep, f"{demo}/shop/orders/_delta_log/0.json", f"{demo}/shop/orders/part-0.parquet"):
         client.put_object(Bucket=s3_server.bucket, Key=key, Body=b"x")
-    _clear(lake_location(f"s3://{s3_server.bucket}/{demo}", s3_server.config()))
+    clear_lake(lake_location(f"s3://{s3_server.bucket}/{demo}", s3_server.config()))
     keys = {item["Key"] for item in client.list_objects_v2(Bucket=s3_server.bucket).get("Contents", [])}
     assert keep in keys and not any(key.startswith(demo + "/") for key in keys)
     with pytest.raises(ValueError, match="prefix"):
-        _clear(lake_location(f"s3://{s3_server.bucket}", s3_server.config()))
+        clear_lake(lake_location(f"s3://{s3_server.bucket}", s3_server.config()))
 
 
 def test_s3a_settings_follow_the_guide_and_the_storage_options():

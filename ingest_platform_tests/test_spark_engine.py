@@ -115,12 +115,17 @@ def test_spark_profile_of_the_deployment_and_the_dataset(monkeypatch):
     assert default_profile_name({}) == "local"
     with pytest.raises(SparkProfileError, match="SPARK_K8S_MASTER|SPARK_K8S_IMAGE"):
         load_profile("k8s", environ={})
+    with pytest.raises(SparkProfileError, match="SPARK_DRIVER_POD_NAME|SPARK_DRIVER_HOST"):
+        load_profile("k8s", environ={"SPARK_K8S_MASTER": "k8s://https://k:443", "SPARK_K8S_IMAGE": "img",
+                                     "SPARK_K8S_NAMESPACE": "data"})
     k8s = load_profile("k8s", environ={"SPARK_K8S_MASTER": "k8s://https://k:443", "SPARK_K8S_IMAGE": "img",
-                                       "SPARK_K8S_NAMESPACE": "data"})
+                                       "SPARK_K8S_NAMESPACE": "data", "SPARK_DRIVER_POD_NAME": "run-1",
+                                       "SPARK_DRIVER_HOST": "10.0.0.7"})
     assert k8s.master == "k8s://https://k:443"
     conf = k8s.conf
     assert (conf["spark.dynamicAllocation.minExecutors"], conf["spark.dynamicAllocation.maxExecutors"],
-            conf["spark.dynamicAllocation.initialExecutors"]) == ("10", "500", "20")
+            conf["spark.dynamicAllocation.initialExecutors"]) == ("10", "200", "20")
+    assert (conf["spark.kubernetes.driver.pod.name"], conf["spark.driver.host"]) == ("run-1", "10.0.0.7")
     assert conf["spark.serializer"] == "org.apache.spark.serializer.KryoSerializer"
     assert conf["spark.sql.parquet.block.size"] == str(256 * 1024 * 1024)
     assert conf["spark.sql.parquet.mergeSchema"] == "false"

@@ -7,15 +7,28 @@ import click
 from ingest_platform.settings import normalize_lake_root
 
 
-@click.command(help="Run the demo: local broker, demo topics, ~240K records, every asset materialized, a summary.")
+@click.command(help="Run the demo: local broker, demo topics, ~225K records, every asset materialized, a summary.")
 @click.option("--lake-root", default=".demo/lake", show_default=True, envvar="INGEST_DEMO_LAKE_ROOT",
               help="Where the demo lake is written (deleted first): a folder or s3://bucket/prefix, S3 settings "
                    "from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ... ($INGEST_DEMO_LAKE_ROOT).")
 @click.option("--scale", default=1.0, show_default=True, help="Multiply the demo's record counts.")
-def demo(lake_root: str, scale: float) -> None:
+@click.option("--stream", "stream_s", type=float, help="Instead: stream the continuous demo datasets for this many "
+                                                       "seconds while producing to them, then show latencies.")
+@click.option("--rate", default=200.0, show_default=True, help="With --stream: records/s produced to each dataset.")
+def demo(lake_root: str, scale: float, stream_s: float | None, rate: float) -> None:
+    root = normalize_lake_root(lake_root)
+    if stream_s is not None:
+        from ingest_platform.dev.stream_demo import format_stream_table, run_stream_demo
+
+        streamed = run_stream_demo(root, stream_s, rate, echo=click.echo)
+        click.echo("")
+        click.echo(format_stream_table(streamed))
+        click.echo(f"\nlake: {root}")
+        if not all(row.ok for row in streamed):
+            raise click.ClickException("the tables do not hold exactly the records produced")
+        return
     from ingest_platform.dev.demo import format_table, run_demo
 
-    root = normalize_lake_root(lake_root)
     rows = run_demo(root, scale=scale, echo=click.echo)
     click.echo("")
     click.echo(format_table(rows))

@@ -9,10 +9,13 @@ records in source-position order to the table an upsert must end with. Everythin
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 from ingest_platform.dev.demo_data import produce
@@ -23,7 +26,8 @@ VERSION = "2.7.3.Final"
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: a fixed clock keeps the events reproducible
 MYSQL_TOPIC = "mysql.inventory.users"  # <topic.prefix>.<database>.<table>
 POSTGRES_TOPIC = "pg.public.users"  # <topic.prefix>.<schema>.<table>
-COLUMNS = ("id", "first_name", "last_name", "email", "status", "balance", "updated_at")
+COLUMNS = ("id", "first_name", "last_name", "email", "status", "balance", "updated_at", "credit", "is_active",
+           "birthday", "last_login")  # fmt: skip
 
 Change = tuple[str, int]  # (op, id)
 
@@ -84,9 +88,21 @@ class _Step(NamedTuple):
 
 
 def _user(rng: random.Random, ident: int, status: str, balance: float, updated_at: int) -> dict:
+    """One row as the connectors send it (Debezium's defaults): ``credit`` DECIMAL(10,2) as base64 bytes,
+    ``is_active`` TINYINT(1) as 0/1, ``birthday`` DATE as epoch days (before 1970 too), ``last_login``
+    TIMESTAMP as ISO text with zone."""
     first, last = rng.choice(_FIRST), rng.choice(_LAST)
+    credit = rng.randrange(-500_000, 10**9)
+    login = None if rng.random() < 0.2 else updated_at - rng.randrange(0, 86_400_000)
     return {"id": ident, "first_name": first, "last_name": last, "email": f"{first}.{last}.{ident}@example.com".lower(),
-            "status": status, "balance": balance, "updated_at": updated_at}  # fmt: skip
+            "status": status, "balance": balance, "updated_at": updated_at,
+            "credit": base64.b64encode(credit.to_bytes(5, "big", signed=True)).decode(),
+            "is_active": rng.choice((0, 1)), "birthday": rng.choice((None, rng.randrange(-15_000, 15_000))),
+            "last_login": None if login is None else _iso(login)}  # fmt: skip
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _steps(plan: Sequence[Change], seed: int, start_ms: int) -> Iterator[_Step]:
@@ -229,14 +245,24 @@ def _envelope_schema(topic: str, row: list[dict], source: dict) -> dict:
 
 _TIMESTAMP = {"name": "io.debezium.time.Timestamp", "version": 1}
 _ENUM = {"name": "io.debezium.data.Enum", "version": 1}
+#: Columns with DEFAULTs of different JSON types (text, base64, a number, ISO text), as real Connect schemas
+#: carry them: the schema part of a wrapped event cannot be JSON-inferred (docs/DESIGN.md §9.5).
+_TYPED_COLUMNS = [
+    _f("credit", "bytes", False, name="org.apache.kafka.connect.data.Decimal", version=1,
+       parameters={"scale": "2", "connect.decimal.precision": "10"}, default="AA=="),
+    _f("is_active", "int16", False, default=1),
+    _f("birthday", "int32", True, name="io.debezium.time.Date", version=1, default=7305),
+    _f("last_login", "string", True, name="io.debezium.time.ZonedTimestamp", version=1,
+       default="1970-01-01T00:00:00Z"),
+]  # fmt: skip
 _MYSQL_ROW = [
     _f("id", "int32", False), _f("first_name", "string", False), _f("last_name", "string", False),
     _f("email", "string", False), _f("status", "string", False, **_ENUM, parameters={"allowed": ",".join(_STATUSES)},
                                      default="pending"),
-    _f("balance", "double"), _f("updated_at", "int64", False, **_TIMESTAMP),
+    _f("balance", "double"), _f("updated_at", "int64", False, **_TIMESTAMP), *_TYPED_COLUMNS,
 ]  # fmt: skip
 _PG_ROW = [_f("id", "int32", False)] + [_f(n, "string") for n in COLUMNS[1:5]] + [
-    _f("balance", "double"), _f("updated_at", "int64", True, **_TIMESTAMP)]  # fmt: skip
+    _f("balance", "double"), _f("updated_at", "int64", True, **_TIMESTAMP), *_TYPED_COLUMNS]  # fmt: skip
 _COMMON_SOURCE = [
     _f("version", "string", False), _f("connector", "string", False), _f("name", "string", False),
     _f("ts_ms", "int64", False),
@@ -263,12 +289,39 @@ def _json(value: Any) -> bytes:
 
 
 def decode(data: bytes | None) -> dict | None:
-    """A key or value as JSON, without the JSON converter's wrapper; None for a tombstone."""
+    """A key or value as JSON, without the JSON converter's wrapper; None for a tombstone. With the wrapper,
+    row images hold typed values (``typed``), as a table typed by the Connect schema does."""
     if data is None:
         return None
     value = json.loads(data)
     if isinstance(value, dict) and "schema" in value and isinstance(value.get("payload"), dict):
-        return value["payload"]
+        payload = value["payload"]
+        images = {f["field"]: f for f in value["schema"].get("fields", []) if f.get("field") in ("before", "after")}
+        for name, image_schema in images.items():
+            if payload.get(name) is not None:
+                payload[name] = {k: typed(v, _field_schema(image_schema, k)) for k, v in payload[name].items()}
+        return payload
+    return value
+
+
+def _field_schema(struct: dict, name: str) -> dict:
+    return next((f for f in struct.get("fields", []) if f.get("field") == name), {})
+
+
+def typed(value: Any, schema: dict) -> Any:
+    """A Connect JSON value as the column value of docs/DESIGN.md §9.5 (the tests' reference, in plain Python)."""
+    if value is None:
+        return None
+    name = schema.get("name")
+    if name == "org.apache.kafka.connect.data.Decimal":
+        unscaled = int.from_bytes(base64.b64decode(value), "big", signed=True)
+        return Decimal(unscaled).scaleb(-int(schema["parameters"]["scale"]))
+    if name == "io.debezium.time.Timestamp":
+        return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=value)
+    if name == "io.debezium.time.ZonedTimestamp":
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
+    if name == "io.debezium.time.Date":
+        return date(1970, 1, 1) + timedelta(days=value)
     return value
 
 

@@ -28,9 +28,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
-import datetime as _dt
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -46,10 +43,16 @@ import sys
 import tempfile
 import threading
 import time
-import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from ingest_platform.dev.local_process import CACHE_ENV, default_cache_dir  # noqa: F401 - CACHE_ENV is API
+from ingest_platform.dev.local_process import file_lock as _file_lock
+from ingest_platform.dev.local_process import now_iso as _now_iso
+from ingest_platform.dev.local_process import run_captured as _run_captured
+from ingest_platform.dev.local_process import tail_text as _tail_text
+from ingest_platform.dev.maven_jars import MavenJarsError, jar_cache_dir, pom_property, resolve_jars
 
 _log = logging.getLogger(__name__)
 
@@ -59,12 +62,9 @@ SERVER_TEMPLATE = DEPLOY_DIR / "server.properties.template"
 LOG4J2_CONFIG = DEPLOY_DIR / "log4j2.properties"
 
 POM_ENV = "INGEST_KAFKA_POM"
-CACHE_ENV = "INGEST_CACHE_DIR"
 STATE_DIR_ENV = "INGEST_KAFKA_STATE_DIR"
 
 DEFAULT_STARTUP_TIMEOUT_S = 60.0
-_MVN_TIMEOUT_S = 900.0
-_TAIL_LINES = 40
 _PR_SET_PDEATHSIG = 1
 _TEMP_PREFIX = "ingest-kafka-"
 
@@ -83,11 +83,6 @@ def pom_path() -> Path:
     return Path(override).expanduser().resolve() if override else DEPLOY_DIR / "pom.xml"
 
 
-def default_cache_dir() -> Path:
-    """``$INGEST_CACHE_DIR`` or ``~/.cache/ingest_platform``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ingest_platform").expanduser()
-
-
 def default_state_dir() -> Path:
     """The CLI broker's state dir: ``$INGEST_KAFKA_STATE_DIR`` or ``~/.cache/ingest_platform/local-kafka``."""
     env = os.environ.get(STATE_DIR_ENV)
@@ -96,33 +91,25 @@ def default_state_dir() -> Path:
 
 def kafka_version(pom: Path | None = None) -> str:
     """The ``kafka.version`` property of the pom (e.g. ``"4.4.0"``)."""
-    pom = pom or pom_path()
     try:
-        root = ET.parse(pom).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise LocalKafkaError(f"cannot read the Kafka pom {pom}: {exc}") from exc
-    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    node = root.find("m:properties/m:kafka.version", ns)
-    if node is None:
-        node = root.find("properties/kafka.version")
-    if node is None or not (node.text or "").strip():
-        raise LocalKafkaError(f"{pom} has no <properties><kafka.version> element")
-    return node.text.strip()
+        return pom_property(pom or pom_path(), "kafka.version")
+    except MavenJarsError as error:
+        raise LocalKafkaError(str(error)) from None
 
 
-def _jar_cache_dir(cache_dir: Path | None) -> tuple[Path, Path, str]:
+def _jar_cache_dir(cache_dir: Path | None) -> Path:
     pom = pom_path()
     if not pom.is_file():
         raise LocalKafkaError(f"Kafka pom not found: {pom} (set ${POM_ENV} to override)")
-    version = kafka_version(pom)
-    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:12]
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    return root / f"kafka-{version}-{digest}", pom, version
+    try:
+        return jar_cache_dir(pom, "kafka", "kafka.version", cache_dir)
+    except MavenJarsError as error:
+        raise LocalKafkaError(str(error)) from None
 
 
 def cached_broker_jars(cache_dir: Path | None = None) -> Path | None:
     """The libs directory if the jars for the current pom are already resolved, else None (no Maven run)."""
-    target, _, _ = _jar_cache_dir(cache_dir)
+    target = _jar_cache_dir(cache_dir)
     return target / "libs" if (target / ".complete").is_file() else None
 
 
@@ -130,56 +117,15 @@ def resolve_broker_jars(cache_dir: Path | None = None) -> Path:
     """Resolve the broker's runtime jars with Maven; return the ``libs`` directory (use it as ``libs/*``).
 
     The jars go to ``<cache>/kafka-<kafka.version>-<sha256(pom)[:12]>/libs`` and are reused while the pom is
-    unchanged. A ``.complete`` marker is written only after Maven succeeds: an interrupted download is redone.
-    Concurrent callers (several processes) serialise on a lock file.
+    unchanged (``maven_jars.resolve_jars``: a ``.complete`` marker after Maven succeeded, a lock file
+    between processes).
     """
-    target, pom, _ = _jar_cache_dir(cache_dir)
-    libs, marker = target / "libs", target / ".complete"
-    if marker.is_file():
-        return libs
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f"{target.name}.lock"):
-        if marker.is_file():  # another process finished while we waited
-            return libs
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise LocalKafkaError(
-                "Maven (`mvn`) is not on PATH; it is needed once to resolve the Kafka broker jars from "
-                f"{pom}. Install Maven 3.8+ (and Java 17+) and retry."
-            )
-        if target.exists():
-            shutil.rmtree(target)
-        partial = target / "libs.partial"
-        partial.mkdir(parents=True)
-        cmd = [
-            mvn,
-            "-q",
-            "-B",
-            "-Dstyle.color=never",
-            "-f",
-            str(pom),
-            "dependency:copy-dependencies",
-            "-DincludeScope=runtime",
-            f"-DoutputDirectory={partial}",
-        ]
-        _log.info("resolving Kafka broker jars: %s", " ".join(cmd))
-        try:
-            proc = _run_captured(cmd, _MVN_TIMEOUT_S)
-        except subprocess.TimeoutExpired as exc:
-            raise LocalKafkaError(
-                f"mvn did not resolve the Kafka jars from {pom} within {_MVN_TIMEOUT_S:.0f} s:\n"
-                f"{_tail_text(_as_text(exc.output))}"
-            ) from exc
-        if proc.returncode != 0:
-            raise LocalKafkaError(
-                f"mvn failed (exit {proc.returncode}) resolving the Kafka broker jars from {pom}:\n"
-                f"{_tail_text(proc.stdout)}"
-            )
-        if not any(partial.glob("kafka_*.jar")):
-            raise LocalKafkaError(f"mvn succeeded but copied no kafka_*.jar from {pom} into {partial}")
-        partial.rename(libs)
-        marker.write_text(_now_iso() + "\n")
-    return libs
+    _jar_cache_dir(cache_dir)  # the pom exists and names its version
+    try:
+        return resolve_jars(pom_path(), "kafka", version_property="kafka.version", expect="kafka_*.jar",
+                            cache_dir=cache_dir, what="Kafka broker jars")  # fmt: skip
+    except MavenJarsError as error:
+        raise LocalKafkaError(str(error)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -425,10 +371,7 @@ class LocalKafka:
                 "start_new_session": True,
                 "close_fds": True,
             }
-            if self.die_with_parent and sys.platform.startswith("linux"):
-                self._proc = _spawn_dying_with_parent(cmd, kwargs)
-            else:
-                self._proc = subprocess.Popen(cmd, **kwargs)
+            self._proc = spawn(cmd, kwargs, self.die_with_parent)
         self._pid = self._proc.pid
         deadline = t0 + self.startup_timeout_s
         try:
@@ -666,14 +609,6 @@ def create_topic(
         time.sleep(0.1)
 
 
-def _run_captured(cmd: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
-    """Run a tool to completion with stdout and stderr captured together (for error messages)."""
-    return subprocess.run(
-        cmd, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, errors="replace", timeout=timeout_s,
-    )  # fmt: skip
-
-
 def new_cluster_id() -> str:
     """A KRaft cluster id: URL-safe base64 of 16 random bytes, unpadded (what ``random-uuid`` prints)."""
     while True:
@@ -825,6 +760,30 @@ def _spawn_dying_with_parent(cmd: list[str], kwargs: dict[str, Any]) -> subproce
 # ---- processes
 
 
+def spawn(cmd: list[str], kwargs: dict[str, Any], die_with_parent: bool) -> subprocess.Popen[bytes]:
+    """``Popen(cmd, **kwargs)``; with ``die_with_parent`` (Linux) the kernel SIGTERMs the child when this
+    process dies, even by SIGKILL. The local broker, MariaDB and Kafka Connect start this way."""
+    if die_with_parent and sys.platform.startswith("linux"):
+        return _spawn_dying_with_parent(cmd, kwargs)
+    return subprocess.Popen(cmd, **kwargs)
+
+
+def stop_child(proc: subprocess.Popen[bytes] | None, timeout_s: float, what: str) -> None:
+    """SIGTERM the process group of ``proc`` (started with ``start_new_session``), SIGKILL after ``timeout_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+        return
+    except subprocess.TimeoutExpired:
+        if timeout_s > 0:
+            _log.warning("%s (pid %s) ignored SIGTERM for %.0f s; sending SIGKILL", what, proc.pid, timeout_s)
+    _signal_group(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
+
 def _signal_group(pid: int, sig: int) -> None:
     """Signal the broker's process group (pgid == pid: it was started with start_new_session)."""
     try:
@@ -902,17 +861,6 @@ def _read_info(state_dir: Path) -> dict[str, Any] | None:
 # ---- files
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -937,17 +885,3 @@ def _broker_tail(state_dir: Path, server_log_offset: int = 0) -> tuple[str, str]
     if out.is_file():
         parts.append(f"== {out} (tail) ==\n{_tail_text(out.read_text(errors='replace'), 15)}")
     return new_log, "\n".join(parts) or "(no broker log written)"
-
-
-def _tail_text(text: str, lines: int = _TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _as_text(data: str | bytes | None) -> str:
-    if data is None:
-        return ""
-    return data.decode(errors="replace") if isinstance(data, bytes) else data
-
-
-def _now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

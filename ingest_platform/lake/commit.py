@@ -28,6 +28,10 @@ class ConcurrentWriterError(LakeWriteError):
     """Another writer advanced the dataset's ledger while this run was reading."""
 
 
+class LakeSchemaError(LakeWriteError):
+    """The rows do not fit the table (schema or partitioning): retrying the same rows cannot succeed."""
+
+
 @dataclass(frozen=True)
 class AppendRequest:
     dataset: str
@@ -53,10 +57,20 @@ class MergeClauses:
     insert_when: str | None  # not matched: insert all columns when this holds (None: always)
 
 
-def append_with_ledger(lake: LakeLocation, request: AppendRequest) -> int:
-    """Append ``request.rows`` and advance the ledger in one Delta commit; returns the commit's version."""
-    table = lake.open_table(request.table_path)
+def append_with_ledger(lake: LakeLocation, request: AppendRequest, table: DeltaTable | None = None) -> int:
+    """Append ``request.rows`` and advance the ledger in one Delta commit; returns the commit's version.
+
+    ``table``: a handle of the existing table that the caller keeps between commits (a stream's or a run's
+    writer): it is brought up to date (only the log entries added since are read) instead of loading the
+    table again, and the commit's version is the handle's version after the write.
+    """
     uri = lake.table_uri(request.table_path)
+    kept = table is not None
+    if table is not None:
+        with _mapped_errors(request.dataset, f"reading {uri}"):
+            table.update_incremental()
+    else:
+        table = lake.open_table(request.table_path)
     if table is not None:
         _check_before_commit(table, request, uri)
     token = uuid.uuid4().hex
@@ -75,16 +89,26 @@ def append_with_ledger(lake: LakeLocation, request: AppendRequest) -> int:
             description=request.description if table is None else None,
             commit_properties=_commit_properties(request, metadata),
         )
+    if table is not None and kept:
+        # The write leaves the handle at its own commit (checked against the commits' run ids in test_stream.py).
+        return table.version()
     return _version_of(lake, request.table_path, token)
 
 
-def merge_with_ledger(lake: LakeLocation, request: AppendRequest, clauses: MergeClauses) -> tuple[int, dict]:
+def merge_with_ledger(
+    lake: LakeLocation, request: AppendRequest, clauses: MergeClauses, table: DeltaTable | None = None
+) -> tuple[int, dict]:
     """MERGE ``request.rows`` into the existing table and advance the ledger in the same commit.
 
     Returns the commit's version and deltalake's merge metrics (rows inserted, updated, deleted…).
+    ``table``: a handle the caller keeps, brought up to date instead of loading the table again.
     """
-    table = lake.open_table(request.table_path)
     uri = lake.table_uri(request.table_path)
+    if table is not None:
+        with _mapped_errors(request.dataset, f"reading {uri}"):
+            table.update_incremental()
+    else:
+        table = lake.open_table(request.table_path)
     if table is None:
         raise LakeWriteError(f"dataset '{request.dataset}': {uri} does not exist; a MERGE needs the table")
     _check_before_commit(table, request, uri)
@@ -128,7 +152,7 @@ def _mapped_errors(dataset: str, what: str) -> Iterator[None]:
     try:
         yield
     except SchemaMismatchError as error:
-        raise LakeWriteError(
+        raise LakeSchemaError(
             f"dataset '{dataset}': the records do not fit the schema ({what}): {error}. Nothing was committed."
         ) from None
     except (DeltaError, OSError) as error:
@@ -150,7 +174,7 @@ def _check_before_commit(table: DeltaTable, request: AppendRequest, uri: str) ->
 def _check_partitioning(table: DeltaTable, request: AppendRequest, uri: str) -> None:
     existing = list(table.metadata().partition_columns)
     if existing != list(request.partition_by):
-        raise LakeWriteError(
+        raise LakeSchemaError(
             f"dataset '{request.dataset}': {uri} is partitioned by {existing}, the catalog says "
             f"partition_by: {list(request.partition_by)}. Restore the catalog's partition_by, or write a new table."
         )

@@ -100,7 +100,8 @@ def read_history(table: DeltaTable) -> History:
     return History(commits=commits, earliest_version=earliest, latest_version=table.version())
 
 
-def _files(table: DeltaTable) -> pa.Table:
+def add_actions(table: DeltaTable) -> pa.Table:
+    """The snapshot's data files (path, size, modification time, partition values, stats), one row each."""
     return pa.table(table.get_add_actions(flatten=True))
 
 
@@ -112,7 +113,7 @@ def check_file_size(dataset: Dataset, table: DeltaTable) -> Finding:
     merge them (two or more small files in one table partition): a partition whose whole content is below the
     minimum cannot do better, and failing for it would re-trigger a compaction that changes nothing."""
     low, high = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
-    files = _files(table)
+    files = add_actions(table)
     sizes = [s / MB for s in files["size_bytes"].to_pylist()]
     partition_columns = [c for c in files.column_names if c.startswith("partition.")]
     keys = list(zip(*(files[c].to_pylist() for c in partition_columns))) if partition_columns else [()] * len(sizes)
@@ -322,7 +323,7 @@ def check_no_loss(
         if ledger.get(partition) != last:
             problems.append({"partition": partition, "problem": "ledger differs from the last committed range",
                              "ledger": ledger.get(partition), "last_range_end": last})  # fmt: skip
-    table_rows = sum(n or 0 for n in _files(table)["num_records"].to_pylist())
+    table_rows = sum(n or 0 for n in add_actions(table)["num_records"].to_pylist())
     metadata: dict[str, object] = {
         "commits_checked": len(history.commits),
         "partitions": len(last_of),

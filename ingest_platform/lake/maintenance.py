@@ -56,8 +56,13 @@ class VacuumReport:
         return asdict(self)
 
 
-def compact(lake: LakeLocation, dataset: Dataset) -> CompactionReport:
-    """Bin-pack the table's small files up to the dataset's target size (no table: nothing to do)."""
+def compact(
+    lake: LakeLocation, dataset: Dataset, partition_filters: list[tuple[str, str, str]] | None = None
+) -> CompactionReport:
+    """Bin-pack the table's small files up to the dataset's target size (no table: nothing to do).
+
+    ``partition_filters`` (deltalake's ``[(column, "=", value), ...]``) limits the work to one table partition.
+    """
     started = time.monotonic()
     uri = lake.table_uri(dataset.table_path)
     target = target_file_bytes(dataset)
@@ -66,6 +71,7 @@ def compact(lake: LakeLocation, dataset: Dataset) -> CompactionReport:
         return CompactionReport(dataset.name, uri, None, None, 0, 0, 0, 0, 0, target, 0.0)
     before_version, before_files = table.version(), len(table.file_uris())
     metrics = table.optimize.compact(
+        partition_filters=partition_filters,
         target_size=target,
         writer_properties=WRITER_PROPERTIES,
         commit_properties=CommitProperties(

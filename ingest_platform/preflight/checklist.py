@@ -6,6 +6,7 @@ storage.py, infrastructure.py) and listed, in the guide's order, in ``ingest_pla
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.kafka.topics import TopicAdminError, TopicProfile, TopicState
 
 #: deploy/ in the source tree (the package is installed editable).
-DEFAULT_DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
+DEFAULT_DEPLOY_DIR = Path(os.environ.get("INGEST_DEPLOY_DIR") or Path(__file__).resolve().parents[2] / "deploy")
 
 PASS, FAIL, NA = "pass", "fail", "na"
 SECTIONS = ("spark", "kafka", "storage", "infrastructure")

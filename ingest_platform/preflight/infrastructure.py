@@ -63,7 +63,31 @@ def _manifests(ctx: PreflightContext) -> list[tuple[str, Mapping[str, Any]]]:
                 docs.extend((name, item) for item in doc.get("items") or [] if isinstance(item, Mapping))
             elif isinstance(doc, Mapping):
                 docs.append((name, doc))
+                docs.extend(_embedded_pods(name, doc))
     return docs
+
+
+def _embedded_pods(name: str, doc: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """Pod templates kept in a ConfigMap (Spark's driver/executor templates) are workloads too."""
+    if doc.get("kind") != "ConfigMap":
+        return []
+    pods = []
+    for key, text in (doc.get("data") or {}).items():
+        if str(key).endswith((".yaml", ".yml")):
+            try:
+                inner = yaml.safe_load(str(text))
+            except yaml.YAMLError:
+                continue
+            if isinstance(inner, Mapping) and inner.get("kind") == "Pod":
+                meta = {**(inner.get("metadata") or {}), "name": f"{(doc.get('metadata') or {}).get('name')}/{key}"}
+                pods.append((name, {**inner, "metadata": meta}))
+    return pods
+
+
+#: Helm values of Dagster's chart whose run pods take default resources from the run launcher.
+HELM_VALUES = ("helm/dagster-values.yaml",)
+#: The stream process's health endpoints (DESIGN §11): Kubernetes probes must use them.
+STREAM_PROBES = {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}
 
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod")
@@ -123,7 +147,32 @@ def check_resource_limits(ctx: PreflightContext) -> list[Finding]:
                 findings.append(Finding(subject, FAIL, f"resources without {', '.join(missing)}"))
             else:
                 findings.append(Finding(subject, PASS, "cpu and memory requests and limits set"))
+    findings.extend(_run_pod_limits(ctx))
     return findings or _k8s_na()
+
+
+def _run_pod_limits(ctx: PreflightContext) -> list[Finding]:
+    """Dagster run pods (K8sRunLauncher): the Helm values' ``runK8sConfig.containerConfig.resources``."""
+    findings = []
+    for relative in HELM_VALUES:
+        path = ctx.deploy_dir / relative
+        if not path.is_file():
+            continue
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            findings.append(Finding(relative, FAIL, f"unreadable YAML: {error}"))
+            continue
+        launcher = (((values.get("runLauncher") or {}).get("config") or {}).get("k8sRunLauncher") or {})
+        if not launcher:
+            continue
+        resources = (((launcher.get("runK8sConfig") or {}).get("containerConfig") or {}).get("resources") or {})
+        missing = [f"{part}.{res}" for part in ("requests", "limits") for res in ("cpu", "memory")
+                   if res not in (resources.get(part) or {})]
+        subject = f"{relative}: runLauncher.config.k8sRunLauncher.runK8sConfig.containerConfig (Dagster run pods)"
+        findings.append(Finding(subject, FAIL, f"resources without {', '.join(missing)}") if missing else
+                        Finding(subject, PASS, "cpu and memory requests and limits set (per-run tags refine them)"))
+    return findings
 
 
 def check_health_checks(ctx: PreflightContext) -> list[Finding]:
@@ -133,11 +182,25 @@ def check_health_checks(ctx: PreflightContext) -> list[Finding]:
             continue
         for container in _containers(doc):
             subject = f"{name}: {doc['kind']}/{(doc.get('metadata') or {}).get('name', '?')}/{container.get('name')}"
-            probes = [p for p in ("livenessProbe", "readinessProbe", "startupProbe") if container.get(p)]
-            findings.append(Finding(subject, PASS if probes else FAIL,
-                                    ", ".join(probes) if probes else "no liveness or readiness probe"))
+            findings.append(_probe_finding(subject, container))
     return findings or [Finding("deploy/k8s", NA, "no long-running workloads (Deployment, StatefulSet, DaemonSet) "
                                                   "under deploy/k8s/")]
+
+
+def _probe_finding(subject: str, container: Mapping[str, Any]) -> Finding:
+    """Any probe for a long-running process; a stream process (``ingest-platform stream``) must probe its health
+    endpoints: liveness ``/healthz``, readiness ``/readyz`` (DESIGN §11)."""
+    probes = [p for p in ("livenessProbe", "readinessProbe", "startupProbe") if container.get(p)]
+    if not probes:
+        return Finding(subject, FAIL, "no liveness or readiness probe")
+    command = [str(a) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
+    if "stream" in command:
+        wrong = [f"no {p} on {path}" if not container.get(p) else f"{p} is not an HTTP GET of {path}"
+                 for p, path in STREAM_PROBES.items()
+                 if ((container.get(p) or {}).get("httpGet") or {}).get("path") != path]
+        if wrong:
+            return Finding(subject, FAIL, f"stream process: {'; '.join(wrong)} (DESIGN §11 health endpoints)")
+    return Finding(subject, PASS, ", ".join(probes))
 
 
 def _first_dir(ctx: PreflightContext, names: Iterable[str]) -> list[Path]:

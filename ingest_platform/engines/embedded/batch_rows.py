@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest_platform.catalog import DERIVED_PARTITIONS, Dataset, is_reserved
+from ingest_platform.engines import connect_schema
 from ingest_platform.engines.changes import CDC_DELETED, CDC_DELETED_AT, CDC_OP, CDC_POSITION, DELETE_OP
-from ingest_platform.engines.embedded import decode
-from ingest_platform.engines.embedded.debezium import fill_key_from_message, read_events, unwrap
+from ingest_platform.engines.embedded import decode, typed_values
+from ingest_platform.engines.embedded.debezium import fill_key_from_message, read_events
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.lake.dead_letters import BadRecord
 
@@ -32,6 +33,10 @@ ENGINE_COLUMN_TYPES = {
     "_event_time": decode.UTC_MICROS,
     "_ingested_at": decode.UTC_MICROS,
 }
+
+
+#: Row types of the Connect schemas seen by this process (one per table and DDL version; bounded).
+_SCHEMAS = connect_schema.SchemaCache()
 
 
 @dataclass
@@ -75,6 +80,7 @@ class _BatchDecoder:
         self.tolerant = dataset.max_dlq_ratio > 0
         self.bad: dict[int, str] = {}  # record index -> reason
         self.kept: list[int] = []  # record index of each decoded row
+        self.schemas = _SCHEMAS
 
     def fail(self, problem: str) -> IngestError:
         return IngestError(f"{problem} Nothing was committed for this batch.")
@@ -99,6 +105,9 @@ class _BatchDecoder:
             raise self.fail(message + self._dlq_hint()) from None
         except decode.SchemaConflict as error:
             raise self.fail(f"dataset '{dataset.name}': {error}{self._dlq_hint()}") from None
+        except pa.ArrowException as error:  # a conversion nothing above foresaw: still named, never raw
+            raise self.fail(f"dataset '{dataset.name}', {self._describe()}: the batch could not be decoded "
+                            f"({type(error).__name__}: {error}).") from None  # fmt: skip
         good = pa.array([index not in self.bad for index in self.kept], pa.bool_())
         fields = fields.filter(good)
         extra = {name: column.filter(good) for name, column in extra.items()}
@@ -108,18 +117,25 @@ class _BatchDecoder:
 
     # -- decoding ---------------------------------------------------------------------------------------------
 
-    def _read(self, values: Sequence[bytes], explicit: pa.Schema, known: pa.Schema) -> pa.Table:
-        """Bulk read; when it fails and the dataset dead-letters, set the unreadable values aside."""
+    def _read(self, values: Sequence[bytes], explicit: pa.Schema, known: pa.Schema,
+              indices: Sequence[int] | None = None) -> tuple[pa.Table, list[int]]:  # fmt: skip
+        """Bulk read of ``values`` (records ``indices``, default all); when it fails and the dataset
+        dead-letters, set the unreadable values aside. Returns the rows and the record index of each."""
+        indices = list(range(len(values))) if indices is None else list(indices)
+        locate = lambda i: self.records.locate(self.dataset.name, indices[i])  # noqa: E731
         try:
-            table = decode.read_json_values(values, explicit)
-            self.kept = list(range(len(values)))
-            return table
+            return decode.read_json_values(values, explicit), indices
         except pa.ArrowInvalid as error:
             if not self.tolerant:
-                decode.raise_unreadable(values, lambda i: self.records.locate(self.dataset.name, i), error, known)
-        table, self.kept, bad = decode.decode_json_tolerant(values, known)
-        self.bad.update(bad)
-        return table
+                decode.raise_unreadable(values, locate, error, known)
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass  # Arrow could not join the types it inferred block by block: read in halves (below)
+        table, kept, bad = decode.decode_json_tolerant(values, known)
+        if bad and not self.tolerant:
+            first = min(bad)
+            raise decode.DecodeError(f"{locate(first)}: {bad[first]}")
+        self.bad.update({indices[i]: reason for i, reason in bad.items()})
+        return table, [indices[i] for i in kept]
 
     def _record_types(self) -> dict[str, pa.DataType]:
         """The table's record fields (not the engine's columns), whose types new values must fit."""
@@ -130,39 +146,80 @@ class _BatchDecoder:
 
     def _json(self) -> pa.Table:
         fields = self.dataset.fields
-        table = self._read(
+        table, self.kept = self._read(
             self.records.values, decode.declared_schema(fields), decode.declared_schema(fields, self._record_types())
         )
         decode.check_not_reserved(table.column_names)
-        return decode.convert_declared(table, fields, self.locate)
+        return self._convert(table, fields)
+
+    def _convert(self, table: pa.Table, fields) -> pa.Table:
+        """Declared fields as their column types; a value that does not convert makes its record bad."""
+        table, problems = decode.convert_declared(table, fields)
+        for row, reason in sorted(problems.items()):
+            self._reject(row, reason)
+        return table
 
     def _debezium(self) -> tuple[pa.Table, tuple[str, ...], dict[str, pa.Array]]:
-        declared = decode.declared_schema(self.dataset.fields)
-        known = decode.declared_schema(self.dataset.fields, self._record_types())
-
-        def envelope(image: pa.Schema) -> pa.Schema:
-            """Row-image types for both envelope forms: plain, and inside the JSON converter's ``payload``."""
-            if not len(image):
-                return pa.schema([])
-            images = [("before", pa.struct(list(image))), ("after", pa.struct(list(image)))]
-            return pa.schema([*images, ("payload", pa.struct(images))])
-
-        table = self._read(self.records.values, envelope(declared), envelope(known))
-        events = read_events(table)
-        for row, reason in sorted(events.bad.items()):
-            self._reject(row, reason)
-        images = events.images
-        decode.check_not_reserved(images.column_names)
-        images = decode.convert_declared(images, self.dataset.fields, self.locate)
+        """Events grouped by their Connect schema (none: bare events), each group read against its row types
+        (docs/DESIGN.md §9.5); the groups' rows are then one table (a DDL in the batch adds columns)."""
+        groups: dict[bytes | None, tuple[list[int], list[bytes]]] = {}
+        for index, value in enumerate(self.records.values):
+            wrapped = connect_schema.split(value)
+            schema = None if wrapped is None or wrapped.schema == b"null" else wrapped.schema
+            members = groups.setdefault(schema, ([], []))
+            members[0].append(index)
+            members[1].append(value if wrapped is None else wrapped.payload)
+        self.kept = []  # each group appends the records of its rows, in the order the groups' rows are joined
+        parts = [self._debezium_group(schema, indices, payloads) for schema, (indices, payloads) in groups.items()]
+        images = _concat([part[1] for part in parts])
+        extra = {name: pa.concat_arrays([part[2][name] for part in parts]) for name in parts[0][2]}
         key = self.dataset.key
         if not key:
             images, key = self._key_from_messages(images)
-        extra = {CDC_OP: events.op, CDC_POSITION: events.position, "_event_ms": events.event_ms}
         return images, key, extra
+
+    def _debezium_group(self, schema: bytes | None, indices: list[int],
+                        payloads: list[bytes]) -> tuple[list[int], pa.Table, dict[str, pa.Array]]:  # fmt: skip
+        """(record indices, row images, op/position/event time) of events sharing one Connect schema; the
+        records of its rows are appended to ``kept``."""
+        fields = self.dataset.fields
+        exact = {}
+        if schema is not None:
+            try:
+                exact = self.schemas.image_types(schema)
+            except connect_schema.ConnectSchemaError as error:
+                first = self.records.locate(self.dataset.name, indices[0])
+                raise decode.DecodeError(f"{first} (and {len(indices) - 1} more records with the same Connect "
+                                         f"schema): {error}") from None  # fmt: skip
+        declared = decode.declared_schema(fields, exact=exact)
+        known = decode.declared_schema(fields, self._record_types(), exact=exact)
+
+        def envelope(image: pa.Schema) -> pa.Schema:
+            if not len(image):
+                return pa.schema([])
+            return pa.schema([("before", pa.struct(list(image))), ("after", pa.struct(list(image)))])
+
+        table, kept = self._read(payloads, envelope(declared), envelope(known), indices)
+        offset = len(self.kept)  # this group's rows follow the earlier groups' rows
+        self.kept += kept
+        events = read_events(table)
+        for row, reason in sorted(events.bad.items()):
+            self._reject(offset + row, reason)
+        images = events.images
+        decode.check_not_reserved(images.column_names)
+        table, problems = decode.convert_declared(images, {**exact, **fields})
+        for row, reason in sorted(problems.items()):
+            self._reject(offset + row, reason)
+        extra = {CDC_OP: events.op, CDC_POSITION: events.position, "_event_ms": events.event_ms}
+        return kept, table, extra
 
     def _key_from_messages(self, images: pa.Table) -> tuple[pa.Table, tuple[str, ...]]:
         """No ``key:`` in the catalog: the message key (a JSON object, maybe wrapped) names and fills it."""
-        raw = [self.records.keys[i] or b"{}" for i in self.kept]
+        raw = []
+        for index in self.kept:
+            key = self.records.keys[index] or b"{}"
+            wrapped = connect_schema.split(key)
+            raw.append(key if wrapped is None else wrapped.payload)
         try:
             keys = decode.read_json_values(raw, pa.schema([]))
         except pa.ArrowInvalid as error:
@@ -170,7 +227,6 @@ class _BatchDecoder:
                 f"the message keys are not JSON objects ({error}); set key: [...] in the catalog to take the key "
                 "from the row image"
             ) from None
-        keys = unwrap(keys)[0]
         return fill_key_from_message(images, decode.normalize_for_delta(keys))
 
     # -- checks -----------------------------------------------------------------------------------------------
@@ -180,12 +236,12 @@ class _BatchDecoder:
             return fields
         if not key:
             raise decode.DecodeError("no key: the records carry no message key and the catalog sets no key: [...]")
-        missing = pa.array([False] * fields.num_rows)
+        missing = pa.array([False] * fields.num_rows, pa.bool_())
         for name in key:
             if name in fields.column_names:
                 missing = pc.or_(missing, fields[name].is_null())
             else:
-                missing = pa.array([True] * fields.num_rows)
+                missing = pa.array([True] * fields.num_rows, pa.bool_())
         for row in pc.indices_nonzero(missing).to_pylist():
             self._reject(row, f"no value for key field(s) {', '.join(key)}")
         return fields
@@ -258,9 +314,8 @@ class _BatchDecoder:
         n = len(kept)
         for name, kind in dataset.fields.items():
             if name not in fields.column_names:
-                fields = fields.append_column(
-                    pa.field(name, decode.FIELD_ARROW_TYPES[kind]), pa.nulls(n, decode.FIELD_ARROW_TYPES[kind])
-                )
+                column_type = typed_values.arrow_type(kind)
+                fields = fields.append_column(pa.field(name, column_type), pa.nulls(n, column_type))
         indices = pa.array(kept, pa.int64())
 
         def take(values: list, kind: pa.DataType) -> pa.Array:
@@ -277,7 +332,7 @@ class _BatchDecoder:
                 parsed = decode.parse_timestamps(fields[dataset.event_time_field], dataset.event_time_field, locate)
             except decode.DecodeError as error:
                 raise self.fail(str(error) + ".") from None
-            event_time = pc.coalesce(parsed.combine_chunks(), event_time)
+            event_time = pc.coalesce(parsed, event_time)
         derived = _derived_partitions(event_time)
         for name in dataset.partition_by:
             if name in derived:
@@ -318,3 +373,16 @@ def _derived_partitions(event_time: pa.Array) -> dict[str, pa.Array]:
         "hour": pc.hour(event_time).cast(pa.int32()),
         "date": pc.cast(event_time, pa.date32()),
     }
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """Row images of several Connect schemas as one table: columns one lacks are null there; a column whose
+    types differ takes the wider one (an ALTER that widened it), else the types are named."""
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+        raise decode.SchemaConflict(
+            f"events of different Connect schemas disagree on a column's type ({error})"
+        ) from None

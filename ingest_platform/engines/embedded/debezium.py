@@ -1,7 +1,7 @@
 """Debezium change events (decoded by Arrow) -> row images, ops, positions (docs/DESIGN.md §9.1).
 
-Works on whole batches: the envelope columns (``op``, ``before``, ``after``, ``source``, ``ts_ms``), with or
-without the JSON converter's ``schema``/``payload`` wrapper, become one row image per event (``after``, or
+Works on whole batches: the envelope columns (``op``, ``before``, ``after``, ``source``, ``ts_ms``; the JSON
+converter's wrapper is split off before, ``connect_schema.split``) become one row image per event (``after``, or
 ``before`` for a delete), and the problems of single events are returned by row for the dead-letter table.
 """
 
@@ -26,20 +26,9 @@ class ChangeEvents:
     bad: dict[int, str]  # row -> why the event cannot be applied
 
 
-def unwrap(table: pa.Table) -> tuple[pa.Table, pa.Array | None]:
-    """The JSON converter's ``payload`` as the table, when there is one; also its validity (None: no wrapper)."""
-    if "payload" not in table.column_names or not pa.types.is_struct(table.schema.field("payload").type):
-        return table, None
-    payload = table["payload"].combine_chunks()
-    if payload.null_count == len(payload):  # an explicit schema named it, no record has it
-        return table.drop_columns(["payload"]), None
-    inner = pa.Table.from_arrays(payload.flatten(), names=[f.name for f in payload.type])
-    return inner, payload.is_valid()
-
-
 def read_events(envelopes: pa.Table) -> ChangeEvents:
     """Row images, ops, positions and per-event problems of a batch of decoded envelopes."""
-    table, wrapped_valid = unwrap(envelopes)
+    table = envelopes
     n = table.num_rows
     bad: dict[int, str] = {}
 
@@ -49,9 +38,6 @@ def read_events(envelopes: pa.Table) -> ChangeEvents:
         values = table[name].combine_chunks()
         return None if pa.types.is_null(values.type) else values
 
-    if wrapped_valid is not None:
-        for row in _rows(pc.invert(wrapped_valid)):
-            bad[row] = "not a Debezium change event: the value has a 'payload' wrapper in other records, not here"
     op = column("op")
     if op is None or not pa.types.is_string(op.type):
         op = pa.nulls(n, pa.string()) if op is None else pc.cast(op, pa.string())
@@ -123,7 +109,7 @@ def _common_type(name: str, a: pa.DataType | None, b: pa.DataType | None) -> pa.
 
 def _null_struct(image: pa.Array | None, n: int) -> pa.Array:
     if image is None:
-        return pa.array([True] * n)
+        return pa.array([True] * n, pa.bool_())
     return image.is_null()
 
 

@@ -13,26 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-from ingest_platform.catalog import is_reserved
+from ingest_platform.catalog import FieldType, is_reserved
+from ingest_platform.engines.embedded import typed_values
 
-UTC_MICROS = pa.timestamp("us", tz="UTC")
+UTC_MICROS = typed_values.UTC_MICROS
 
-#: Catalog ``schema:`` types -> Arrow types. Timestamps, dates and binaries are read as strings and converted.
-FIELD_ARROW_TYPES: dict[str, pa.DataType] = {
-    "string": pa.string(),
-    "long": pa.int64(),
-    "integer": pa.int32(),
-    "double": pa.float64(),
-    "float": pa.float32(),
-    "boolean": pa.bool_(),
-    "timestamp": UTC_MICROS,
-    "date": pa.date32(),
-    "binary": pa.binary(),
-}
-_READ_AS_STRING = {"timestamp", "date", "binary"}
 _READ_BLOCK_BYTES = 16 << 20
 
 
@@ -44,11 +31,23 @@ class SchemaConflict(ValueError):
     """A field's type in new records differs from the table's; the message names the field and both types."""
 
 
-def declared_schema(fields: Mapping[str, str], known: Mapping[str, pa.DataType] | None = None) -> pa.Schema:
-    """The types Arrow's reader is given: ``known`` primitive types (the table's), overridden by ``fields``."""
+def declared_schema(fields: Mapping[str, FieldType], known: Mapping[str, pa.DataType] | None = None,
+                    exact: Mapping[str, FieldType] | None = None) -> pa.Schema:  # fmt: skip
+    """The types Arrow's reader is given: ``known`` primitive types (the table's), then the declared ``fields``
+    (catalog ``schema:``), whose JSON form may vary, then ``exact`` ones (a Connect schema: the form is known;
+    a catalog type of the same field still decides the column, §9.5). A declared field whose form varies is
+    left out: Arrow infers what it is and ``convert_declared`` converts it."""
     types = {name: kind for name, kind in (known or {}).items() if _is_primitive(kind)}
     for name, kind in fields.items():
-        types[name] = pa.string() if kind in _READ_AS_STRING else FIELD_ARROW_TYPES[kind]
+        types.pop(name, None)
+        read = typed_values.read_type(kind, exact=False)
+        if read is not None:
+            types[name] = read
+    for name, kind in (exact or {}).items():
+        types.pop(name, None)
+        read = typed_values.read_type(kind, exact=True)
+        if read is not None:
+            types[name] = read
     return pa.schema(list(types.items()))
 
 
@@ -79,14 +78,18 @@ def read_json_values(values: Sequence[bytes], explicit: pa.Schema) -> pa.Table:
     return table
 
 
-def decode_json(values: Sequence[bytes], fields: Mapping[str, str], locate: Callable[[int], str]) -> pa.Table:
+def decode_json(values: Sequence[bytes], fields: Mapping[str, FieldType], locate: Callable[[int], str]) -> pa.Table:
     """One row per value. ``fields`` fixes types (catalog ``schema:``); ``locate(i)`` describes value ``i``."""
     try:
         table = read_json_values(values, declared_schema(fields))
     except pa.ArrowInvalid as error:
         raise_unreadable(values, locate, error)
     check_not_reserved(table.column_names)
-    return convert_declared(table, fields, locate)
+    table, problems = convert_declared(table, fields)
+    if problems:
+        first = min(problems)
+        raise DecodeError(f"{locate(first)}: {problems[first]}")
+    return table
 
 
 def raise_unreadable(
@@ -127,8 +130,10 @@ def decode_json_tolerant(values: Sequence[bytes], explicit: pa.Schema) -> tuple[
 
     Bisects the batch: halves that Arrow reads are kept, a single value it cannot read is bad, with the
     reason. Returns (rows of the good values, their indices, {index: reason}). Only used after the bulk
-    read failed and the dataset dead-letters (``max_dlq_ratio`` > 0): it costs about log2(n) extra reads
-    per bad value. Raises ``DecodeError`` when the good values disagree on an undeclared field's type.
+    read failed and the dataset dead-letters (``max_dlq_ratio`` > 0), or when Arrow could not join the types
+    it inferred block by block (a field null in the first 16 MB and an object later): it costs about
+    log2(n) extra reads per bad value. Raises ``DecodeError`` when the good values disagree on an undeclared
+    field's type.
     """
     tables: list[pa.Table] = []
     good: list[int] = []
@@ -138,7 +143,7 @@ def decode_json_tolerant(values: Sequence[bytes], explicit: pa.Schema) -> tuple[
         try:
             tables.append(read_json_values(values[low:high], explicit))
             good.extend(range(low, high))
-        except pa.ArrowInvalid as error:
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
             if high - low == 1:
                 bad[low] = _why_unreadable(values[low], str(error), explicit)
             else:
@@ -152,7 +157,7 @@ def decode_json_tolerant(values: Sequence[bytes], explicit: pa.Schema) -> tuple[
         return pa.table({}), good, bad
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
         raise DecodeError(
             f"records disagree on a field's type: {error}. Declare the field's type under 'schema:' in the catalog."
         ) from None
@@ -206,6 +211,8 @@ _DELTA_TYPE_NAMES = {
 def delta_type_name(kind: pa.DataType) -> str:
     if pa.types.is_timestamp(kind):
         return "timestamp"
+    if pa.types.is_decimal(kind):
+        return f"decimal({kind.precision},{kind.scale})"
     return _DELTA_TYPE_NAMES.get(kind, str(kind))
 
 
@@ -229,59 +236,29 @@ def _raise_for_first_bad_value(
     )
 
 
-def convert_declared(table: pa.Table, fields: Mapping[str, str], locate: Callable[[int], str]) -> pa.Table:
+def convert_declared(table: pa.Table, fields: Mapping[str, FieldType]) -> tuple[pa.Table, dict[int, str]]:
+    """Declared fields as their column types (docs/DESIGN.md §9.5); values that do not convert are null and
+    returned by row with the reason (the caller dead-letters the record or fails naming it)."""
+    problems: dict[int, str] = {}
     for name, kind in fields.items():
-        if kind in _READ_AS_STRING and name in table.column_names:
-            index = table.column_names.index(name)
-            column = table[name]
-            target = FIELD_ARROW_TYPES[kind]
-            if kind == "timestamp":
-                converted = parse_timestamps(column, name, locate)
-            elif kind == "binary":
-                converted = pc.cast(column, target)
-            else:
-                converted = _cast_or_raise(column, target, name)
-            table = table.set_column(index, pa.field(name, target), converted)
-    return table
+        if name not in table.column_names:
+            continue
+        converted, bad = typed_values.convert(table[name], kind, name)
+        for row, reason in bad.items():
+            problems.setdefault(row, reason)
+        table = table.set_column(table.column_names.index(name), pa.field(name, converted.type), converted)
+    return table, problems
 
 
-def _cast_or_raise(column: pa.ChunkedArray, target: pa.DataType, name: str) -> pa.ChunkedArray:
-    try:
-        return pc.cast(column, target)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-        raise DecodeError(f"field '{name}' cannot be read as {target}: {error}") from None
-
-
-def parse_timestamps(column: pa.ChunkedArray, name: str, locate: Callable[[int], str] | None = None) -> pa.ChunkedArray:
+def parse_timestamps(column: pa.ChunkedArray, name: str, locate: Callable[[int], str] | None = None) -> pa.Array:
     """Timestamps (UTC, µs) from ISO-8601 strings (with or without zone; none means UTC), epoch seconds or
-    milliseconds (numbers above 1e11 are milliseconds), or Arrow timestamps."""
-    kind = column.type
-    if pa.types.is_timestamp(kind):
-        return pc.cast(column, pa.timestamp("us", tz=kind.tz or "UTC")).cast(UTC_MICROS)
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        as_float = pc.cast(column, pa.float64())
-        micros = pc.if_else(pc.greater(pc.abs(as_float), 1e11), pc.multiply(as_float, 1e3), pc.multiply(as_float, 1e6))
-        return pc.cast(pc.cast(micros, pa.int64()), UTC_MICROS)
-    if pa.types.is_null(kind):
-        return pa.chunked_array([pa.nulls(len(column), UTC_MICROS)])
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        # Values without a zone are UTC: give them one, so one vectorised cast parses the whole column.
-        has_zone = pc.match_substring_regex(column, r"(Z|[+-]\d\d:?\d\d)$")
-        has_time = pc.match_substring_regex(column, r"\d[T ]\d")
-        suffix = pc.if_else(has_zone, "", pc.if_else(has_time, "Z", "T00:00:00Z"))
-        zoned = pc.binary_join_element_wise(column, suffix, "")
-        try:
-            return pc.cast(zoned, UTC_MICROS)
-        except pa.ArrowInvalid:
-            pass
-        values = column.to_pylist()
-        for index, value in enumerate(zoned.to_pylist()):
-            try:
-                pc.cast(pa.array([value]), UTC_MICROS)
-            except pa.ArrowInvalid:
-                where = f"{locate(index)}: " if locate else ""
-                raise DecodeError(f"{where}field '{name}' is not an ISO-8601 timestamp: {values[index]!r}") from None
-    raise DecodeError(f"field '{name}' has type {kind}, which cannot be read as a timestamp")
+    milliseconds (numbers above 1e11 are milliseconds), or Arrow timestamps; the first bad value raises
+    ``DecodeError`` naming the field (and the record, with ``locate``)."""
+    converted, problems = typed_values.convert(column, FieldType("timestamp"), name)
+    if problems:
+        first = min(problems)
+        raise DecodeError(f"{locate(first)}: {problems[first]}" if locate else problems[first])
+    return converted
 
 
 def normalize_for_delta(table: pa.Table) -> pa.Table:
@@ -409,6 +386,8 @@ def _fits(source: pa.DataType, target: pa.DataType) -> bool:
         return True
     if pa.types.is_timestamp(source) and pa.types.is_timestamp(target):
         return True
+    if pa.types.is_decimal(source) and pa.types.is_decimal(target):  # a widened DECIMAL column
+        return target.scale >= source.scale and target.precision - target.scale >= source.precision - source.scale
     if pa.types.is_list(source) and pa.types.is_list(target):
         return _fits(source.value_type, target.value_type) or pa.types.is_null(source.value_type)
     if pa.types.is_struct(source) and pa.types.is_struct(target):

@@ -11,77 +11,21 @@ import logging
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ingest_platform.catalog import Dataset
-from ingest_platform.engines.changes import (
-    CDC_OP,
-    DELETE_OP,
-    last_change_per_key,
-    merge_clauses,
-    order_column,
-    quote_datafusion,
-    with_table_columns,
-)
-from ingest_platform.engines.embedded.batch_rows import ENGINE_COLUMN_TYPES, KafkaRecords, to_rows
+from ingest_platform.engines.embedded.batch_writer import BatchWriter, RecordBatch
 from ingest_platform.engines.offset_ranges import PartitionRange
 from ingest_platform.engines.report import PartitionProgress, RunReport
 from ingest_platform.engines.run_plan import IngestError, plan_run
 from ingest_platform.kafka.client import KafkaConnection, commit_group_offsets
-from ingest_platform.lake.commit import AppendRequest, append_with_ledger, merge_with_ledger
-from ingest_platform.lake.dead_letters import write_dead_letters
-from ingest_platform.lake.tables import LakeLocation, commit_stats
+from ingest_platform.lake.tables import LakeLocation
 
 ENGINE_NAME = "embedded"
 #: Messages per ``consume()`` call: large enough to amortise the call, small next to max_batch_bytes.
 CONSUME_BATCH = 10_000
-#: Preferred data-file size (the guide's 256 MB Parquet block), clamped to the dataset's file-size target.
-PREFERRED_FILE_MB = 256
-
-
-@dataclass
-class _Batch:
-    """Records buffered for the next Delta commit."""
-
-    values: list[bytes] = field(default_factory=list)
-    partitions: list[int] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-    timestamps: list[int] = field(default_factory=list)
-    keys: list[bytes | None] = field(default_factory=list)
-    nbytes: int = 0
-    skipped: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset) of null values
-    finished: dict[int, int] = field(default_factory=dict)  # partition -> end - 1, for ranges read to the end
-
-    @property
-    def records(self) -> int:
-        return len(self.offsets) + len(self.skipped)
-
-    def kafka_records(self, topic: str) -> KafkaRecords:
-        return KafkaRecords(topic, self.values, self.partitions, self.offsets, self.timestamps, self.keys)
-
-    def progress(self) -> dict[int, tuple[int, int]]:
-        """Per partition: (last offset covered, records consumed) by this batch."""
-        result: dict[int, tuple[int, int]] = {}
-        if self.offsets:
-            grouped = (
-                pa.table({"p": self.partitions, "o": self.offsets})
-                .group_by("p")
-                .aggregate([("o", "max"), ("o", "count")])
-            )
-            for p, last, count in zip(*(grouped[c].to_pylist() for c in ("p", "o_max", "o_count"))):
-                result[p] = (last, count)
-        for p, offset in self.skipped:
-            last, count = result.get(p, (-1, 0))
-            result[p] = (max(last, offset), count + 1)
-        for p, end in self.finished.items():
-            last, count = result.get(p, (-1, 0))
-            result[p] = (max(last, end), count)
-        return result
 
 
 class _Committer:
@@ -98,7 +42,7 @@ class _Committer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"commit-{run.dataset.name}")
         self._pending: Future | None = None
 
-    def hand_off(self, batch: _Batch) -> None:
+    def hand_off(self, batch: RecordBatch) -> None:
         self.wait()
         self._pending = self._executor.submit(self._run._commit, batch, self._consumer)
 
@@ -156,8 +100,7 @@ class _Run:
         self.counts: dict[int, int] = {}
         self.table_schema: pa.Schema | None = None
         self.data_loss: dict[int, tuple[int, int]] = {}  # skipped retention gaps not yet recorded in a commit
-        min_mb, max_mb = dataset.slo.file_size_mb.min, dataset.slo.file_size_mb.max
-        self.target_file_size = int(min(max_mb, max(min_mb, PREFERRED_FILE_MB)) * 1024 * 1024)
+        self.writer: BatchWriter | None = None  # set once the run is planned
 
     def execute(self) -> RunReport:
         started = time.monotonic()
@@ -196,6 +139,10 @@ class _Run:
         self.first_offsets = {r.partition: r.start for r in plan.ranges}
         self.report.lag_after = plan.lag_after
         self.data_loss = dict(plan.data_loss)
+        self.writer = BatchWriter(
+            self.dataset, self.engine.lake, self.run_id, ENGINE_NAME, self.started_at, self.ledger,
+            self.table_schema, self.first_offsets, self.data_loss, self.log,
+        )  # fmt: skip
         if plan.data_loss:
             self.log.warning(
                 f"{self.dataset.name}: records were deleted by Kafka retention before they were ingested: "
@@ -214,7 +161,7 @@ class _Run:
     def _consume_into(self, consumer: Consumer, committer: _Committer, pending: set[int]) -> None:
         topic = self.dataset.topic
         ends = self.ends
-        batch = _Batch()
+        batch = RecordBatch()
         max_bytes = self.dataset.max_batch_bytes
         last_progress = time.monotonic()
 
@@ -275,7 +222,7 @@ class _Run:
                 if nbytes >= max_bytes:
                     batch.nbytes = nbytes
                     committer.hand_off(batch)
-                    batch = _Batch()
+                    batch = RecordBatch()
                     nbytes = 0
                     add_value, add_partition, add_offset, add_stamp, add_key = (
                         batch.values.append, batch.partitions.append, batch.offsets.append,
@@ -284,132 +231,33 @@ class _Run:
             batch.nbytes = nbytes
         committer.hand_off(batch)
 
-    def _commit(self, batch: _Batch, consumer: Consumer) -> None:
-        """The batch's dead letters (if any), its Delta commit, then the monitoring commit to the group."""
-        dataset = self.dataset
-        progress = batch.progress()
-        for partition, (_, count) in progress.items():
+    def _commit(self, batch: RecordBatch, consumer: Consumer) -> None:
+        """The batch through the shared writer (dead letters, Delta commit), then the monitoring group commit."""
+        assert self.writer is not None
+        done = self.writer.commit(batch)
+        for partition, (_, count) in done.progress.items():
             self.counts[partition] = self.counts.get(partition, 0) + count
-        advancing = {p: last for p, (last, _) in progress.items() if last > self.ledger.get(p, -1)}
-        consumed = batch.records
-        self.report.records += consumed
-        self.report.skipped += len(batch.skipped)
-        if not advancing or not batch.values:
-            # Nothing to write. Offsets that carried no row are re-read next run (harmless: they hold no data).
-            return
-        decoded = to_rows(dataset, batch.kafka_records(dataset.topic), self.table_schema)
-        rows = decoded.rows
-        metadata = {
-            "run_id": self.run_id,
-            "engine": ENGINE_NAME,
-            "topic": dataset.topic,
-            "records": consumed,
-            "applied": rows.num_rows,
-            "dead_lettered": len(decoded.bad),
-            "skipped": len(batch.skipped),
-            "tombstones": len(batch.skipped),  # null values; for Debezium, the deletes' compaction markers
-            "started_at": round(self.started_at, 3),
-            "ranges": {
-                str(p): [max(self.ledger.get(p, -1) + 1, self.first_offsets[p]), o] for p, o in advancing.items()
-            },
-            **self._data_loss_metadata(advancing),
-        }
-        if dataset.mode == "upsert":
-            metadata["key"] = list(decoded.key)
-        if decoded.bad:
-            self._dead_letter(decoded.bad, consumed, advancing, metadata)
-        if rows.num_rows == 0:
-            rows = self._empty_rows()  # every record dead-lettered: the ledger still moves past them
-        request = AppendRequest(
-            dataset=dataset.name,
-            table_path=dataset.table_path,
-            partition_by=dataset.partition_by,
-            rows=rows,
-            covered=advancing,
-            expected_ledger=self.ledger,
-            run_metadata=metadata,
-            target_file_size=self.target_file_size,
-            description=dataset.description,
-        )
-        if dataset.mode == "upsert":
-            version, rows = self._upsert(request, decoded.key)
-        else:
-            version = append_with_ledger(self.engine.lake, request)
-        committed_at = datetime.now(timezone.utc)
-        self.ledger.update(advancing)
-        for partition in advancing:
-            self.data_loss.pop(partition, None)
-        self.table_schema = pa.unify_schemas([self.table_schema, rows.schema]) if self.table_schema else rows.schema
-        stats = commit_stats(self.uri, version, self.engine.lake.storage_options)
         report = self.report
-        report.applied += decoded.rows.num_rows
-        report.rows_written += rows.num_rows
-        report.bytes_read += batch.nbytes
-        report.files_written += stats.files
-        report.bytes_written += stats.bytes
-        report.commits.append(version)
-        oldest = pc.min(decoded.rows["_event_time"]).as_py() if decoded.rows.num_rows else None
-        if oldest is not None:
-            lag = (committed_at - oldest).total_seconds()
+        report.records += done.records
+        report.skipped += done.skipped
+        if done.version is None:
+            return
+        if done.dlq_version is not None:
+            report.dlq_commits.append(done.dlq_version)
+        report.dead_lettered += done.dead_lettered
+        report.rows_inserted += done.rows_inserted
+        report.rows_updated += done.rows_updated
+        report.rows_deleted += done.rows_deleted
+        report.applied += done.applied
+        report.rows_written += done.rows_written
+        report.bytes_read += done.bytes_read
+        report.files_written += done.files_written
+        report.bytes_written += done.bytes_written
+        report.commits.append(done.version)
+        if done.oldest_event_time is not None and done.committed_at is not None:
+            lag = (done.committed_at - done.oldest_event_time).total_seconds()
             report.max_event_to_commit_lag_s = max(lag, report.max_event_to_commit_lag_s or lag)
-        self.log.info(
-            f"{dataset.name}: committed version {version}: {rows.num_rows} rows, {stats.files} files, "
-            f"{len(decoded.bad)} dead-lettered, ledger {dict(sorted(advancing.items()))}"
-        )
-        self._commit_group(consumer, advancing)
-
-    def _dead_letter(self, bad: list, consumed: int, advancing: dict[int, int], metadata: dict) -> None:
-        """Within ``max_dlq_ratio``: into ``<name>_dlq`` first (its own ledger); above it: fail, commit nothing."""
-        dataset = self.dataset
-        ratio = len(bad) / consumed
-        if ratio > dataset.max_dlq_ratio:
-            first = "; ".join(f"record {dataset.topic}[{r.partition}] offset {r.offset}: {r.error}" for r in bad[:3])
-            allowed = (
-                f"max_dlq_ratio is {dataset.max_dlq_ratio:g}"
-                if dataset.max_dlq_ratio
-                else "max_dlq_ratio is 0: dead-lettering is off"
-            )
-            raise IngestError(
-                f"dataset '{dataset.name}': {len(bad)} of {consumed} records ({ratio:.1%}) cannot be applied, and "
-                f"{allowed}. First: {first}. Fix the producer, or raise max_dlq_ratio in the catalog to send such "
-                "records to the dead-letter table. Nothing was committed for this batch."
-            )
-        version, added = write_dead_letters(self.engine.lake, dataset, bad, advancing, metadata)
-        if version is not None:
-            self.report.dlq_commits.append(version)
-        self.report.dead_lettered += len(bad)
-        self.log.warning(
-            f"{dataset.name}: {len(bad)} records dead-lettered to {dataset.dlq_table_path} ({added} new); "
-            f"first: {dataset.topic}[{bad[0].partition}] offset {bad[0].offset}: {bad[0].error}"
-        )
-
-    def _upsert(self, request: AppendRequest, key: tuple[str, ...]) -> tuple[int, pa.Table]:
-        """The batch's last change per key, MERGEd (or, for a new table, appended) with the ledger advance."""
-        dataset = self.dataset
-        changes = last_change_per_key(request.rows, key, order_column(dataset))
-        if self.table_schema is None:
-            if dataset.format == "debezium" and dataset.delete_mode == "hard":
-                changes = changes.filter(pc.not_equal(changes[CDC_OP], DELETE_OP))
-            version = append_with_ledger(self.engine.lake, replace(request, rows=changes))
-            self.report.rows_inserted += changes.num_rows
-            return version, changes
-        changes = with_table_columns(changes, self.table_schema)
-        clauses = merge_clauses(dataset, key, changes.column_names, quote_datafusion)
-        version, metrics = merge_with_ledger(self.engine.lake, replace(request, rows=changes), clauses)
-        self.report.rows_inserted += int(metrics.get("num_target_rows_inserted", 0))
-        self.report.rows_updated += int(metrics.get("num_target_rows_updated", 0))
-        self.report.rows_deleted += int(metrics.get("num_target_rows_deleted", 0))
-        return version, changes
-
-    def _empty_rows(self) -> pa.Table:
-        if self.table_schema is not None:
-            return self.table_schema.empty_table()
-        return pa.schema([(name, kind) for name, kind in ENGINE_COLUMN_TYPES.items()]).empty_table()
-
-    def _data_loss_metadata(self, advancing: dict[int, int]) -> dict[str, object]:
-        """``data_loss: {"<p>": [first lost, last lost]}`` for skipped gaps this commit moves past."""
-        lost = {str(p): list(self.data_loss[p]) for p in sorted(advancing) if p in self.data_loss}
-        return {"data_loss": lost} if lost else {}
+        self._commit_group(consumer, done.advancing)
 
     def _commit_group(self, consumer: Consumer, advancing: dict[int, int]) -> None:
         """Monitoring only (docs/DESIGN.md §2 step 6): a failure is logged, never fatal."""

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from ingest_platform.catalog import Dataset
+from ingest_platform.catalog import Dataset, FieldType
 from ingest_platform.engines.changes import (
     APPLIED_OPS,
     CDC_OP,
@@ -35,7 +35,7 @@ CORRUPT = "_kafka_corrupt"  # from_json's corrupt-record column (PERMISSIVE deco
 #: Sentinels in ``ERROR`` that ``explain`` turns into the embedded engine's wording on the driver.
 UNDECODABLE = "\x00undecodable"
 TYPE_MISMATCH = "\x00type-mismatch"
-_ENVELOPE_FIELDS = ("payload", "op", "before", "after", "source", "ts_ms")
+_ENVELOPE_FIELDS = ("payload", "op", "before", "after", "source", "ts_ms", "schema")
 _SOURCE_FIELDS = ("lsn", "file", "pos", "row", "ts_ms")
 
 
@@ -93,6 +93,7 @@ def _prepare_debezium(rows: DataFrame, with_key: bool) -> DataFrame:
     )  # fmt: skip
     frame = frame.select(
         *rows.columns,
+        F.when(wrapped, F.col("_kafka_outer.schema")).alias(CONNECT_SCHEMA),
         image.alias(TEXT),
         op.alias(CDC_OP),
         position(F.col("_kafka_source"), envelope_ms).alias(CDC_POSITION),
@@ -129,8 +130,10 @@ def message_key_text() -> Column:
     return F.when(F.coalesce(payload.startswith("{"), F.lit(False)), payload).otherwise(plain)
 
 
-def decode(prepared: DataFrame, known: Mapping[str, object], tolerant: bool) -> DataFrame:
-    """``prepared`` plus the record struct ``_kafka_record`` (fields = ``known``), and ``ERROR`` updated.
+def decode(prepared: DataFrame, known: Mapping[str, object], tolerant: bool,
+           read_types: Mapping[str, object] | None = None) -> DataFrame:  # fmt: skip
+    """``prepared`` plus the record struct ``_kafka_record`` (fields = ``known``, read as ``read_types`` where
+    given: declared types are converted afterwards, ``typed_column``), and ``ERROR`` updated.
 
     Tolerant decoding is PERMISSIVE: a value that is not a JSON object, or whose field does not fit the
     column's type, gets a sentinel reason; otherwise from_json is FAILFAST and such a value fails the job.
@@ -138,7 +141,7 @@ def decode(prepared: DataFrame, known: Mapping[str, object], tolerant: bool) -> 
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    fields = [T.StructField(name, dtype, True) for name, dtype in known.items()]
+    fields = [T.StructField(name, dtype, True) for name, dtype in {**known, **(read_types or {})}.items()]
     if tolerant:
         fields.append(T.StructField(CORRUPT, T.StringType(), True))
     options = _permissive() if tolerant else {"mode": "FAILFAST"}
@@ -274,3 +277,145 @@ def field_names(column: str) -> Column:
 
     names = F.when(F.col(ERROR).isNull(), F.json_object_keys(F.col(column)))
     return F.array_distinct(F.flatten(F.collect_set(names)))
+
+
+# -- declared types (catalog ``schema:``, Connect schemas): docs/DESIGN.md §9.5 ----------------------------
+
+
+CONNECT_SCHEMA = "_kafka_connect_schema"  # the JSON converter's ``schema`` text of a wrapped event
+_SIMPLE_SPARK = {
+    "string": "string", "long": "bigint", "integer": "int", "short": "smallint", "byte": "tinyint",
+    "double": "double", "float": "float", "boolean": "boolean", "timestamp": "timestamp", "date": "date",
+    "binary": "binary", "time": "string",
+}  # fmt: skip
+
+
+def spark_type(kind: FieldType):
+    """The column's Spark type (what the Delta table stores), as ``typed_values.arrow_type`` for Arrow."""
+    from pyspark.sql import types as T
+
+    kind = FieldType.parse(kind)
+    if kind.kind == "decimal":
+        return T.DecimalType(kind.precision, kind.scale)
+    if kind.kind == "struct":
+        return T.StructType([T.StructField(n, spark_type(c), True) for n, c in (kind.children or {}).items()])
+    if kind.kind == "array":
+        return T.ArrayType(spark_type(kind.element), True)
+    return T._parse_datatype_string(_SIMPLE_SPARK[kind.kind])
+
+
+def spark_read_type(kind: FieldType, exact: bool):
+    """The type ``from_json`` reads the field as: the column type when the JSON form is certain, else text
+    (Spark's JSON reader gives a string field the raw text of any value: ``1709210096789`` or ``"AA=="``)."""
+    from pyspark.sql import types as T
+
+    kind = FieldType.parse(kind)
+    k = kind.kind
+    if k in ("string", "long", "integer", "short", "byte", "double", "float", "struct", "array"):
+        return spark_type(kind)
+    if exact and k == "boolean":
+        return T.BooleanType()
+    if exact and k in ("timestamp", "time") and kind.unit:
+        return T.LongType()
+    if exact and k == "date":
+        return T.IntegerType()
+    return T.StringType()
+
+
+def typed_column(raw: Column, raw_type, kind: FieldType, name: str) -> tuple[Column, Column]:
+    """(the value as ``spark_type(kind)``, the reason it does not convert or null): ``typed_values.convert``
+    as a Spark expression, so both engines store the same values and dead-letter the same records."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    kind = FieldType.parse(kind)
+    k = kind.kind
+    text = isinstance(raw_type, T.StringType)
+    numeric_text = raw.rlike(r"^-?[0-9]+$") if text else F.lit(True)
+    if k == "decimal":
+        if text and kind.encoding == "base64":
+            value = _decimal_from_base64(raw, kind)
+        else:
+            exact = raw.try_cast(T.DecimalType(kind.precision, kind.scale))
+            wide = raw.try_cast(T.DecimalType(38, min(38, max(kind.scale, 18))))
+            value = F.when(exact == wide, exact)  # a cast would round: a value with more digits is bad
+    elif k == "timestamp":
+        value = _timestamp(raw, text, numeric_text, kind)
+    elif k == "date":
+        days = raw.try_cast("int") if text else raw
+        iso = raw.try_cast("date") if text else F.lit(None).cast("date")
+        value = F.when(numeric_text, F.date_from_unix_date(days)).otherwise(iso)
+    elif k == "boolean":
+        if isinstance(raw_type, T.BooleanType):
+            value = raw
+        else:
+            flag = F.lower(raw.cast("string"))
+            value = F.when(flag.isin("1", "true"), F.lit(True)).when(flag.isin("0", "false"), F.lit(False))
+    elif k == "binary":
+        value = F.try_to_binary(raw, F.lit("base64")) if kind.encoding == "base64" else raw.cast("binary")
+    elif k == "time" and not text:
+        micros = _micros(raw, kind.unit)
+        magnitude = F.abs(micros)
+        seconds = F.floor(magnitude / 1_000_000).cast("long")
+        value = F.format_string("%s%02d:%02d:%02d.%06d", F.when(micros < 0, "-").otherwise(""),
+                                (seconds / 3600).cast("long"), (seconds / 60).cast("long") % 60, seconds % 60,
+                                magnitude % 1_000_000)  # fmt: skip
+    else:
+        value = raw.try_cast(spark_type(kind)) if not isinstance(raw_type, type(spark_type(kind))) else raw
+    reason = F.when(raw.isNotNull() & value.isNull(), F.concat(
+        F.lit(f"field '{name}' has value '"), F.substring(raw.cast("string"), 1, 60),
+        F.lit(f"', which is not a valid {kind}")))  # fmt: skip
+    return value.cast(spark_type(kind)), reason
+
+
+def _micros(raw: Column, unit: str) -> Column:
+    """Epoch (or time-of-day) ``unit`` values as whole microseconds (nanoseconds rounded down)."""
+    from pyspark.sql import functions as F
+
+    long = raw.cast("long")
+    if unit == "ns":
+        return F.floor(long.cast("decimal(20,0)") / 1000).cast("long")
+    return long * {"s": 1_000_000, "ms": 1000, "us": 1}[unit]
+
+
+def _timestamp(raw: Column, text: bool, numeric_text: Column, kind: FieldType) -> Column:
+    from pyspark.sql import functions as F
+
+    if not text:
+        return F.timestamp_micros(_micros(raw, kind.unit or "s"))
+    if kind.unit:
+        epoch = F.timestamp_micros(_micros(raw, kind.unit))
+    else:  # seconds, or milliseconds above 1e11 (the embedded engine's rule)
+        number = raw.try_cast("double")
+        epoch = F.timestamp_micros(F.when(F.abs(number) > 1e11, number * 1000).otherwise(number * 1e6).cast("long"))
+    numeric = numeric_text | raw.rlike(r"^-?[0-9]+\.[0-9]+$")
+    return F.when(numeric, epoch).otherwise(raw.try_cast("timestamp"))
+
+
+def _decimal_from_base64(raw: Column, kind: FieldType) -> Column:
+    """Connect's Decimal bytes (base64 of the unscaled big-endian two's complement) as decimal(p, s), exactly:
+    the hex digits in four 32-bit chunks (a negative value through its bitwise complement), summed with
+    overflow-checked arithmetic, then placed at the scale through its decimal text."""
+    from pyspark.sql import functions as F
+
+    hex_digits = F.hex(F.try_to_binary(raw, F.lit("base64")))
+    negative = F.substring(hex_digits, 1, 1) >= F.lit("8")
+    magnitude = F.lpad(F.when(negative, F.translate(hex_digits, "0123456789ABCDEF", "FEDCBA9876543210"))
+                       .otherwise(hex_digits), 32, "0")  # fmt: skip  (longer than 32: rejected below)
+    word = F.lit(2**32).cast("decimal(38,0)")
+    unsigned = F.lit(0).cast("decimal(38,0)")
+    for index in range(4):
+        chunk = F.conv(F.substring(magnitude, 8 * index + 1, 8), 16, 10).cast("decimal(38,0)")
+        unsigned = F.try_add(F.try_multiply(unsigned, word), chunk)
+    unscaled = F.when(negative, -F.try_add(unsigned, F.lit(1).cast("decimal(38,0)"))).otherwise(unsigned)
+    digits = F.abs(unscaled).cast("string")
+    sign = F.when(unscaled < 0, "-").otherwise("")
+    if kind.scale:
+        # lpad also cuts longer strings: pad only the short ones
+        padded = F.when(F.length(digits) > kind.scale, digits).otherwise(F.lpad(digits, kind.scale + 1, "0"))
+        point = F.length(padded) - kind.scale
+        text = F.concat(sign, padded.substr(F.lit(1), point), F.lit("."), padded.substr(point + 1, F.lit(kind.scale)))
+    else:
+        text = F.concat(sign, digits)
+    fits = (F.length(hex_digits) <= 32) & unscaled.isNotNull() & (F.length(digits) <= kind.precision)
+    return F.when(fits, text.try_cast(f"decimal({kind.precision},{kind.scale})"))

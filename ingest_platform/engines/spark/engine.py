@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer
 
-from ingest_platform.catalog import DERIVED_PARTITIONS, Dataset, is_reserved
+from ingest_platform.catalog import DERIVED_PARTITIONS, Dataset, FieldType, is_reserved
+from ingest_platform.engines import connect_schema
 from ingest_platform.engines.changes import (
     CDC_DELETED,
     CDC_DELETED_AT,
@@ -49,10 +50,6 @@ if TYPE_CHECKING:
 ENGINE_NAME = "spark"
 #: Preferred data-file size, as in the embedded engine, clamped to the dataset's file-size target.
 PREFERRED_FILE_MB = 256
-_SPARK_TYPES = {
-    "string": "string", "long": "bigint", "integer": "int", "double": "double", "float": "float",
-    "boolean": "boolean", "timestamp": "timestamp", "date": "date", "binary": "binary",
-}  # fmt: skip
 #: delta-spark's idempotent-write confs (delta PR #1555): a write or MERGE whose version is not above the
 #: recorded ``txn`` of the app id is skipped; a committed one records it. One pair per commit.
 #: Bad records named in a failure message.
@@ -157,6 +154,9 @@ class _SparkRun(SparkUpsert):
         self.ledger = dict(plan.ledger)
         self.counts = _Counts()
         self.table_existed = self._table_exists()  # a run that creates the table takes the batch's schema
+        self._types: dict[str, FieldType] | None = None  # declared types: the catalog's and Connect's (§9.5)
+        self._read_types: dict = {}
+        self._types_source: DataFrame | None = None
 
     @property
     def _read_ranges(self):
@@ -187,6 +187,7 @@ class _SparkRun(SparkUpsert):
 
     def _execute_append(self) -> None:
         source = self._source()
+        self._types_source = source
         known = self._known_fields()
         ignored: set[str] = set()  # fields that are null in every record so far: no type to give them yet
         if not self.table_existed:
@@ -397,7 +398,35 @@ class _SparkRun(SparkUpsert):
         """Records with a value (tombstones are only counted), with their JSON text and envelope columns."""
         from pyspark.sql import functions as F
 
+        if self._types_source is None:
+            self._types_source = source  # the batch whose Connect schemas type its columns
         return sc.prepare(source.where(F.col("value").isNotNull()), self.dataset)
+
+    def _field_types(self) -> dict[str, FieldType]:
+        """Declared column types: the row types of the batch's Connect schemas (Debezium with the wrapper:
+        each distinct schema text is collected once and mapped), overridden by the catalog's ``schema:``."""
+        from pyspark.sql import functions as F
+
+        if self._types is not None:
+            return self._types
+        connect: dict[str, FieldType] = {}
+        if self.dataset.format == "debezium" and self._types_source is not None:
+            column = F.col(sc.CONNECT_SCHEMA)
+            texts = (self._prepared(self._types_source).where(column.isNotNull())
+                     .groupBy(F.xxhash64(column)).agg(F.first(column).alias("schema")).collect())  # fmt: skip
+            cache = connect_schema.SchemaCache()
+            try:
+                for text in sorted((row["schema"] for row in texts), key=len):
+                    connect.update(cache.image_types(text.encode()))
+            except connect_schema.ConnectSchemaError as error:
+                raise IngestError(f"dataset '{self.dataset.name}', records {self.plan.describe(self.dataset.topic)}: "
+                                  f"{error}. Nothing was committed.") from None  # fmt: skip
+        self._read_types = {name: sc.spark_read_type(kind, exact=True) for name, kind in connect.items()}
+        for name, kind in self.dataset.fields.items():
+            if name not in connect:
+                self._read_types[name] = sc.spark_read_type(kind, exact=False)
+        self._types = {**connect, **self.dataset.fields}
+        return self._types
 
     def _texts(self, prepared: DataFrame, key) -> DataFrame:
         """The JSON objects whose fields become columns: values, or row images (and message keys)."""
@@ -409,10 +438,9 @@ class _SparkRun(SparkUpsert):
         return texts.where(F.json_object_keys(F.col("v")).isNotNull())
 
     def _known_fields(self) -> dict:
-        """Record fields with their types: the table's, overridden by the catalog's declared ``schema:``."""
-        from pyspark.sql import types as T
-
-        declared = {name: T._parse_datatype_string(_SPARK_TYPES[kind]) for name, kind in self.dataset.fields.items()}
+        """Record fields with their types: the table's, overridden by the declared ones (the batch's Connect
+        schemas, then the catalog's ``schema:``)."""
+        declared = {name: sc.spark_type(kind) for name, kind in self._field_types().items()}
         return {**self._table_record_fields(), **declared}
 
     def _learn_fields(self, texts: DataFrame, known: dict, only: set[str] | None) -> tuple[dict, set[str]]:
@@ -498,8 +526,16 @@ class _SparkRun(SparkUpsert):
         from pyspark.sql import functions as F
 
         dataset = self.dataset
-        frame = sc.decode(prepared, known, self.tolerant)
+        types = self._field_types()
+        read_types = {name: kind for name, kind in self._read_types.items() if name in known}
+        frame = sc.decode(prepared, known, self.tolerant, read_types)
         record = {name: F.col(f"_kafka_record.`{name}`") for name in known}
+        reasons = []
+        for name, read in read_types.items():
+            record[name], reason = sc.typed_column(record[name], read, types[name], name)
+            reasons.append(reason)
+        if reasons:  # a value its declared type cannot hold makes the record bad (docs/DESIGN.md §9.5)
+            frame = frame.withColumn(sc.ERROR, F.coalesce(F.col(sc.ERROR), *reasons))
         if sc.KEY_TEXT in frame.columns:
             # Debezium without a catalog key: the message key's fields fill the columns the image lacks.
             frame = frame.withColumn("_kafka_key_record", F.from_json(F.col(sc.KEY_TEXT), _struct(known)))
