@@ -54,14 +54,12 @@ from typing import Any
 
 from ingest_platform.dev.local_kafka import (
     _atomic_write,
-    _file_lock,
-    _now_iso,
     _pid_alive,
     _signal_group,
     _spawn_dying_with_parent,
-    _tail_text,
     _wait_pid_gone,
 )
+from ingest_platform.dev.local_process import default_cache_dir, file_lock, now_iso, tail_text
 
 _log = logging.getLogger(__name__)
 
@@ -113,9 +111,10 @@ def spark_home() -> Path:
 
 
 def default_state_dir() -> Path:
-    """The CLI cluster's state dir: ``$INGEST_SPARK_STATE_DIR`` or ``~/.cache/ingest_platform/local-spark``."""
+    """The CLI cluster's state dir: ``$INGEST_SPARK_STATE_DIR`` or ``local-spark`` in the cache folder
+    (``$INGEST_CACHE_DIR``, ``~/.cache/ingest_platform``)."""
     env = os.environ.get(STATE_DIR_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ingest_platform" / "local-spark"
+    return Path(env).expanduser() if env else default_cache_dir() / "local-spark"
 
 
 @dataclass
@@ -269,7 +268,7 @@ class LocalSparkCluster:
         log = self.state_dir / "logs" / f"{name}.out"
         command = [str(spark_home() / "bin" / "spark-class"), *args]
         with open(log, "ab") as out:
-            out.write(f"--- {_now_iso()} {' '.join(command)}\n".encode())
+            out.write(f"--- {now_iso()} {' '.join(command)}\n".encode())
             out.flush()
             kwargs: dict[str, Any] = {
                 "cwd": self.state_dir, "env": dict(env), "stdin": subprocess.DEVNULL, "stdout": out,
@@ -418,7 +417,7 @@ class LocalSparkCluster:
             "worker_cores": self.worker_cores,
             "worker_memory": self.worker_memory,
             "state_dir": str(self.state_dir),
-            "started_at": _now_iso(),
+            "started_at": now_iso(),
             "die_with_parent": self.die_with_parent,
             "startup_seconds": round(self.timings.get("start_s", 0.0), 3),
         }
@@ -458,7 +457,7 @@ def up(
     workers, is stopped and replaced."""
     state = Path(state_dir).expanduser().resolve() if state_dir is not None else default_state_dir().resolve()
     state.mkdir(parents=True, exist_ok=True)
-    with _file_lock(state / ".lock"):
+    with file_lock(state / ".lock"):
         info = _read_info(state)
         if info and _is_our_master(int(info["master_pid"]), state):
             running = LocalSparkCluster._attach(state, info)
@@ -478,7 +477,7 @@ def down(state_dir: Path | str | None = None, timeout_s: float = 20) -> bool:
     state = Path(state_dir).expanduser().resolve() if state_dir is not None else default_state_dir().resolve()
     if not state.is_dir():
         return False
-    with _file_lock(state / ".lock"):
+    with file_lock(state / ".lock"):
         info = _read_info(state)
         if not info:
             return False
@@ -538,14 +537,14 @@ def _wait_for_log(daemon: _Daemon, patterns: Mapping[str, re.Pattern[str]], dead
             exited = daemon.proc.poll() if daemon.proc is not None else None
             raise LocalSparkError(
                 f"Spark {daemon.name} exited (code {exited}) before it was ready. Log {daemon.log}:\n"
-                f"{_tail_text(text, 30)}"
+                f"{tail_text(text, 30)}"
             )
         if time.monotonic() >= deadline:
             missing = ", ".join(sorted(set(patterns) - set(found)))
             _signal_group(daemon.pid, signal.SIGKILL)
             raise LocalSparkError(
                 f"Spark {daemon.name} (pid {daemon.pid}) was not ready in time (no '{missing}' in its log). "
-                f"Log {daemon.log}:\n{_tail_text(text, 30)}"
+                f"Log {daemon.log}:\n{tail_text(text, 30)}"
             )
         time.sleep(0.1)
 
@@ -557,7 +556,7 @@ def _log_tail(daemon: _Daemon | None, lines: int = 20) -> str:
         text = daemon.log.read_text(errors="replace")
     except OSError:
         return f"== {daemon.log}: unreadable =="
-    return f"== {daemon.log} (tail) ==\n{_tail_text(text, lines)}"
+    return f"== {daemon.log} (tail) ==\n{tail_text(text, lines)}"
 
 
 def _cmdline(pid: int) -> list[bytes]:
