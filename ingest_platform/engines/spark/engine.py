@@ -132,7 +132,20 @@ class _Counts:
 
 
 class _SparkRun(SparkUpsert):
-    def __init__(self, engine: SparkEngine, dataset: Dataset, plan: RunPlan, report: RunReport, run_id: str):
+    def __init__(
+        self,
+        engine: SparkEngine,
+        dataset: Dataset,
+        plan: RunPlan,
+        report: RunReport,
+        run_id: str,
+        source: DataFrame | None = None,
+        extra_metadata: dict | None = None,
+    ):
+        """``source``: the Kafka rows of ``plan``'s ranges already read (a streaming micro-batch, docs/DESIGN.md
+        §10.8), instead of a batch read; ``extra_metadata`` joins the commits' run metadata."""
+        self.given_source = source
+        self.extra_metadata = dict(extra_metadata or {})
         self.engine = engine
         self.spark = engine.spark
         self.dataset = dataset
@@ -350,6 +363,7 @@ class _SparkRun(SparkUpsert):
             "ranges": {str(r.partition): [r.start, advancing[r.partition]] for r in self._read_ranges
                        if r.partition in advancing},
             **self.counts.figures(),
+            **self.extra_metadata,
         }  # fmt: skip
         if key:
             metadata["key"] = list(key)
@@ -382,6 +396,8 @@ class _SparkRun(SparkUpsert):
 
         ``assign``, not ``subscribe``: a partition without new records is not read at all (spark-sql-kafka
         refuses offsets for a subset of the subscribed partitions)."""
+        if self.given_source is not None:
+            return self.given_source
         dataset = self.dataset
         starting = {dataset.topic: {str(r.partition): r.start for r in self._read_ranges}}
         ending = {dataset.topic: {str(r.partition): r.end for r in self._read_ranges}}
