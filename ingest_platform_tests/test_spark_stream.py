@@ -69,6 +69,7 @@ def test_micro_batches_are_single_commits_and_a_deleted_checkpoint_loses_and_dup
     assert outcome.clean, outcome.failed
     assert_exactly_once(lake, dataset, 500)
     events = stream.events
+    print("commit durations", [round(e.commit_duration_s, 2) for e in events], [e.records for e in events])
     assert events and sum(e.records for e in events) == 500 == metric(process, "ingestion_records_processed_total")
     assert metric(process, "ingestion_delta_commits_total") == len(events)
     assert metric(process, "ingestion_processing_duration_seconds_count") == 500
@@ -120,6 +121,10 @@ def test_a_batch_run_racing_the_stream_commits_nothing_twice(kafka, make_topic, 
     assert "spark" in engines and "embedded" in engines  # both writers committed records
 
 
+#: The stream's own driver in local mode (a CLI process of its own; the session's cluster runs the other tests).
+LOCAL_SPARK = {"INGEST_SPARK_PROFILE": "local"}
+
+
 def write_catalog(path: Path, topic: str) -> Path:
     path.write_text(
         "datasets:\n"
@@ -138,16 +143,16 @@ def start_stream(catalog: Path, bootstrap: str, lake_root: str, checkpoints: Pat
     )  # fmt: skip
 
 
-def test_kill_9_of_the_driver_mid_stream_then_restart_is_exact(kafka, kafka_broker, make_topic, tmp_path,
-                                                               spark_cluster_env):  # fmt: skip
+def test_kill_9_of_the_driver_mid_stream_then_restart_is_exact(kafka, kafka_broker, make_topic, tmp_path):
     topic = make_topic(partitions=3)
     catalog = write_catalog(tmp_path / "catalog.yaml", topic)
     lake = LakeLocation(str(tmp_path / "lake"))
     dataset = spark_dataset(topic, name="killed")
     producer = SteadyProducer(kafka, topic, batch=30, every_s=0.1)
     producer.start()
+    began = time.monotonic()
     try:
-        stream = start_stream(catalog, kafka_broker.bootstrap, lake.root, tmp_path / "ck", spark_cluster_env)
+        stream = start_stream(catalog, kafka_broker.bootstrap, lake.root, tmp_path / "ck", LOCAL_SPARK)
         try:
             wait_for(lambda: table_rows(lake, dataset) > 0, timeout_s=240, what="the driver's first commit")
             time.sleep(2.3)  # mid-stream: a micro-batch is being read or committed
@@ -155,12 +160,14 @@ def test_kill_9_of_the_driver_mid_stream_then_restart_is_exact(kafka, kafka_brok
             stream.send_signal(signal.SIGKILL)
             assert stream.wait(30) == -9
         killed_with = table_rows(lake, dataset)
+        print(f"killed after {time.monotonic() - began:.0f} s with {killed_with} rows")
     finally:
         produced = producer.stop()
     assert 0 < killed_with < produced
-    stream = start_stream(catalog, kafka_broker.bootstrap, lake.root, tmp_path / "ck", spark_cluster_env)
+    stream = start_stream(catalog, kafka_broker.bootstrap, lake.root, tmp_path / "ck", LOCAL_SPARK)
     try:
         wait_for(lambda: table_rows(lake, dataset) >= produced, timeout_s=240, what="every record after the restart")
+        print(f"caught up after {time.monotonic() - began:.0f} s")
         time.sleep(3)  # a duplicate would land within a trigger or two
         sent = time.monotonic()
         stream.send_signal(signal.SIGTERM)
@@ -170,6 +177,7 @@ def test_kill_9_of_the_driver_mid_stream_then_restart_is_exact(kafka, kafka_brok
         if stream.poll() is None:
             stream.kill()
     assert code == 0, stream.stderr.read()[-3000:]
+    print(f"SIGTERM -> exit {took:.1f} s")
     assert took < 30, f"SIGTERM -> exit took {took:.1f} s"
     assert_exactly_once(lake, dataset, produced)
 

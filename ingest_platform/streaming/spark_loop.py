@@ -333,7 +333,7 @@ class SparkStreamLoop:
                         "started_at": round(time.time(), 3), "trigger_interval_s": self.trigger_s,
                         "spark_batch_id": int(batch_id)}  # fmt: skip
             try:
-                done = commit_micro_batch(self._engine, self.dataset, frame, metadata, self._seen)
+                done = commit_micro_batch(self._engine, self.dataset, frame, metadata, self._seen, self._partitions)
             except BaseException as error:
                 self._batch_error = error
                 self.metrics.batches.labels(*self.labels, "failed").inc()

@@ -45,7 +45,7 @@ class MicroBatchCommit:
     report: RunReport
     version: int
     ranges: dict[int, tuple[int, int]]  # partition -> (first, last) offset committed
-    timestamps_ms: list[int]  # Kafka timestamps of the committed records (one per record), for latencies
+    timestamps_ms: list[int]  # Kafka timestamps of the committed records (one per record, ±5 ms), latencies
     committed_at: datetime
 
 
@@ -65,20 +65,19 @@ def commit_micro_batch(
     batch: DataFrame,
     metadata: Mapping[str, object],
     seen: dict[int, int],
+    partitions: list[int],
 ) -> MicroBatchCommit | None:
     """Commit the records of ``batch`` (Spark's Kafka rows) that the table does not hold yet; None when it holds
-    them all. ``seen`` (partition -> last offset this stream committed or found) is checked against the table
+    them all. ``partitions``: the topic's partitions as last known (one Spark discovers beyond them costs one more
+    small job). ``seen`` (partition -> last offset this stream committed or found) is checked against the table
     (``LedgerRewoundError`` when the table went back) and updated. ``metadata`` joins the commit's run metadata."""
     from pyspark import StorageLevel
 
-    batch = batch.persist(StorageLevel.MEMORY_AND_DISK)  # read from Kafka once: several small jobs and the write
+    batch = batch.persist(StorageLevel.MEMORY_AND_DISK)  # read from Kafka once: the figures, then the write
     try:
-        partitions = sorted(row[0] for row in batch.select("partition").distinct().collect())
-        if not partitions:
-            return None
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
-                return _commit_once(engine, dataset, batch, partitions, metadata, seen)
+                return _commit_once(engine, dataset, batch, metadata, seen, partitions)
             except ConcurrentWriterError:
                 if attempt == CONFLICT_ATTEMPTS:
                     raise
@@ -89,13 +88,35 @@ def commit_micro_batch(
         batch.unpersist()
 
 
-def _commit_once(engine: SparkEngine, dataset: Dataset, batch: DataFrame, partitions: list[int],
-                 metadata: Mapping[str, object], seen: dict[int, int]) -> MicroBatchCommit | None:  # fmt: skip
+#: Kafka timestamps are gathered per this many milliseconds (one small aggregate per batch, not one per record).
+TICK_MS = 10
+
+
+def _spans(batch: DataFrame, ledger: Mapping[int, int]) -> list:
+    """One job over the batch above ``ledger``: per partition and timestamp tick, first and last offset, count."""
     from pyspark.sql import functions as F
 
+    tick = F.floor(F.unix_millis("timestamp") / TICK_MS).alias("tick")
+    return (
+        batch.where(above_ledger(ledger))
+        .groupBy("partition", tick)
+        .agg(F.min("offset").alias("first"), F.max("offset").alias("last"), F.count(F.lit(1)).alias("n"))
+        .collect()
+    )
+
+
+def _commit_once(engine: SparkEngine, dataset: Dataset, batch: DataFrame, metadata: Mapping[str, object],
+                 seen: dict[int, int], partitions: list[int]) -> MicroBatchCommit | None:  # fmt: skip
     table = engine.lake.open_table(dataset.table_path)
     ledger = read_ledger(table, dataset.name, partitions)
-    rewound = {p: (last, ledger.get(p)) for p, last in seen.items() if p in partitions and ledger.get(p, -1) < last}
+    rows = _spans(batch, ledger)
+    unknown = {int(row["partition"]) for row in rows} - set(partitions)
+    if unknown:  # partitions added to the topic: their ledger too (a batch run may have ingested them)
+        ledger.update(read_ledger(table, dataset.name, unknown))
+        partitions.extend(sorted(unknown))
+        if any(p in ledger for p in unknown):
+            rows = _spans(batch, ledger)
+    rewound = {p: (last, ledger.get(p)) for p, last in seen.items() if ledger.get(p, -1) < last}
     if rewound:
         described = ", ".join(f"[{p}] {last} -> {now if now is not None else 'none'}"
                               for p, (last, now) in sorted(rewound.items()))  # fmt: skip
@@ -104,19 +125,23 @@ def _commit_once(engine: SparkEngine, dataset: Dataset, batch: DataFrame, partit
             f"({described}): the table was restored, replaced or deleted. The stream restarts from the table's ledger."
         )
     seen.update(ledger)
-    fresh = batch.where(above_ledger(ledger))
-    spans = fresh.groupBy("partition").agg(F.min("offset").alias("first"), F.max("offset").alias("last")).collect()
-    if not spans:
+    if not rows:
         return None  # a replayed batch, or a batch run got there first: nothing to commit
-    ranges = {int(row["partition"]): (int(row["first"]), int(row["last"])) for row in spans}
-    stamps = fresh.where(F.col("timestamp").isNotNull()).groupBy(F.unix_millis("timestamp").alias("ms")).count()
-    timestamps = [int(row["ms"]) for row in stamps.collect() for _ in range(int(row["count"]))]
+    ranges: dict[int, tuple[int, int]] = {}
+    timestamps: list[int] = []
+    for row in rows:
+        partition, first, last = int(row["partition"]), int(row["first"]), int(row["last"])
+        low, high = ranges.get(partition, (first, last))
+        ranges[partition] = (min(low, first), max(high, last))
+        if row["tick"] is not None:
+            timestamps.extend([int(row["tick"]) * TICK_MS + TICK_MS // 2] * int(row["n"]))
     plan = RunPlan(
         ranges=[PartitionRange(p, first, last + 1) for p, (first, last) in sorted(ranges.items())],
         ledger=ledger,
         table=table,
         lag_after=0,
     )
+    fresh = batch.where(above_ledger(ledger))
     uri = engine.lake.table_uri(dataset.table_path)
     report = RunReport(dataset=dataset.name, engine=ENGINE_NAME, table_uri=uri)
     run_id = str(metadata.get("run_id") or uuid.uuid4().hex)
