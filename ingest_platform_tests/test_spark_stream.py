@@ -21,7 +21,7 @@ from ingest_platform.lake.commit import run_metadata_of
 from ingest_platform.lake.ledger import app_id
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform.streaming.process import StreamSettings
-from ingest_platform.streaming.spark_checkpoint import checkpoint_dir, resume_offsets
+from ingest_platform.streaming.spark_checkpoint import checkpoint_dir, disagreement, resume_offsets
 from ingest_platform_tests.helpers import dataset_from_yaml
 from ingest_platform_tests.stream_helpers import StreamThread, assert_exactly_once, table_rows, wait_for
 from ingest_platform_tests.test_stream_process import CLI, SteadyProducer
@@ -69,7 +69,7 @@ def test_micro_batches_are_single_commits_and_a_deleted_checkpoint_loses_and_dup
     assert outcome.clean, outcome.failed
     assert_exactly_once(lake, dataset, 500)
     events = stream.events
-    print("commit durations", [round(e.commit_duration_s, 2) for e in events], [e.records for e in events])
+    print("micro-batch commits (s):", [round(e.commit_duration_s, 2) for e in events], [e.records for e in events])
     assert events and sum(e.records for e in events) == 500 == metric(process, "ingestion_records_processed_total")
     assert metric(process, "ingestion_delta_commits_total") == len(events)
     assert metric(process, "ingestion_processing_duration_seconds_count") == 500
@@ -84,8 +84,10 @@ def test_micro_batches_are_single_commits_and_a_deleted_checkpoint_loses_and_dup
 
     # The checkpoint is deleted; the next query starts from the ledger: nothing lost, nothing twice.
     checkpoint = checkpoint_dir(tmp_path / "checkpoints", dataset.table_path, lake.table_uri(dataset.table_path))
-    assert resume_offsets(checkpoint, topic) is not None
-    shutil.rmtree(checkpoint)
+    ledger = {p: table.transaction_version(app_id(dataset.name, p)) for p in range(3)}
+    # A clean stop leaves a checkpoint that resumes exactly at the ledger: the next query would use it ...
+    assert disagreement(resume_offsets(checkpoint, topic), {p: last + 1 for p, last in ledger.items()}) is None
+    shutil.rmtree(checkpoint)  # ... but it is deleted
     produce(kafka, topic, records("orders", 150, start=500))
     with StreamThread([dataset], kafka, lake, settings(tmp_path), spark_session=lambda _profile: spark):
         wait_for(lambda: table_rows(lake, dataset) >= 650, timeout_s=180, what="the records after the deletion")
