@@ -242,11 +242,12 @@ class StreamProcess:
         if self.pool is not None:
             self.pool.shutdown()
 
-    def _stop_timeout(self, loops: list[DatasetLoop]) -> float:
+    def _stop_timeout(self, loops: list[DatasetLoop | SparkStreamLoop]) -> float:
         if self.settings.stop_timeout_s is not None:
             return self.settings.stop_timeout_s
         largest = max((loop.trigger_s for loop in loops), default=1.0)
-        return max(0.5, 2 * largest - 0.5)
+        spark = max((loop.drain_s for loop in loops if isinstance(loop, SparkStreamLoop)), default=0.0)
+        return max(0.5, 2 * largest - 0.5, spark)
 
     def _pool(self) -> CommitPool:
         if self.pool is None:

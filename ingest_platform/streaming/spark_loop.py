@@ -39,6 +39,8 @@ from ingest_platform.streaming.spark_checkpoint import checkpoint_dir, disagreem
 WATCH_S = 0.5
 #: Starting the Spark session (the JVM, connectors from the Ivy cache) may take this long before liveness fails.
 SESSION_START_S = 300.0
+#: Bounds of the time a stop gives the micro-batch in flight (``drain_s``).
+MIN_DRAIN_S, MAX_DRAIN_S = 10.0, 120.0
 #: Errors of a commit that retrying the same batch later can fix.
 _RETRIABLE = (LakeAccessError, LakeWriteError, DeltaError, OSError, ConcurrentWriterError)
 _session_lock = threading.Lock()
@@ -76,6 +78,7 @@ class SparkStreamLoop:
         self.state = DatasetState(dataset.name, STARTING)
         self.last_activity = time.monotonic()
         self.commits = 0
+        self.last_batch_s = 0.0  # how long the last micro-batch commit took
         self.queries = 0  # queries started (1 + restarts after failures or a rewound ledger)
         self._starting_session = False
         self._stop = threading.Event()
@@ -108,6 +111,12 @@ class SparkStreamLoop:
     def join(self, timeout: float | None) -> bool:
         self.thread.join(timeout)
         return not self.thread.is_alive()
+
+    @property
+    def drain_s(self) -> float:
+        """Time a stop gives the micro-batch in flight: twice the last one's duration, 10 to 120 s (a Spark
+        micro-batch takes seconds, far more than the embedded loop's commits)."""
+        return min(MAX_DRAIN_S, max(MIN_DRAIN_S, 2 * self.last_batch_s))
 
     @property
     def alive(self) -> bool:
@@ -347,6 +356,7 @@ class SparkStreamLoop:
     def _after_commit(self, done, started: float) -> None:
         dataset, metrics, labels, report = self.dataset, self.metrics, self.labels, done.report
         duration = time.monotonic() - started
+        self.last_batch_s = duration
         self.commits += 1
         sample = batch_latency(done.timestamps_ms, int(done.committed_at.timestamp() * 1000))
         metrics.records.labels(*labels).inc(report.records)
