@@ -40,7 +40,7 @@ WATCH_S = 0.5
 #: Starting the Spark session (the JVM, connectors from the Ivy cache) may take this long before liveness fails.
 SESSION_START_S = 300.0
 #: Bounds of the time a stop gives the micro-batch in flight (``drain_s``).
-MIN_DRAIN_S, MAX_DRAIN_S = 10.0, 120.0
+MIN_DRAIN_S, MAX_DRAIN_S = 25.0, 120.0
 #: Errors of a commit that retrying the same batch later can fix.
 _RETRIABLE = (LakeAccessError, LakeWriteError, DeltaError, OSError, ConcurrentWriterError)
 _session_lock = threading.Lock()
@@ -80,6 +80,7 @@ class SparkStreamLoop:
         self.commits = 0
         self.last_batch_s = 0.0  # how long the last micro-batch commit took
         self.queries = 0  # queries started (1 + restarts after failures or a rewound ledger)
+        self.resumed = False  # the last query started on the checkpoint (it agreed with the ledger)
         self._starting_session = False
         self._stop = threading.Event()
         self._stopping = threading.Event()  # no micro-batch commits any more (set before the query is stopped)
@@ -114,8 +115,8 @@ class SparkStreamLoop:
 
     @property
     def drain_s(self) -> float:
-        """Time a stop gives the micro-batch in flight: twice the last one's duration, 10 to 120 s (a Spark
-        micro-batch takes seconds, far more than the embedded loop's commits)."""
+        """Time a stop gives the micro-batch in flight: twice the last one's duration, 25 to 120 s (a Spark
+        micro-batch takes seconds, far more than the embedded loop's commits; 25 s before the first)."""
         return min(MAX_DRAIN_S, max(MIN_DRAIN_S, 2 * self.last_batch_s))
 
     @property
@@ -240,6 +241,7 @@ class SparkStreamLoop:
             self.log.info(f"{dataset.name}: not resuming from the Spark checkpoint {self.checkpoint} ({why}); "
                           "starting from the ledger")  # fmt: skip
             discard(self.checkpoint)
+        self.resumed = why is None
         options = kafka_source_options(self.kafka)
         options["failOnDataLoss"] = "true" if dataset.on_data_loss == "fail" else "false"
         reader = (
