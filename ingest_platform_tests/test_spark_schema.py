@@ -76,3 +76,35 @@ def test_a_first_run_with_a_declared_schema_reads_the_batch_once(kafka, lake, ma
     assert engine.run(partial).records == 1
     (row,) = read_table(lake.table_uri(partial.table_path)).select("id", "name", "extra").to_dicts()
     assert row == {"id": 1, "name": "a", "extra": True}
+
+
+def test_a_first_upsert_with_a_declared_schema_infers_nothing_and_still_finds_new_fields(kafka, lake, make_topic,
+                                                                                          spark):  # fmt: skip
+    """The upsert path (§9.2) follows the same rule: declared fields are the first run's schema, no inference job;
+    a field the catalog does not declare is inferred and kept."""
+    topic = make_topic(partitions=2)
+    changes = [{"id": i % 300, "name": f"n{i}", "score": i / 2} for i in range(600)]
+    produce(kafka, topic, [(str(change["id"]).encode(), json.dumps(change).encode()) for change in changes])
+
+    def dataset(name: str, schema: str):
+        return dataset_from_yaml(f"""
+            datasets:
+              - {{name: {name}, source: declared, topic: {topic}, format: json, mode: upsert, key: [id]{schema}}}
+        """)
+
+    engine = SparkEngine(kafka, lake, spark)
+    declared = dataset("declared_upsert", ", schema: {id: long, name: string, score: double}")
+    inferred = dataset("inferred_upsert", "")
+    first, declared_jobs = jobs_of(spark, "declared-upsert", lambda: engine.run(declared))
+    second, inferred_jobs = jobs_of(spark, "inferred-upsert", lambda: engine.run(inferred))
+    assert first.records == second.records == 600
+    assert declared_jobs < inferred_jobs  # no inference pass over the batch
+    rows = read_table(lake.table_uri(declared.table_path)).sort("id").select("id", "name", "score").to_dicts()
+    assert rows == [{"id": i, "name": f"n{i + 300}", "score": (i + 300) / 2} for i in range(300)]  # last per key
+    topic2 = make_topic(partitions=1)
+    produce(kafka, topic2, [(b"1", b'{"id": 1, "name": "a", "extra": true}')])
+    partial = dataset_from_yaml(f"datasets:\n  - {{name: partial_upsert, source: declared, topic: {topic2}, "
+                                "format: json, mode: upsert, key: [id], schema: {id: long}}")  # fmt: skip
+    assert engine.run(partial).records == 1
+    (row,) = read_table(lake.table_uri(partial.table_path)).select("id", "name", "extra").to_dicts()
+    assert row == {"id": 1, "name": "a", "extra": True}
