@@ -28,9 +28,9 @@ from ingest_platform.engines.run_plan import IngestError, plan_run
 from ingest_platform.kafka.client import KafkaConnection, KafkaReadError, commit_group_offsets, watermarks
 from ingest_platform.lake.commit import ConcurrentWriterError, LakeSchemaError, LakeWriteError
 from ingest_platform.lake.tables import LakeAccessError, LakeLocation
-from ingest_platform.streaming.events import FAILED, RUNNING, STARTING, STOPPED, CommitEvent, DatasetState
+from ingest_platform.streaming.events import RUNNING, STARTING, CommitEvent, DatasetState
 from ingest_platform.streaming.latency import batch_latency
-from ingest_platform.streaming.loop import REQUEST_TIMEOUT_S, LoopSettings, StreamFailure
+from ingest_platform.streaming.loop import REQUEST_TIMEOUT_S, LoopLife, LoopSettings, StreamFailure
 from ingest_platform.streaming.metrics import StreamMetrics, labels_of
 from ingest_platform.streaming.retry import Backoff
 from ingest_platform.streaming.spark_checkpoint import checkpoint_dir, disagreement, discard, resume_offsets
@@ -46,7 +46,7 @@ _RETRIABLE = (LakeAccessError, LakeWriteError, DeltaError, OSError, ConcurrentWr
 _session_lock = threading.Lock()
 
 
-class SparkStreamLoop:
+class SparkStreamLoop(LoopLife):
     def __init__(
         self,
         dataset: Dataset,
@@ -95,19 +95,11 @@ class SparkStreamLoop:
         self._engine = None
         self._backoff: Backoff | None = None
         self._partitions: list[int] = []
+        self._logged_at: dict[str, float] = {}
         self._consumer: Consumer | None = None
         self.thread = threading.Thread(target=self._main, name=f"spark-stream-{dataset.name}", daemon=True)
 
     # -- control (any thread) ------------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self.metrics.register_dataset(self.dataset)
-        self.thread.start()
-
-    def request_stop(self, deadline: float) -> None:
-        """Stop after the in-flight micro-batch (its commit finishes when it can by ``deadline``)."""
-        self._drain_deadline = deadline
-        self._stop.set()
 
     def join(self, timeout: float | None) -> bool:
         self.thread.join(timeout)
@@ -118,10 +110,6 @@ class SparkStreamLoop:
         """Time a stop gives the micro-batch in flight: twice the last one's duration, 25 to 120 s (a Spark
         micro-batch takes seconds, far more than the embedded loop's commits; 25 s before the first)."""
         return min(MAX_DRAIN_S, max(MIN_DRAIN_S, 2 * self.last_batch_s))
-
-    @property
-    def alive(self) -> bool:
-        return self.state.status in (STARTING, RUNNING)
 
     def stuck(self, now: float) -> str | None:
         if not self.alive or not self.thread.is_alive():
@@ -139,32 +127,12 @@ class SparkStreamLoop:
     # -- the loop thread -----------------------------------------------------------------------------------------
 
     def _main(self) -> None:
-        name = self.dataset.name
-        try:
-            self._serve()
-            self._set_state(STOPPED)
-        except StreamFailure as failure:
-            self.metrics.error(self.dataset, failure.kind)
-            self.log.error(f"{name}: the stream stopped: {failure}")
-            self._set_state(FAILED, str(failure), failure.kind)
-        except Exception as error:  # noqa: BLE001 - a bug stops this dataset, never the others
-            self.log.exception(f"{name}: internal error in the Spark stream")
-            self.metrics.error(self.dataset, "internal")
-            self._set_state(FAILED, f"dataset '{name}': internal error in the Spark stream: {error!r}", "internal")
-        finally:
-            consumer, self._consumer = self._consumer, None
-            if consumer is not None:
-                consumer.close()
-            if self.state.status == FAILED:
-                self.metrics.up.labels(*self.labels).set(0)
+        self._guarded(self._serve, self._close, "Spark stream")
 
-    def _set_state(self, status: str, error: str | None = None, kind: str | None = None) -> None:
-        self.state = DatasetState(self.dataset.name, status, error, kind)
-        if self.on_state is not None:
-            try:
-                self.on_state(self.state)
-            except Exception:  # noqa: BLE001 - the caller's callback must not break the loop
-                self.log.exception(f"{self.dataset.name}: the on_state callback failed")
+    def _close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.close()
 
     def _serve(self) -> None:
         from ingest_platform.engines.spark.engine import SparkEngine
@@ -223,7 +191,7 @@ class SparkStreamLoop:
             except (LakeAccessError, DeltaError, OSError) as error:
                 kind, message = "lake", f"dataset '{self.dataset.name}': cannot read the table's ledger: {error}"
             self.metrics.error(self.dataset, kind)
-            self._log(f"{message}; retrying (attempt {backoff.failures + 1})")
+            self._log_warning(kind, f"{message}; retrying (attempt {backoff.failures + 1})")
             self.last_activity = time.monotonic()
             if not backoff.failed():
                 if self._stop.is_set():
@@ -361,16 +329,8 @@ class SparkStreamLoop:
         self.last_batch_s = duration
         self.commits += 1
         sample = batch_latency(done.timestamps_ms, int(done.committed_at.timestamp() * 1000))
-        metrics.records.labels(*labels).inc(report.records)
-        metrics.bytes.labels(*labels).inc(report.bytes_read)
-        metrics.dead_letters.labels(*labels).inc(report.dead_lettered)
-        metrics.batches.labels(*labels, "committed").inc()
-        metrics.commits.labels(*labels).inc()
-        metrics.files.labels(*labels).inc(report.files_written)
-        metrics.last_commit_time.labels(*labels).set(done.committed_at.timestamp())
-        metrics.last_commit_version.labels(*labels).set(done.version)
-        metrics.batch_duration.labels(*labels).observe(duration)
-        metrics.latency.add(labels, sample)
+        metrics.committed(labels, report.records, report.bytes_read, report.dead_lettered, report.files_written,
+                          done.committed_at.timestamp(), done.version, duration, sample)  # fmt: skip
         self._committed.update({p: last for p, (_, last) in done.ranges.items()})
         self._group_due = True
         if self._backoff is not None:
@@ -404,16 +364,8 @@ class SparkStreamLoop:
             marks = watermarks(self._consumer, self.dataset.topic, self._partitions, REQUEST_TIMEOUT_S)
         except KafkaReadError as error:
             self.metrics.error(self.dataset, "kafka")
-            self._log(f"{self.dataset.name}: {error}")
+            self._log_warning("kafka", f"{self.dataset.name}: {error}")
             return
         lag = sum(max(0, high - (max(self._committed.get(p, -1), self._seen.get(p, -1)) + 1))
                   for p, (_, high) in marks.items())  # fmt: skip
         self.metrics.lag.labels(*self.labels).set(lag)
-
-    _last_log = 0.0
-
-    def _log(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last_log >= 30.0:
-            self._last_log = now
-            self.log.warning(message)
