@@ -95,6 +95,7 @@ class SparkStreamLoop(LoopLife):
         self._engine = None
         self._backoff: Backoff | None = None
         self._partitions: list[int] = []
+        self._data_loss: dict[int, tuple[int, int]] = {}  # skipped by on_data_loss: skip, until a commit records it
         self._logged_at: dict[str, float] = {}
         self._consumer: Consumer | None = None
         self.thread = threading.Thread(target=self._main, name=f"spark-stream-{dataset.name}", daemon=True)
@@ -175,6 +176,7 @@ class SparkStreamLoop(LoopLife):
                 plan = plan_run(self.dataset, self._consumer, self.lake, min(self.kafka.timeout_s, REQUEST_TIMEOUT_S))
                 starts = {r.partition: r.start for r in plan.ranges}
                 self._partitions = sorted(starts)
+                self._data_loss = dict(plan.data_loss)
                 self._seen = dict(plan.ledger)
                 self._committed = dict(plan.ledger)
                 self.metrics.lag.labels(*self.labels).set(sum(r.end - r.start for r in plan.ranges) + plan.lag_after)
@@ -312,7 +314,8 @@ class SparkStreamLoop(LoopLife):
                         "started_at": round(time.time(), 3), "trigger_interval_s": self.trigger_s,
                         "spark_batch_id": int(batch_id)}  # fmt: skip
             try:
-                done = commit_micro_batch(self._engine, self.dataset, frame, metadata, self._seen, self._partitions)
+                done = commit_micro_batch(self._engine, self.dataset, frame, metadata, self._seen, self._partitions,
+                                          self._data_loss)
             except BaseException as error:
                 self._batch_error = error
                 self.metrics.batches.labels(*self.labels, "failed").inc()

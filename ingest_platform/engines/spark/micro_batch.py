@@ -66,18 +66,21 @@ def commit_micro_batch(
     metadata: Mapping[str, object],
     seen: dict[int, int],
     partitions: list[int],
+    data_loss: dict[int, tuple[int, int]] | None = None,
 ) -> MicroBatchCommit | None:
     """Commit the records of ``batch`` (Spark's Kafka rows) that the table does not hold yet; None when it holds
     them all. ``partitions``: the topic's partitions as last known (one Spark discovers beyond them costs one more
     small job). ``seen`` (partition -> last offset this stream committed or found) is checked against the table
-    (``LedgerRewoundError`` when the table went back) and updated. ``metadata`` joins the commit's run metadata."""
+    (``LedgerRewoundError`` when the table went back) and updated. ``metadata`` joins the commit's run metadata;
+    ``data_loss`` (partition -> range skipped by ``on_data_loss: skip``) is recorded in the first commit that moves
+    past it, and removed from the mapping then."""
     from pyspark import StorageLevel
 
     batch = batch.persist(StorageLevel.MEMORY_AND_DISK)  # read from Kafka once: the figures, then the write
     try:
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
-                return _commit_once(engine, dataset, batch, metadata, seen, partitions)
+                return _commit_once(engine, dataset, batch, metadata, seen, partitions, data_loss or {})
             except ConcurrentWriterError:
                 if attempt == CONFLICT_ATTEMPTS:
                     raise
@@ -106,7 +109,8 @@ def _spans(batch: DataFrame, ledger: Mapping[int, int]) -> list:
 
 
 def _commit_once(engine: SparkEngine, dataset: Dataset, batch: DataFrame, metadata: Mapping[str, object],
-                 seen: dict[int, int], partitions: list[int]) -> MicroBatchCommit | None:  # fmt: skip
+                 seen: dict[int, int], partitions: list[int],
+                 data_loss: dict[int, tuple[int, int]]) -> MicroBatchCommit | None:  # fmt: skip
     table = engine.lake.open_table(dataset.table_path)
     ledger = read_ledger(table, dataset.name, partitions)
     rows = _spans(batch, ledger)
@@ -140,6 +144,7 @@ def _commit_once(engine: SparkEngine, dataset: Dataset, batch: DataFrame, metada
         ledger=ledger,
         table=table,
         lag_after=0,
+        data_loss={p: lost for p, lost in data_loss.items() if p in ranges},
     )
     fresh = batch.where(above_ledger(ledger))
     uri = engine.lake.table_uri(dataset.table_path)
@@ -149,4 +154,6 @@ def _commit_once(engine: SparkEngine, dataset: Dataset, batch: DataFrame, metada
     if not report.commits:
         return None
     seen.update({p: last for p, (_, last) in ranges.items()})
+    for partition in ranges:
+        data_loss.pop(partition, None)
     return MicroBatchCommit(report, report.commits[-1], ranges, timestamps, datetime.now(timezone.utc))
