@@ -9,12 +9,17 @@ updates, deletes with tombstones, inserts and re-inserts; default 100K + 400K) i
       batch; the table must end with exactly the source's live keys;
   (d) steady state: U more updates of existing keys, upserted into the table of K rows (and appended to the
       change log, as its reference);
-  (e) with --spark: the Spark engine upserting the same topic into its own table (one MERGE per Kafka
-      partition), then the same steady updates; its table must equal the embedded engine's row count.
+  (e) with --spark: the Spark engine upserting the same topic into its own table (one copy-on-write MERGE
+      commit per run, carrying every partition's txn), then the same steady updates; its table must equal
+      the embedded engine's row count;
+  (f) with --spark: the cost of that one commit as the partition count grows: the same snapshot and steady
+      updates in topics of 6, 24 and 96 partitions (--commit-partitions), each upserted by the Spark engine;
+      the run, its MERGE commit (the OptimisticTransaction commit call) and the txn actions it carries.
 
     python benchmarks/cdc_bench.py                          # the full size (a few minutes here)
     python benchmarks/cdc_bench.py --keys 2000 --changes 3000   # a smoke run
     python benchmarks/cdc_bench.py --spark                  # also the Spark engine (local profile)
+    python benchmarks/cdc_bench.py --spark --spark-profile standalone   # ... on a local standalone cluster
 
 Results: benchmarks/results/cdc_bench.json and .md (or --out DIR).
 """
@@ -51,7 +56,10 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--changes", type=int, default=400_000, help="changes after the snapshot")
     parser.add_argument("--updates", type=int, default=None, help="steady-state updates [default: keys]")
     parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--spark", action="store_true", help="also time the Spark engine (e)")
+    parser.add_argument("--spark", action="store_true", help="also time the Spark engine (e) and (f)")
+    parser.add_argument("--spark-profile", choices=("local", "standalone"), default="local")
+    parser.add_argument("--commit-partitions", default="6,24,96", help="(f): partition counts, comma-separated")
+    parser.add_argument("--commit-keys", type=int, default=20_000, help="(f): snapshot rows per topic")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args()
 
@@ -92,21 +100,52 @@ def steady_updates(events: list, count: int) -> list:
     return [e for e in rendered if e.value is not None and json.loads(e.value)["op"] == "u"]
 
 
-def spark_upserts(kafka: KafkaConnection, lake: LakeLocation, topic: str, first: int) -> dict:
+def spark_upserts(kafka: KafkaConnection, lake: LakeLocation, topic: str, first: int, spark) -> dict:
     """(e): the Spark engine over the same topic: the first ``first`` records, then the steady updates."""
-    from ingest_platform.engines.spark.profiles import load_profile
-    from ingest_platform.engines.spark.session import spark_for_profile
-
-    started = time.perf_counter()
-    spark = spark_for_profile(load_profile("local"))
-    spark.range(10).count()  # the JVM's warm-up is not the engine's
-    session_s = time.perf_counter() - started
     target = dataset(topic, "users_spark", "upsert")
     capped = target.model_copy(update={"max_records_per_run": first})
     initial = timed_run(kafka, lake, capped, spark)
     steady = timed_run(kafka, lake, target, spark)
-    return {"session_start_s": round(session_s, 1), "upsert": initial, "steady_upsert": steady,
-            "table_rows": lake.open_table(target.table_path).count()}  # fmt: skip
+    return {"upsert": initial, "steady_upsert": steady, "table_rows": lake.open_table(target.table_path).count()}
+
+
+def commit_cost(kafka: KafkaConnection, bootstrap: str, lake: LakeLocation, spark, partitions: list[int],
+                keys: int) -> list[dict]:  # fmt: skip
+    """(f): per partition count, a snapshot of ``keys`` rows and ``keys`` steady updates upserted by the Spark
+    engine; the steady run's seconds, and its MERGE commit's (the transaction's commit call) seconds."""
+    from ingest_platform.engines.spark import transaction
+
+    commit_seconds: list[float] = []
+    original = transaction.DeltaTransaction.commit
+
+    def timed_commit(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            commit_seconds.append(time.perf_counter() - started)
+
+    snapshot = cdc_data.mysql_events([("r", i) for i in range(1, keys + 1)], seed=5)
+    updates = steady_updates(snapshot, keys)
+    rows = []
+    transaction.DeltaTransaction.commit = timed_commit
+    try:
+        for count in partitions:
+            topic = f"commit-cost.{count}"
+            create_topic(bootstrap, topic, count, {"compression.type": "snappy"})
+            cdc_data.produce_events(kafka, topic, snapshot)
+            target = dataset(topic, f"users_p{count}", "upsert")
+            timed_run(kafka, lake, target, spark)  # creates the table
+            cdc_data.produce_events(kafka, topic, updates)
+            commit_seconds.clear()
+            run = timed_run(kafka, lake, target, spark)
+            table = lake.open_table(target.table_path)
+            txns = sum(1 for p in range(count) if table.transaction_version(f"users_p{count}-{p}") is not None)
+            rows.append({"partitions": count, **run, "commit_s": round(sum(commit_seconds), 3),
+                         "txn_actions": txns, "table_rows": table.count()})  # fmt: skip
+    finally:
+        transaction.DeltaTransaction.commit = original
+    return rows
 
 
 def main() -> int:
@@ -136,7 +175,17 @@ def main() -> int:
             steady_append = timed_run(kafka, lake, changelog)
             steady_upsert = timed_run(kafka, lake, upsert)
             rows_after = lake.open_table(upsert.table_path).count()
-            spark_runs = spark_upserts(kafka, lake, topic, len(events)) if args.spark else None
+            spark_runs = None
+            if args.spark:
+                from spark_bench import bench_spark
+
+                with bench_spark(args.spark_profile) as (spark, session_s, where):
+                    spark_runs = spark_upserts(kafka, lake, topic, len(events), spark)
+                    spark_runs.update(session_start_s=round(session_s, 1), where=where)
+                    spark_runs["commit_cost"] = commit_cost(
+                        kafka, broker.bootstrap, lake, spark, [int(p) for p in args.commit_partitions.split(",")],
+                        args.commit_keys,
+                    )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -202,7 +251,7 @@ def markdown(r: dict) -> str:
             ("(e) Spark engine: upsert of the same records", e["upsert"]["records"], e["upsert"]["seconds"],
              e["upsert"]["records_per_s"], f"{r['ratio_e_to_c']:.3f} of (c)"),
             ("(e) Spark engine: steady updates", e["steady_upsert"]["records"], e["steady_upsert"]["seconds"],
-             e["steady_upsert"]["records_per_s"], f"{e['steady_upsert']['commits']} MERGE commits"),
+             e["steady_upsert"]["records_per_s"], f"{e['steady_upsert']['commits']} MERGE commit(s)"),
         ]  # fmt: skip
     ops = ", ".join(f"{op} {count:,}" for op, count in sorted(r["by_op"].items()))
     lines = [
@@ -221,10 +270,22 @@ def markdown(r: dict) -> str:
         f"after {r['d_steady_updates']:,} more updates: {r['d_table_rows']:,} rows "
         f"(MERGE updated {du['rows_updated']:,} rows in {du['commits']} commit(s))",
         f"- producing the topic: {r['produce_records_per_s']:,} records/s",
-        *([f"- Spark session start {r['e_spark']['session_start_s']} s (not counted); Spark table "
-           f"{r['e_spark']['table_rows']:,} rows"] if "e_spark" in r else []),  # fmt: skip
+        *([f"- Spark: {r['e_spark']['where']}; session start {r['e_spark']['session_start_s']} s (not counted); "
+           f"Spark table {r['e_spark']['table_rows']:,} rows"] if "e_spark" in r else []),  # fmt: skip
         "",
     ]
+    if "e_spark" in r and r["e_spark"].get("commit_cost"):
+        lines += [
+            "(f) the Spark engine's one MERGE commit per run as the partition count grows (steady updates of "
+            "existing keys; commit = the OptimisticTransaction commit call):",
+            "",
+            "| partitions | records | run s | records/s | commits | commit s | txn actions | table rows |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *[f"| {c['partitions']} | {c['records']:,} | {c['seconds']:.2f} | {c['records_per_s']:,} | "
+              f"{c['commits']} | {c['commit_s']:.3f} | {c['txn_actions']} | {c['table_rows']:,} |"
+              for c in r["e_spark"]["commit_cost"]],  # fmt: skip
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -133,13 +133,16 @@ def engine_through_asset(bootstrap: str, topic: str, lake_root: Path) -> dict:
     return {"metadata": metadata, "materialize_wall_s": wall}
 
 
-def bench_arguments(doc: str | None, results: Path) -> argparse.Namespace:
-    """The options both throughput benchmarks share: size of the topic and where results go."""
+def bench_arguments(doc: str | None, results: Path, more=None) -> argparse.Namespace:
+    """The options both throughput benchmarks share: size of the topic and where results go (``more`` adds a
+    benchmark's own options to the parser)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=2_000_000)
     parser.add_argument("--record-bytes", type=int, default=400)
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--out", type=Path, default=results)
+    if more is not None:
+        more(parser)
     return parser.parse_args()
 
 

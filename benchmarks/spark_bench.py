@@ -1,21 +1,28 @@
 """The Spark engine against the tuning guide's own Structured Streaming job, and the embedded engine.
 
-One broker, one topic (default 2M ~400-byte JSON records, 12 partitions), one Spark session (the local
-profile), in one run:
+One broker, one topic (default 2M ~400-byte JSON records, 12 partitions), one Spark session, in one run:
   (1) plain: the guide's snippet — readStream kafka -> writeStream delta with a checkpoint, trigger
       availableNow (raw Kafka columns, no decoding, no offset ledger);
-  (2) spark engine: our run — ledger, JSON decoded to columns, partitions derived, one commit with txns;
+  (2) spark engine: our run — ledger, JSON decoded to columns (new fields detected on every record), one
+      commit with txns; its first run on a new table (schema inference), and its steady state;
   (3) embedded engine: the same run without a JVM.
-Each writes its own table. Session start is measured once and left out of (1)-(3).
+Each writes its own table. Session start is measured once and left out; a small topic is run through (1) and
+(2) first, so neither pays the JVM's warm-up (class loading, JIT) in the measured runs.
 
-    python benchmarks/spark_bench.py                      # full size
-    python benchmarks/spark_bench.py --records 20000      # smoke
+--profile local (default): Spark in this process (local[*]). --profile standalone: a Spark standalone
+cluster on loopback started by the benchmark (ingest_platform/dev/local_spark.py: a master, two workers with
+one one-core executor each for this application), the driver in this process.
 
-Results: benchmarks/results/spark_bench.json and .md (or --out DIR).
+    python benchmarks/spark_bench.py                          # full size, local mode
+    python benchmarks/spark_bench.py --profile standalone     # full size, on the standalone cluster
+    python benchmarks/spark_bench.py --records 20000          # smoke
+
+Results: benchmarks/results/spark_bench[_standalone].json and .md (or --out DIR).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -76,27 +83,48 @@ def dataset(topic: str, name: str, engine: str, cap: int = 100_000_000):
     return parsed
 
 
-def main() -> int:
-    args = bench_arguments(__doc__, RESULTS)
-    n = args.records
-
+@contextlib.contextmanager
+def bench_spark(profile: str):
+    """(spark session, seconds to start it, a description) for ``profile``: ``local``, or ``standalone`` on a
+    two-worker cluster on loopback that lives as long as the context."""
     from ingest_platform.engines.spark.profiles import load_profile
     from ingest_platform.engines.spark.session import spark_for_profile
 
+    with contextlib.ExitStack() as stack:
+        environ = dict(os.environ)
+        where = "Spark local profile (local[*], one JVM)"
+        if profile == "standalone":
+            from ingest_platform.dev.local_spark import MASTER_ENV, LocalSparkCluster
+
+            cluster = stack.enter_context(LocalSparkCluster())
+            environ[MASTER_ENV] = cluster.master_url
+            where = ("Spark standalone cluster on loopback (a master, 2 workers; this application: 2 executors "
+                     "x 1 core, other processes than the driver)")  # fmt: skip
+        started = time.perf_counter()
+        spark = spark_for_profile(load_profile(profile, environ=environ))
+        session_s = time.perf_counter() - started
+        spark.range(10).count()
+        try:
+            yield spark, session_s, where
+        finally:
+            spark.stop()
+
+
+def main() -> int:
+    args = bench_arguments(__doc__, RESULTS, lambda parser: parser.add_argument(
+        "--profile", choices=("local", "standalone"), default="local", help="where Spark runs"))
+    n = args.records
+
     work = Path(tempfile.mkdtemp(prefix="spark-bench-"))
     try:
-        with LocalKafka(heap="2g") as broker:
+        with LocalKafka(heap="2g") as broker, bench_spark(args.profile) as (spark, session_s, where):
             kafka = KafkaConnection(broker.bootstrap)
             topic = "bench.spark"
             create_topic(broker.bootstrap, topic, args.partitions, {"compression.type": "snappy"})
             produce(kafka, topic, iter(make_values(n, args.record_bytes)))
-
-            started = time.perf_counter()
-            spark = spark_for_profile(load_profile("local"))
-            session_s = time.perf_counter() - started
-            spark.range(10).count()  # a first job, so no run pays the JVM's warm-up alone
-
             lake = LakeLocation(str(work / "lake"))
+            warm_up(spark, kafka, broker.bootstrap, lake, work, args)
+
             plain_s = streaming_job(spark, kafka, topic, work / "plain")
             plain_rows = spark.read.format("delta").load(str(work / "plain" / "table")).count()
 
@@ -121,7 +149,6 @@ def main() -> int:
             started = time.perf_counter()
             embedded = EmbeddedEngine(kafka, lake).run(dataset(topic, "embedded_engine", "embedded"))
             embedded_s = time.perf_counter() - started
-            spark.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -133,6 +160,8 @@ def main() -> int:
         "benchmark": "spark_bench",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+        "profile": args.profile,
+        "spark": where,
         "records": n,
         "partitions": args.partitions,
         "record_bytes": args.record_bytes,
@@ -154,13 +183,29 @@ def main() -> int:
         "ratio_spark_engine_to_plain_time": round(ours_s / plain_s, 3),
         "ratio_embedded_engine_to_plain_time": round(embedded_s / plain_s, 3),
         "spark_engine_files": ours.files_written,
+        "spark_engine_steady_files": steady.files_written,
         "embedded_engine_files": embedded.files_written,
     }
+    name = "spark_bench" if args.profile == "local" else f"spark_bench_{args.profile}"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "spark_bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "spark_bench.md").write_text(markdown(result))
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
+
+
+WARM_UP_RECORDS = 20_000
+
+
+def warm_up(spark, kafka: KafkaConnection, bootstrap: str, lake: LakeLocation, work: Path, args) -> None:
+    """Both Spark paths once on a small topic: the measured runs find their classes loaded and compiled."""
+    topic = "bench.warm-up"
+    create_topic(bootstrap, topic, args.partitions, {"compression.type": "snappy"})
+    produce(kafka, topic, iter(make_values(WARM_UP_RECORDS, args.record_bytes)))
+    streaming_job(spark, kafka, topic, work / "warm-up-plain")
+    engine = SparkEngine(kafka, lake, spark)
+    engine.run(dataset(topic, "warm_up", "spark", cap=PRIMING_RECORDS))
+    engine.run(dataset(topic, "warm_up", "spark"))
 
 
 def markdown(r: dict) -> str:
@@ -181,8 +226,9 @@ def markdown(r: dict) -> str:
     return "\n".join([
         f"# spark_bench — {r['records']:,} records x ~{r['record_bytes']} B, {r['partitions']} partitions",
         "",
-        f"{r['date']}, {r['machine']['cores']} cores, Spark local profile "
-        f"(session start {r['spark_session_start_s']} s, not counted)",
+        f"{r['date']}, {r['machine']['cores']} cores, {r.get('spark', 'Spark local profile')} "
+        f"(session start {r['spark_session_start_s']} s, not counted; both Spark paths warmed up on a small topic "
+        "first)",
         "",
         "| job | seconds | records/s | time per record / plain |",
         "|---|---:|---:|---:|",

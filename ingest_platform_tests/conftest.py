@@ -67,14 +67,37 @@ def clean_ingest_env(monkeypatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def spark():
-    """The one Spark session of the test run (the engine's local profile: Delta + Kafka connectors)."""
+def spark_cluster(tmp_path_factory) -> Iterator[object]:
+    """The session's Spark standalone cluster (ingest_platform/dev/local_spark.py): a master and two workers on
+    loopback, each worker with its own executor JVMs; started once (~8 s), stopped at the end, killed with the
+    session."""
     pytest.importorskip("pyspark")
+    from ingest_platform.dev.local_spark import LocalSparkCluster
+
+    with LocalSparkCluster(tmp_path_factory.mktemp("spark-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def spark_cluster_env(spark_cluster) -> dict[str, str]:
+    """Environment that makes a subprocess (the CLI, `dagster asset materialize`) run Spark on the session's
+    cluster: the standalone profile and the cluster's master URL."""
+    from ingest_platform.dev.local_spark import MASTER_ENV
+    from ingest_platform.engines.spark.profiles import PROFILE_ENV
+
+    return {PROFILE_ENV: "standalone", MASTER_ENV: spark_cluster.master_url}
+
+
+@pytest.fixture(scope="session")
+def spark(spark_cluster, spark_cluster_env):
+    """The one Spark session of the test run: this process is the driver of an application on the session's
+    standalone cluster (the standalone profile: Delta + Kafka connectors shipped to the executors), so every
+    Spark test runs its tasks in other processes, as on a real cluster."""
     pytest.importorskip("delta")
     from ingest_platform.engines.spark.profiles import load_profile
     from ingest_platform.engines.spark.session import spark_for_profile
 
-    session = spark_for_profile(load_profile("local"))
+    session = spark_for_profile(load_profile("standalone", environ=spark_cluster_env))
     yield session
     session.stop()
 

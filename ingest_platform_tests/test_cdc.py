@@ -15,7 +15,6 @@ from ingest_platform.engines.embedded.engine import EmbeddedEngine
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.engines.spark import engine as spark_engine
 from ingest_platform.engines.spark.engine import SparkEngine
-from ingest_platform.engines.spark.merge import TXN_APP_ID, TXN_VERSION
 from ingest_platform.lake import health
 from ingest_platform.lake.commit import run_metadata_of
 from ingest_platform.lake.dead_letters import read_dead_letters
@@ -68,43 +67,11 @@ def history_metadata(lake: LakeLocation, dataset) -> list[dict]:
     return [m for m in (run_metadata_of(e) for e in sorted(entries, key=lambda e: e["version"])) if m]
 
 
-@pytest.mark.spark
-@pytest.mark.slow
-def test_a_merge_whose_txn_version_is_recorded_is_skipped(spark, tmp_path):
-    """delta-spark 4.4's MERGE honours the idempotent-write confs (delta PR #1555): it records the txn, skips
-    a version at or below the recorded one, and commits the txn even when no row changes."""
-    from delta.tables import DeltaTable as SparkDeltaTable
-
-    from ingest_platform.engines.spark.session import spark_read_ledger
-
-    path = str(tmp_path / "t")
-    spark.createDataFrame([(1, "a", 10)], "id long, v string, o long").write.format("delta").save(path)
-
-    def merge(rows, version):
-        spark.conf.set(TXN_APP_ID, "t-0")
-        spark.conf.set(TXN_VERSION, str(version))
-        try:
-            source = spark.createDataFrame(rows, "id long, v string, o long")
-            SparkDeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), "t.id = s.id") \
-                .whenMatchedUpdateAll(condition="s.o >= t.o").whenNotMatchedInsertAll().execute()  # fmt: skip
-        finally:
-            spark.conf.unset(TXN_APP_ID)
-            spark.conf.unset(TXN_VERSION)
-        return SparkDeltaTable.forPath(spark, path).history(1).first()["version"]
-
-    assert merge([(1, "b", 11)], 5) == 1
-    assert merge([(1, "c", 12)], 5) == 1 and merge([(1, "c", 12)], 4) == 1  # recorded: skipped, no commit
-    assert merge([(1, "old", 1)], 6) == 2  # every change loses to the guard: still a commit with the txn
-    assert merge([], 7) == 3  # an empty source too
-    assert spark_read_ledger(spark, path, ["t-0"]) == {"t-0": 7}
-    assert [tuple(r) for r in spark.read.format("delta").load(path).collect()] == [(1, "b", 11)]
-
-
 def test_mysql_changes_end_as_the_source_table(kafka, make_topic, lake, run, engine):
     """Snapshot, inserts, updates, deletes with tombstones and one key updated 8 times in a row, on two
-    partitions: the first run creates the table, the second MERGEs (embedded: per batch of 5 KB; Spark: per
-    Kafka partition). The table equals the source table (and the Spark engine's the embedded engine's); the
-    counts reconcile; a rerun commits nothing."""
+    partitions: the first run creates the table, the second MERGEs (embedded: per batch of 5 KB; Spark: the run's
+    batch in one commit with both partitions' txn). The table equals the source table (and the Spark engine's
+    the embedded engine's); the counts reconcile; a rerun commits nothing."""
     topic = make_topic(2)
     events = cdc_data.mysql_events(cdc_data.scenario(keys=15, changes=40, hot_key_updates=8, seed=3), topic=topic)
     half = len(events) // 2
@@ -121,7 +88,7 @@ def test_mysql_changes_end_as_the_source_table(kafka, make_topic, lake, run, eng
     assert first.records + report.records == len(events)
     assert first.skipped + report.skipped == state.tombstones and first.applied + report.applied == state.changes
     assert report.dead_lettered == 0 and reconciles(report) and reconciles(first)
-    assert len(report.commits) == 2 if engine == "spark" else len(report.commits) > 1  # Spark: one per partition
+    assert len(report.commits) == 1 if engine == "spark" else len(report.commits) > 1  # Spark: one per run
     assert report.rows_updated > 0 and report.rows_deleted > 0
     metadata = history_metadata(lake, dataset)[-len(report.commits):]
     assert {p for m in metadata for p in m["ranges"]} == {"0", "1"} and all(m["key"] == ["id"] for m in metadata)

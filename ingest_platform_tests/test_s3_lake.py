@@ -291,9 +291,12 @@ def test_s3a_settings_follow_the_guide_and_the_storage_options():
 @pytest.mark.spark
 @pytest.mark.kafka
 @pytest.mark.slow
-def test_spark_engine_on_s3_exactly_once(tmp_path, kafka, kafka_broker, make_topic, s3_server):
-    """The Spark engine through the CLI in its own process (its first Spark session starts with hadoop-aws),
-    configured only by INGEST_LAKE_ROOT and the standard AWS variables; then the embedded engine continues."""
+def test_spark_engine_on_s3_exactly_once(tmp_path, kafka, kafka_broker, make_topic, s3_server, spark_cluster,
+                                         spark_cluster_env):
+    """The Spark engine through the CLI in its own process (its first Spark session starts with hadoop-aws), a
+    driver on the session's standalone cluster whose executors write to S3 (the connector and the S3A settings
+    reach them from the driver), configured only by INGEST_LAKE_ROOT, the standard AWS variables and the
+    standalone profile; then the embedded engine continues."""
     import os
     import subprocess
     import sys
@@ -305,7 +308,7 @@ def test_spark_engine_on_s3_exactly_once(tmp_path, kafka, kafka_broker, make_top
     catalog.write_text(f"datasets:\n  - {{name: sclicks, source: web, topic: {topic}, format: json, engine: spark}}\n")
     root = f"s3://{s3_server.bucket}/spark-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "INGEST_"))}
-    env.update(s3_server.env(), INGEST_LAKE_ROOT=root, INGEST_CATALOG=str(catalog),
+    env.update(s3_server.env(), **spark_cluster_env, INGEST_LAKE_ROOT=root, INGEST_CATALOG=str(catalog),
                INGEST_KAFKA_BOOTSTRAP=kafka_broker.bootstrap)
     cli = [str(Path(sys.executable).parent / "ingest-platform"), "ingest", "sclicks"]
 
@@ -314,8 +317,14 @@ def test_spark_engine_on_s3_exactly_once(tmp_path, kafka, kafka_broker, make_top
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
+    def applications_done() -> int:
+        finished = spark_cluster.master_state().get("completedapps", [])
+        return sum(1 for app in finished if app["name"] == "ingest_platform-standalone")
+
+    done_before = applications_done()
     produce(kafka, topic, records("clicks", 300))
     assert ingest()["records"] == 300
+    assert applications_done() == done_before + 1  # the run was an application of the cluster
     uri = f"{root}/web/sclicks"
     assert independent_read(s3_server, uri).num_rows == 300
     assert ingest()["records"] == 0

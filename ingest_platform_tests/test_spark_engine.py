@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import polars as pl
@@ -133,7 +134,11 @@ def test_spark_profile_of_the_deployment_and_the_dataset(monkeypatch):
         load_profile("nope")
 
 
-def test_dagster_asset_materialize_with_the_spark_engine(tmp_path, kafka, kafka_broker, make_topic):
+def test_dagster_asset_materialize_with_the_spark_engine(tmp_path, kafka, kafka_broker, make_topic, spark_cluster,
+                                                         spark_cluster_env):
+    """`dagster asset materialize` drives an application on the session's standalone cluster through the Spark
+    resource (dagster-pyspark's LazyPySparkResource): run config replaces its spark_config (the profile)."""
+    from ingest_platform.defs.resources import SparkResource
     from ingest_platform_tests.test_definitions import _dagster, _env
 
     topic = make_topic(partitions=2)
@@ -149,12 +154,27 @@ def test_dagster_asset_materialize_with_the_spark_engine(tmp_path, kafka, kafka_
     """))
     produce(kafka, topic, records("orders", 250))
     env = _env(tmp_path, INGEST_CATALOG=str(catalog), INGEST_LAKE_ROOT=str(tmp_path / "lake"),
-               INGEST_KAFKA_BOOTSTRAP=kafka_broker.bootstrap)
+               INGEST_KAFKA_BOOTSTRAP=kafka_broker.bootstrap, **spark_cluster_env)
+    app_name = f"materialize-{tmp_path.name}"
+    spark_config = {**SparkResource.for_profile("standalone").spark_config, "spark.app.name": app_name}
+    run_config = {"resources": {"spark": {"config": {"profile": "standalone", "spark_config": spark_config}}}}
     done = _dagster("asset", "materialize", "-m", "ingest_platform.definitions", "--select", "lake/shop/orders",
-                    env=env)
+                    "--config-json", json.dumps(run_config), env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     frame = read_table(str(tmp_path / "lake" / "shop" / "orders"))
     assert frame.height == 250 and frame["order_id"].n_unique() == 250
+    finished = [app["name"] for app in spark_cluster.master_state().get("completedapps", [])]
+    assert app_name in finished  # the run's own application, with the run config's settings, on the cluster
+
+
+def test_the_spark_resource_config_is_the_profile():
+    from ingest_platform.defs.resources import SparkResource
+    from ingest_platform.engines.spark.profiles import load_profile
+
+    resource = SparkResource.for_profile("k8s")
+    profile = load_profile("k8s", resolve=False)
+    assert resource.spark_config == {"spark.master": profile.master, **profile.conf}
+    assert resource.spark_config["spark.master"] == "${SPARK_K8S_MASTER}"  # resolved when the session starts
 
 
 def test_spark_engine_names_a_type_conflict_with_the_table(kafka, lake, make_topic, spark):

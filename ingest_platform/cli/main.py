@@ -12,6 +12,7 @@ from ingest_platform.cli.dev import dev
 from ingest_platform.cli.ingest import ingest
 from ingest_platform.cli.kafka import kafka
 from ingest_platform.cli.runs import runs
+from ingest_platform.cli.spark import spark
 from ingest_platform.cli.stream import metrics, stream
 
 
@@ -25,6 +26,7 @@ main.add_command(ingest)
 main.add_command(demo)
 main.add_command(dev)  # the local stack behind `make dev`
 main.add_command(kafka)  # the local development broker
+main.add_command(spark)  # a local Spark standalone cluster; a run's Spark driver settings
 main.add_command(plan)  # capacity planning, topics and the guide's checklist (docs/DESIGN.md §6)
 main.add_command(topics)
 main.add_command(preflight)

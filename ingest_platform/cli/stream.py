@@ -74,12 +74,16 @@ _BYTES = click.INT
 @click.option("--memory-limit", type=_BYTES, help="The process's memory limit in bytes [default: the cgroup's].")
 @click.option("--commit-threads", type=int, default=4, show_default=True, help="Commits running at once.")
 @click.option("--no-upkeep", is_flag=True, help="No checkpoints, compaction or vacuum from this process.")
+@click.option("--spark-checkpoint-root", help="Local folder of the engine: spark datasets' query checkpoints "
+                                              "[default: <cache>/spark-stream-checkpoints]; never the source of "
+                                              "truth: the ledger is (docs/DESIGN.md §10.8).")
 @click.option("--catalog", "catalog_path", help="Catalog file or folder (default: $INGEST_CATALOG).")
 @click.option("--lake-root", help="Lake root (default: $INGEST_LAKE_ROOT or ./lake).")
 @click.option("--bootstrap", help="Kafka bootstrap servers (default: $INGEST_KAFKA_BOOTSTRAP).")
 @click.option("-v", "--verbose", is_flag=True, help="Log each Delta commit.")
 def stream(datasets, all_continuous, group, trigger_interval, metrics_port, metrics_host, duration, max_buffer_bytes,
-           memory_limit, commit_threads, no_upkeep, catalog_path, lake_root, bootstrap, verbose) -> None:  # fmt: skip
+           memory_limit, commit_threads, no_upkeep, spark_checkpoint_root, catalog_path, lake_root, bootstrap,
+           verbose) -> None:  # fmt: skip
     from ingest_platform.streaming.endpoints import Endpoints
     from ingest_platform.streaming.health import Readiness
     from ingest_platform.streaming.process import StreamProcess, StreamSettings
@@ -92,7 +96,8 @@ def stream(datasets, all_continuous, group, trigger_interval, metrics_port, metr
     kafka, lake = _places(lake_root, bootstrap)
     settings = StreamSettings(trigger_interval_s=trigger_interval, max_buffer_bytes=max_buffer_bytes,
                               memory_limit_bytes=memory_limit, commit_threads=commit_threads,
-                              upkeep=None if no_upkeep else StreamSettings().upkeep)  # fmt: skip
+                              upkeep=None if no_upkeep else StreamSettings().upkeep,
+                              spark_checkpoint_root=spark_checkpoint_root)  # fmt: skip
     process = StreamProcess(selected, kafka, lake, settings, log=logging.getLogger("ingest_platform.stream"))
     endpoints = None
     if metrics_port is not None:

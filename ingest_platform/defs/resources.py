@@ -1,8 +1,10 @@
 """Dagster resources: thin configuration shells over the core's Kafka connection and lake location."""
 
 import os
+from typing import Any
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 from ingest_platform.engines.spark.profiles import default_profile_name
 from ingest_platform.kafka.client import BOOTSTRAP_ENV, SECURITY_ENV, KafkaConnection, security_settings
@@ -27,19 +29,61 @@ class KafkaResource(dg.ConfigurableResource):
         return KafkaConnection(self.bootstrap_servers, security_settings(values), timeout_s=self.timeout_s)
 
 
-class SparkResource(dg.ConfigurableResource):
-    """Spark sessions from the profiles in deploy/spark/profiles (``local`` default, ``k8s`` in production).
+try:  # dagster-pyspark comes with the 'spark' extra (it imports pyspark)
+    from dagster_pyspark import LazyPySparkResource as _SparkBase
+except ImportError:  # a deployment without Spark: the same fields, and an error when a Spark run asks for it
+    _SparkBase = dg.ConfigurableResource  # type: ignore[assignment,misc]
 
-    Nothing starts until a dataset that runs on Spark asks for a session; then one session per run process.
+
+class SparkResource(_SparkBase):  # type: ignore[valid-type,misc]
+    """dagster-pyspark's ``LazyPySparkResource``: no session until a Spark dataset asks for one, then one per run
+    process. Its ``spark_config`` is the deployment's profile (deploy/spark/profiles: ``spark.master`` and the
+    profile's ``conf``, ``${VAR}`` placeholders resolved when the session starts), so the launchpad shows it and
+    run config can change it. The session is started by the core (``start_session``), which adds the connectors,
+    Delta and the platform's defaults, refuses a second profile or a late S3 lake in one process (a plain
+    ``getOrCreate`` would silently return a session without those jars) and names a connector that cannot be
+    resolved. A dataset's own ``spark_profile`` gets that profile's session instead.
     """
 
     profile: str = "local"
+    spark_config: dict[str, Any] = {}
+    _s3: bool = PrivateAttr(default=False)
+
+    @classmethod
+    def for_profile(cls, profile: str) -> "SparkResource":
+        from ingest_platform.engines.spark.profiles import load_profile
+
+        unresolved = load_profile(profile, resolve=False)
+        return cls(profile=profile, spark_config={"spark.master": unresolved.master, **unresolved.conf})
 
     def session(self, profile_name: str | None = None, s3: bool = False):
-        from ingest_platform.engines.spark.profiles import load_profile
-        from ingest_platform.engines.spark.session import spark_for_profile
+        if profile_name not in (None, self.profile):
+            from ingest_platform.engines.spark.profiles import load_profile
+            from ingest_platform.engines.spark.session import spark_for_profile
 
-        return spark_for_profile(load_profile(profile_name or self.profile), s3=s3)
+            return spark_for_profile(load_profile(profile_name), s3=s3)
+        self._s3 = s3
+        return self.spark_session  # LazyPySparkResource: started by _init_session on first use
+
+    def _init_session(self) -> None:
+        if getattr(self, "_spark_session", None) is not None:
+            return
+        from ingest_platform.engines.spark.profiles import SparkProfile, resolve_profile
+        from ingest_platform.engines.spark.session import session_conf, start_session
+
+        conf = {str(k): str(v) for k, v in (self.spark_config or {}).items()}
+        master = conf.pop("spark.master", None)
+        if master is None:
+            raise dg.DagsterInvalidConfigError(
+                f"SparkResource '{self.profile}': spark_config has no spark.master", [], self.spark_config
+            )
+        profile = resolve_profile(SparkProfile(name=self.profile, master=master, conf=conf))
+        self._spark_session = start_session(self.profile, session_conf(profile, s3=self._s3))
+
+    @property
+    def spark_session(self) -> Any:
+        self._init_session()
+        return self._spark_session
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -120,7 +164,7 @@ def resource_definitions(settings: Settings) -> dg.Definitions:
         bootstrap_servers=_env_or(BOOTSTRAP_ENV, settings.kafka_bootstrap),
         **{_field_of(name): _optional_env(name) for name in SECURITY_ENV},  # the core's variables, as EnvVars
     )
-    spark = SparkResource(profile=default_profile_name())
+    spark = SparkResource.for_profile(default_profile_name())
     if is_s3(settings.lake_root):
         lake = LakeResource(root=settings.lake_root, **s3_fields_from_env())
     else:

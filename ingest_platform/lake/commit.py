@@ -242,11 +242,15 @@ def run_metadata_of(entry: Mapping[str, object]) -> dict | None:
     """The ``ingest_platform.run`` metadata of one ``DeltaTable.history()`` entry, if it has one.
 
     deltalake writes it as a top-level commitInfo field (a JSON string); delta-spark's writer can only set
-    ``userMetadata``, where the Spark engine puts ``{"ingest_platform.run": {...}}``.
+    ``userMetadata``, where the Spark engine puts ``{"ingest_platform.run": {...}}`` for appends; its MERGE
+    commits carry it in commitInfo ``tags`` (a MERGE operation takes no ``userMetadata``).
     """
     raw = entry.get(RUN_METADATA_KEY)
     if isinstance(raw, str):
         return json.loads(raw)
+    tags = entry.get("tags")
+    if isinstance(tags, Mapping) and isinstance(tags.get(RUN_METADATA_KEY), str):
+        return json.loads(tags[RUN_METADATA_KEY])
     user = entry.get("userMetadata")
     if isinstance(user, str) and RUN_METADATA_KEY in user:
         value = json.loads(user).get(RUN_METADATA_KEY)

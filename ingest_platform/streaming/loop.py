@@ -85,7 +85,71 @@ class _InFlight:
     records: int = 0
 
 
-class DatasetLoop:
+class LoopLife:
+    """What every dataset loop of a stream process shares (this module's consumer loop, ``spark_loop``'s query):
+    its state and ``on_state``, the thread body that turns failures into states and metrics, rate-limited
+    warnings. Subclasses set the attributes below."""
+
+    dataset: Dataset
+    metrics: StreamMetrics
+    log: logging.Logger
+    labels: tuple[str, str, str]
+    on_state: Callable[[DatasetState], None] | None
+    state: DatasetState
+    _logged_at: dict[str, float]
+    thread: threading.Thread
+    _stop: threading.Event
+    _drain_deadline: float
+
+    def start(self) -> None:
+        self.metrics.register_dataset(self.dataset)
+        self.thread.start()
+
+    def request_stop(self, deadline: float) -> None:
+        """Stop serving; what is in flight finishes when it can by ``deadline`` (the loop's own rule)."""
+        self._drain_deadline = deadline
+        self._stop.set()
+
+    @property
+    def alive(self) -> bool:
+        return self.state.status in (STARTING, RUNNING)
+
+    def _guarded(self, serve: Callable[[], None], cleanup: Callable[[], None], what: str) -> None:
+        """Run ``serve`` on the loop's thread: STOPPED when it returns, FAILED (with the error's kind) when it
+        raises; ``cleanup`` always; ``ingestion_stream_up`` 0 after a failure."""
+        name = self.dataset.name
+        try:
+            serve()
+            self._set_state(STOPPED)
+        except StreamFailure as failure:
+            self.metrics.error(self.dataset, failure.kind)
+            self.log.error(f"{name}: the stream stopped: {failure}")
+            self._set_state(FAILED, str(failure), failure.kind)
+        except Exception as error:  # noqa: BLE001 - a bug stops this dataset, never the others
+            self.log.exception(f"{name}: internal error in the {what}")
+            self.metrics.error(self.dataset, "internal")
+            self._set_state(FAILED, f"dataset '{name}': internal error in the {what}: {error!r}", "internal")
+        finally:
+            cleanup()
+            if self.state.status == FAILED:
+                self.metrics.up.labels(*self.labels).set(0)
+
+    def _set_state(self, status: str, error: str | None = None, kind: str | None = None) -> None:
+        self.state = DatasetState(self.dataset.name, status, error, kind)
+        if self.on_state is not None:
+            try:
+                self.on_state(self.state)
+            except Exception:  # noqa: BLE001 - the caller's callback must not break the loop
+                self.log.exception(f"{self.dataset.name}: the on_state callback failed")
+
+    def _log_warning(self, topic: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._logged_at.get(topic, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._logged_at[topic] = now
+            self.log.warning(message)
+
+
+class DatasetLoop(LoopLife):
     def __init__(
         self,
         dataset: Dataset,
@@ -137,25 +201,12 @@ class DatasetLoop:
 
     # -- control (any thread) ------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self.metrics.register_dataset(self.dataset)
-        self.thread.start()
-
-    def request_stop(self, deadline: float) -> None:
-        """Stop polling; finish the in-flight commit (and the open batch, if there is time) by ``deadline``."""
-        self._drain_deadline = deadline
-        self._stop.set()
-
     def join(self, timeout: float | None) -> bool:
         self.thread.join(timeout)
         if self.thread.is_alive():
             self._abandon.set()
             return False
         return True
-
-    @property
-    def alive(self) -> bool:
-        return self.state.status in (STARTING, RUNNING)
 
     def stuck(self, now: float) -> str | None:
         """Why liveness fails for this loop, or None (docs/DESIGN.md §11 "Health")."""
@@ -174,38 +225,18 @@ class DatasetLoop:
     # -- the loop thread -----------------------------------------------------------------------------------------
 
     def _main(self) -> None:
-        name = self.dataset.name
-        try:
-            self._serve()
-            self._set_state(STOPPED)
-        except StreamFailure as failure:
-            self.metrics.error(self.dataset, failure.kind)
-            self.log.error(f"{name}: the stream stopped: {failure}")
-            self._set_state(FAILED, str(failure), failure.kind)
-        except Exception as error:  # noqa: BLE001 - a bug stops this dataset, never the others
-            self.log.exception(f"{name}: internal error in the stream loop")
-            self.metrics.error(self.dataset, "internal")
-            self._set_state(FAILED, f"dataset '{name}': internal error in the stream loop: {error!r}", "internal")
-        finally:
-            self._drop_batch()
-            if self._inflight is not None and self._inflight.future.done():
-                self.budget.give(self._inflight.nbytes)
-            consumer, self._consumer = self._consumer, None
-            if consumer is not None:
-                try:
-                    consumer.close()
-                except (KafkaException, RuntimeError):
-                    pass
-            if self.state.status == FAILED:
-                self.metrics.up.labels(*self.labels).set(0)
+        self._guarded(self._serve, self._close, "stream loop")
 
-    def _set_state(self, status: str, error: str | None = None, kind: str | None = None) -> None:
-        self.state = DatasetState(self.dataset.name, status, error, kind)
-        if self.on_state is not None:
+    def _close(self) -> None:
+        self._drop_batch()
+        if self._inflight is not None and self._inflight.future.done():
+            self.budget.give(self._inflight.nbytes)
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
             try:
-                self.on_state(self.state)
-            except Exception:  # noqa: BLE001 - the caller's callback must not break the loop
-                self.log.exception(f"{self.dataset.name}: the on_state callback failed")
+                consumer.close()
+            except (KafkaException, RuntimeError):
+                pass
 
     def _serve(self) -> None:
         self._consumer = Consumer(self.kafka.consumer_config(self.dataset.group_id, self._consumer_overrides()))
@@ -557,16 +588,8 @@ class DatasetLoop:
         self.commits += 1
         committed_ms = int(done.committed_at.timestamp() * 1000)
         sample = batch_latency(batch.timestamps, committed_ms)
-        metrics.records.labels(*labels).inc(done.records)
-        metrics.bytes.labels(*labels).inc(batch.nbytes)
-        metrics.dead_letters.labels(*labels).inc(done.dead_lettered)
-        metrics.batches.labels(*labels, "committed").inc()
-        metrics.commits.labels(*labels).inc()
-        metrics.files.labels(*labels).inc(done.files_written)
-        metrics.last_commit_time.labels(*labels).set(done.committed_at.timestamp())
-        metrics.last_commit_version.labels(*labels).set(done.version)
-        metrics.batch_duration.labels(*labels).observe(duration)
-        metrics.latency.add(labels, sample)
+        metrics.committed(labels, done.records, batch.nbytes, done.dead_lettered, done.files_written,
+                          done.committed_at.timestamp(), done.version, duration, sample)  # fmt: skip
         if self.on_commit is None:
             return
         ranges = {p: (max(before.get(p, -1) + 1, writer.first_offsets[p]), last) for p, last in done.advancing.items()}
@@ -634,9 +657,3 @@ class DatasetLoop:
         while inflight is not None and not inflight.future.done() and time.monotonic() < deadline:
             wait([inflight.future], timeout=max(0.0, min(0.05, deadline - time.monotonic())))
             self.last_activity = time.monotonic()
-
-    def _log_warning(self, topic: str, message: str) -> None:
-        now = time.monotonic()
-        if now - self._logged_at.get(topic, -LOG_EVERY_S) >= LOG_EVERY_S:
-            self._logged_at[topic] = now
-            self.log.warning(message)

@@ -113,5 +113,19 @@ class StreamMetrics:
             self.errors.labels(*labels, kind)
         self.up.labels(*labels).set(1)
 
+    def committed(self, labels: tuple[str, str, str], records: int, nbytes: int, dead_letters: int, files: int,
+                  committed_at_s: float, version: int, duration_s: float, latency: LatencySample) -> None:  # fmt: skip
+        """One Delta data commit of a stream (either loop): every per-commit series at once."""
+        self.records.labels(*labels).inc(records)
+        self.bytes.labels(*labels).inc(nbytes)
+        self.dead_letters.labels(*labels).inc(dead_letters)
+        self.batches.labels(*labels, "committed").inc()
+        self.commits.labels(*labels).inc()
+        self.files.labels(*labels).inc(files)
+        self.last_commit_time.labels(*labels).set(committed_at_s)
+        self.last_commit_version.labels(*labels).set(version)
+        self.batch_duration.labels(*labels).observe(duration_s)
+        self.latency.add(labels, latency)
+
     def error(self, dataset: Dataset, kind: str) -> None:
         self.errors.labels(*labels_of(dataset), kind).inc()

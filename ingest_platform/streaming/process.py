@@ -29,6 +29,8 @@ from ingest_platform.streaming.health import liveness
 from ingest_platform.streaming.loop import DatasetLoop, LoopSettings
 from ingest_platform.streaming.metrics import StreamMetrics
 from ingest_platform.streaming.retry import RetryPolicy
+from ingest_platform.streaming.spark_checkpoint import CHECKPOINT_FOLDER
+from ingest_platform.streaming.spark_loop import SparkStreamLoop
 from ingest_platform.streaming.upkeep import TableUpkeep, UpkeepSettings
 
 MIB = 1024 * 1024
@@ -47,6 +49,7 @@ class StreamSettings:
     commit_stuck_after_s: float = 300.0
     stop_timeout_s: float | None = None  # drain deadline after stop; default 2 × the largest trigger - 0.5 s
     upkeep: UpkeepSettings | None = field(default_factory=UpkeepSettings)
+    spark_checkpoint_root: str | None = None  # engine: spark datasets' query checkpoints; default the cache folder
 
 
 #: Liveness floor: a loop may spend a request deadline (10 s) plus a backoff wait (up to 30 s) between polls.
@@ -89,7 +92,10 @@ class StreamProcess:
         on_state: Callable[[DatasetState], None] | None = None,
         metrics: StreamMetrics | None = None,
         log: logging.Logger | None = None,
+        spark_session: Callable[[str], object] | None = None,
     ):
+        """``spark_session(profile)`` returns the Spark session of ``engine: spark`` datasets (default: the
+        profile's, started on first use)."""
         self.kafka = kafka
         self.lake = lake
         self.settings = settings or StreamSettings()
@@ -97,13 +103,14 @@ class StreamProcess:
         self.on_state = on_state
         self.metrics = metrics or StreamMetrics()
         self.log = log or logging.getLogger(__name__)
+        self.spark_session = spark_session
         self.session = uuid.uuid4().hex[:12]
         bound_native_heap()  # the allocators of the memory bound, as for runs (docs/DESIGN.md §2 "Memory")
         budget, self.memory_limit = buffer_budget(self.settings)
         self.budget = BufferBudget(budget)
         self.pool: CommitPool | None = None
         self.upkeep = TableUpkeep(lake, self.settings.upkeep, self.log) if self.settings.upkeep else None
-        self._loops: dict[str, DatasetLoop] = {}
+        self._loops: dict[str, DatasetLoop | SparkStreamLoop] = {}
         self._ended: dict[str, DatasetState] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -131,8 +138,14 @@ class StreamProcess:
                 stuck_after_s=self.settings.stuck_after_s or max(3 * trigger, MIN_STUCK_S),
                 commit_stuck_after_s=self.settings.commit_stuck_after_s,
             )
-            loop = DatasetLoop(dataset, self.kafka, self.lake, loop_settings, self.budget, self._pool(),
-                               self.metrics, self.session, self._commit_hook, self.on_state, self.log)  # fmt: skip
+            loop: DatasetLoop | SparkStreamLoop
+            if dataset.engine == "spark":  # a Structured Streaming query (§10.8); auto and embedded stream here
+                loop = SparkStreamLoop(dataset, self.kafka, self.lake, loop_settings, self.metrics, self.session,
+                                       self._spark_for(dataset), self._checkpoint_root(), self._commit_hook,
+                                       self.on_state, self.log)  # fmt: skip
+            else:
+                loop = DatasetLoop(dataset, self.kafka, self.lake, loop_settings, self.budget, self._pool(),
+                                   self.metrics, self.session, self._commit_hook, self.on_state, self.log)  # fmt: skip
             self._loops[dataset.name] = loop
             self._ended.pop(dataset.name, None)
             if self.memory_limit:
@@ -231,16 +244,41 @@ class StreamProcess:
         if self.pool is not None:
             self.pool.shutdown()
 
-    def _stop_timeout(self, loops: list[DatasetLoop]) -> float:
+    def _stop_timeout(self, loops: list[DatasetLoop | SparkStreamLoop]) -> float:
         if self.settings.stop_timeout_s is not None:
             return self.settings.stop_timeout_s
         largest = max((loop.trigger_s for loop in loops), default=1.0)
-        return max(0.5, 2 * largest - 0.5)
+        spark = max((loop.drain_s for loop in loops if isinstance(loop, SparkStreamLoop)), default=0.0)
+        return max(0.5, 2 * largest - 0.5, spark)
 
     def _pool(self) -> CommitPool:
         if self.pool is None:
             self.pool = CommitPool(self.settings.commit_threads)
         return self.pool
+
+    def _spark_for(self, dataset: Dataset) -> Callable[[], object]:
+        """How the dataset's loop gets its Spark session (on its own thread: the JVM starts on first use)."""
+        factory = self.spark_session
+
+        def session() -> object:
+            from ingest_platform.engines.spark.profiles import default_profile_name
+
+            profile = dataset.spark_profile or default_profile_name()
+            if factory is not None:
+                return factory(profile)
+            from ingest_platform.engines.runner import default_spark_session
+            from ingest_platform.lake.storage import is_s3
+
+            return default_spark_session(profile, s3=is_s3(self.lake.root))
+
+        return session
+
+    def _checkpoint_root(self) -> str:
+        if self.settings.spark_checkpoint_root:
+            return self.settings.spark_checkpoint_root
+        from ingest_platform.engines.spark.session import cache_dir  # no pyspark import: the folder's name only
+
+        return str(cache_dir() / CHECKPOINT_FOLDER)
 
     def _commit_hook(self, event: CommitEvent) -> None:
         if self.on_commit is not None:

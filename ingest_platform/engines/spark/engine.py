@@ -34,9 +34,10 @@ from ingest_platform.engines.report import PartitionProgress, RunReport, run_out
 from ingest_platform.engines.run_plan import IngestError, RunPlan, plan_run
 from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.spark.merge import SparkUpsert
-from ingest_platform.engines.spark.session import append_operation, scala_none
+from ingest_platform.engines.spark.new_fields import UNKNOWN_FIELDS, UNKNOWN_KEY_FIELDS, collected_names, unknown_names
+from ingest_platform.engines.spark.transaction import DeltaTransaction
 from ingest_platform.kafka.client import CONSUMER_TUNING, LIBRDKAFKA_ONLY, GroupOffsetCommitter, KafkaConnection
-from ingest_platform.lake.commit import RUN_METADATA_KEY, ConcurrentWriterError, LakeWriteError
+from ingest_platform.lake.commit import LakeWriteError
 from ingest_platform.lake.dead_letters import BadRecord, write_dead_letters
 from ingest_platform.lake.ledger import app_id
 from ingest_platform.lake.storage import is_s3, s3a_conf, spark_path
@@ -107,35 +108,48 @@ class SparkEngine:
 
 @dataclass
 class _Counts:
-    """What a run's batch holds, per Kafka partition (records = applied + dead-lettered + tombstones)."""
+    """What a run's batch holds (records = applied + dead-lettered + tombstones); records also per partition.
+    A run is one commit, so its figures are the batch's totals."""
 
-    records: dict[int, int] = field(default_factory=dict)
-    tombstones: dict[int, int] = field(default_factory=dict)  # null values: covered, skipped, never written
-    bad: dict[int, int] = field(default_factory=dict)  # records that cannot be applied
+    records: dict[int, int] = field(default_factory=dict)  # per Kafka partition
+    tombstones: int = 0  # null values: covered, skipped, never written
+    bad: int = 0  # records that cannot be applied
     type_mismatches: int = 0  # of the bad: a field whose type differs from the table's
-    fields: set[str] = field(default_factory=set)  # top-level field names of the records (row images)
+    fields: set[str] = field(default_factory=set)  # field names of the records (row images) to look at
     key_fields: list[str] = field(default_factory=list)  # field names of the message keys (Debezium upserts)
     bytes: int = 0
     oldest_micros: int | None = None  # the oldest Kafka timestamp
     oldest_event_micros: int | None = None  # upserts: the oldest event time of the changes
 
-    def total(self, what: dict[int, int]) -> int:
-        return sum(what.values())
+    @property
+    def total(self) -> int:
+        return sum(self.records.values())
 
-    def applied(self, partition: int) -> int:
-        return self.records.get(partition, 0) - self.tombstones.get(partition, 0) - self.bad.get(partition, 0)
+    @property
+    def applied(self) -> int:
+        return self.total - self.tombstones - self.bad
 
-    def figures(self, partitions) -> dict[str, int]:
-        """The run metadata's counts for the commit covering ``partitions``."""
-        records = sum(self.records.get(p, 0) for p in partitions)
-        tombstones = sum(self.tombstones.get(p, 0) for p in partitions)
-        bad = sum(self.bad.get(p, 0) for p in partitions)
-        return {"records": records, "applied": records - tombstones - bad, "dead_lettered": bad,
-                "skipped": tombstones, "tombstones": tombstones}  # fmt: skip
+    def figures(self) -> dict[str, int]:
+        """The run metadata's counts for the run's commit."""
+        return {"records": self.total, "applied": self.applied, "dead_lettered": self.bad,
+                "skipped": self.tombstones, "tombstones": self.tombstones}  # fmt: skip
 
 
 class _SparkRun(SparkUpsert):
-    def __init__(self, engine: SparkEngine, dataset: Dataset, plan: RunPlan, report: RunReport, run_id: str):
+    def __init__(
+        self,
+        engine: SparkEngine,
+        dataset: Dataset,
+        plan: RunPlan,
+        report: RunReport,
+        run_id: str,
+        source: DataFrame | None = None,
+        extra_metadata: dict | None = None,
+    ):
+        """``source``: the Kafka rows of ``plan``'s ranges already read (a streaming micro-batch, docs/DESIGN.md
+        §10.8), instead of a batch read; ``extra_metadata`` joins the commits' run metadata."""
+        self.given_source = source
+        self.extra_metadata = dict(extra_metadata or {})
         self.engine = engine
         self.spark = engine.spark
         self.dataset = dataset
@@ -181,9 +195,9 @@ class _SparkRun(SparkUpsert):
             for r in self.plan.ranges
         ]
         counts, report = self.counts, self.report
-        report.records = counts.total(counts.records)
-        report.skipped = counts.total(counts.tombstones)
-        report.dead_lettered = counts.total(counts.bad)
+        report.records = counts.total
+        report.skipped = counts.tombstones
+        report.dead_lettered = counts.bad
         report.applied = report.records - report.skipped - report.dead_lettered
         report.bytes_read = counts.bytes
 
@@ -194,8 +208,11 @@ class _SparkRun(SparkUpsert):
         self._types_source = source
         known = self._known_fields()
         ignored: set[str] = set()  # fields that are null in every record so far: no type to give them yet
-        if not self.table_existed:  # first run: one extra pass for the schema
-            known, ignored = self._learn_fields(self._texts(self._prepared(source), ()), known, None)
+        if not self.table_existed:
+            if not self.dataset.fields:  # first run without a declared schema: one extra pass to infer it
+                known, ignored = self._learn_fields(self._texts(self._prepared(source), ()), known, None)
+            # With one, the declared fields are the schema, and a field the catalog does not declare is found
+            # while the batch is written, like a new field later (its type inferred, the batch written again).
             if self.tolerant or self.dataset.format == "debezium":
                 self._check_bad_before_creating(source, known)
 
@@ -209,6 +226,9 @@ class _SparkRun(SparkUpsert):
             learned = self._evolve(source, known, ignored, ())
             if learned is None:
                 break
+            if learned[0] == known:  # the new fields are null in every record: no column yet, the files stand
+                ignored = learned[1]
+                break
             # Fields the table does not know: the files just written are dropped (never committed), the new
             # fields' types are inferred from the batch and the batch is written again. Rare: schema changes.
             known, ignored = learned
@@ -219,7 +239,7 @@ class _SparkRun(SparkUpsert):
         """A first run above ``max_dlq_ratio`` fails before it creates the table (one more pass, first run only;
         the planned offsets stand in for the records, the exact check follows the write)."""
         decoded = self._decoded(self._prepared(source), known, ())
-        self._read_metrics(decoded.agg(*self._record_aggregates(fields=False)).first().asDict())
+        self._read_metrics(decoded.agg(*self._record_aggregates()).first().asDict())
         self._dead_letters(lambda: decoded, known, write=False, records=self.plan.total)
 
     def _write_files(self, source: DataFrame, known: dict):
@@ -228,15 +248,13 @@ class _SparkRun(SparkUpsert):
 
         observed, source_metrics = self._observe_source(source)
         prepared = self._prepared(observed)
-        decoded, record_metrics = self._observe_records(self._decoded(prepared, known, ()))
+        decoded, record_metrics = self._observe_records(self._decoded(prepared, known, ()), known)
         data = self._table_rows(decoded)
         self._ensure_table(data)
-        data = self._size_files(self._to_table_schema(data))
-        txn = self._delta_log().startTransaction()
-        for r in self._read_ranges:
-            self._check_ledger(r.partition, int(txn.txnVersion(app_id(self.dataset.name, r.partition))))
+        data = self._size_files(self._to_table_schema(data), kafka_tasks=len(self._read_ranges))
+        txn = self._transaction()
         try:
-            files = txn.writeFiles(data._jdf)
+            files = txn.write(data)
         except Exception as error:  # py4j wraps Spark's failure (FAILFAST decoding, event-time parsing)
             raise IngestError(self._explain_failure(error, prepared.where(F.col(sc.ERROR).isNull()))) from None
         self._read_metrics(source_metrics.get, record_metrics.get)
@@ -252,50 +270,57 @@ class _SparkRun(SparkUpsert):
             observation,
             F.sum(F.coalesce(F.length("value"), F.lit(0)) + F.coalesce(F.length("key"), F.lit(0))).alias("bytes"),
             F.unix_micros(F.min("timestamp")).alias("oldest_micros"),
-            *self._per_partition("records", "partition", F.lit(True)),
-            *self._per_partition("tombstones", "partition", F.col("value").isNull()),
+            *self._source_counts(),
         )
         return observed, observation
 
-    def _observe_records(self, decoded: DataFrame):
+    def _observe_records(self, decoded: DataFrame, known: dict):
+        """The decoded batch with its figures collected while it is written, among them the names of fields the
+        table does not know: computed per record in a projection (compiled with the decoding), so that the
+        observed aggregate only collects the few records that have any."""
         from pyspark.sql import Observation
 
+        names = {UNKNOWN_FIELDS: sc.TEXT}
+        if self.dataset.format == "debezium" and not self.dataset.key:
+            names[UNKNOWN_KEY_FIELDS] = sc.KEY_TEXT
+        for column, text in names.items():
+            decoded = decoded.withColumn(column, unknown_names(text, known))
         observation = Observation(f"records-{self.run_id}-{uuid.uuid4().hex[:8]}")
-        observed = decoded.observe(observation, *self._record_aggregates())
-        return observed, observation
+        observed = decoded.observe(observation, *self._record_aggregates(), *collected_names(names))
+        return observed.drop(*names), observation
 
-    def _record_aggregates(self, fields: bool = True) -> list[Column]:
-        """Field names (of good records), bad records per partition and type mismatches, over decoded records."""
+    def _record_aggregates(self) -> list[Column]:
+        """Over decoded records: bad records and type mismatches (when decoding can find any)."""
         from pyspark.sql import functions as F
 
         error = F.col(sc.ERROR)
-        aggregates = [
-            F.sum(F.when(error == sc.TYPE_MISMATCH, 1).otherwise(0)).alias("type_mismatches"),
-            *self._per_partition("bad", "_kafka_partition", error.isNotNull()),
-        ]
-        if not fields:
-            return aggregates
-        names = [sc.field_names(sc.TEXT).alias("fields")]
-        if self.dataset.format == "debezium" and not self.dataset.key:
-            names.append(sc.field_names(sc.KEY_TEXT).alias("key_fields"))
-        return names + aggregates
+        aggregates = []
+        if self.tolerant or self.dataset.format == "debezium" or self.dataset.mode == "upsert":
+            aggregates = [
+                F.sum(F.when(error == sc.TYPE_MISMATCH, 1).otherwise(0)).alias("type_mismatches"),
+                F.sum(F.when(error.isNotNull(), 1).otherwise(0)).alias("bad"),
+            ]  # else every record decodes (a bad one fails the job): nothing to count
+        return aggregates
 
-    def _per_partition(self, name: str, column: str, condition: Column) -> list[Column]:
+    def _source_counts(self) -> list[Column]:
+        """Records per Kafka partition and tombstones, over the Kafka rows."""
         from pyspark.sql import functions as F
 
-        return [
-            F.sum(F.when((F.col(column) == r.partition) & condition, 1).otherwise(0)).alias(f"{name}_{r.partition}")
-            for r in self._read_ranges
-        ]
+        partition = F.col("partition")
+        records = [F.sum(F.when(partition == r.partition, 1).otherwise(0)).alias(f"records_{r.partition}")
+                   for r in self._read_ranges]  # fmt: skip
+        return [*records, F.sum(F.when(F.col("value").isNull(), 1).otherwise(0)).alias("tombstones")]
 
     def _read_metrics(self, *metrics: dict) -> None:
-        """Fill ``self.counts`` from observed or aggregated figures (keys ``<name>_<partition>`` per partition)."""
+        """Fill ``self.counts`` from observed or aggregated figures (``records_<partition>`` per partition)."""
         counts = self.counts
         for values in metrics:
             for r in self._read_ranges:
-                for name in ("records", "tombstones", "bad"):
-                    if f"{name}_{r.partition}" in values:
-                        getattr(counts, name)[r.partition] = int(values[f"{name}_{r.partition}"] or 0)
+                if f"records_{r.partition}" in values:
+                    counts.records[r.partition] = int(values[f"records_{r.partition}"] or 0)
+            for name in ("tombstones", "bad"):
+                if name in values:
+                    setattr(counts, name, int(values[name] or 0))
             if "fields" in values:
                 counts.fields = set(values["fields"] or [])
             if "key_fields" in values:  # message keys' fields are columns too (they fill the row image)
@@ -309,34 +334,31 @@ class _SparkRun(SparkUpsert):
                 if name in values:
                     setattr(counts, name, values[name])
 
-    def _commit(self, txn, files, key=None) -> int:
-        """One Delta commit: the files plus one ``txn`` per partition (the ledger), with the run's metadata."""
-        jvm = self.spark._jvm
+    def _commit(self, txn: DeltaTransaction, files, key=None, removed=(), merge_metrics=None) -> int:
+        """One Delta commit: the files (and removed files of a MERGE) plus one ``txn`` per partition (the
+        ledger), with the run's metadata."""
         advancing = {**self.plan.accepted, **{r.partition: r.end - 1 for r in self._read_ranges}}
-        for partition, last in sorted(advancing.items()):
-            txn.updateSetTransaction(app_id(self.dataset.name, partition), last, scala_none(jvm))
+        ledger = {app_id(self.dataset.name, partition): last for partition, last in advancing.items()}
         run = self._metadata(advancing, key)
-        metadata = json.dumps({RUN_METADATA_KEY: run}, sort_keys=True)
-        try:
-            version = int(txn.commit(files, append_operation(jvm, metadata)))
-        except Exception as error:  # py4j: delta-spark's conflict check (a winning commit of the same app ids)
-            if not _is_concurrent(error):
-                raise
-            raise ConcurrentWriterError(
-                f"dataset '{self.dataset.name}': the Delta commit to {self.path} lost to a concurrent commit "
-                f"({str(error).splitlines()[0][:300]}); another writer is ingesting this dataset. This commit was "
-                "not written."
-            ) from None
+        version = txn.commit(files, ledger, run, removed=removed, merge_metrics=merge_metrics)
         self.ledger.update(advancing)
         self.committed.append((version, run["ranges"]))
         stats = self._record_commit(version)
-        self.report.rows_written += stats.rows
-        self.report.rows_inserted += stats.rows if self.dataset.mode == "upsert" else 0
         self._record_lag(stats.oldest_event_time)
-        self.engine.log.info(
-            f"{self.dataset.name}: committed version {version}: {stats.rows} rows, {stats.files} files"
-        )
+        if merge_metrics is None:
+            self.report.rows_written += stats.rows
+            self.report.rows_inserted += stats.rows if self.dataset.mode == "upsert" else 0
+            self.engine.log.info(
+                f"{self.dataset.name}: committed version {version}: {stats.rows} rows, {stats.files} files"
+            )
         return version
+
+    def _transaction(self) -> DeltaTransaction:
+        """A transaction on the table whose ledger is still where the run read it (else another writer moved it)."""
+        txn = DeltaTransaction(self.spark, self.path, f"dataset '{self.dataset.name}'")
+        txn.check_ledger({app_id(self.dataset.name, r.partition): self.ledger.get(r.partition, -1)
+                          for r in self._read_ranges})  # fmt: skip
+        return txn
 
     def _metadata(self, advancing: dict[int, int], key=None) -> dict:
         """The commit's ``ingest_platform.run`` metadata (docs/DESIGN.md §2, §9.3)."""
@@ -346,7 +368,8 @@ class _SparkRun(SparkUpsert):
             "started_at": round(self.started_at, 3),
             "ranges": {str(r.partition): [r.start, advancing[r.partition]] for r in self.plan.ranges
                        if r.partition in advancing},
-            **self.counts.figures(advancing),
+            **self.counts.figures(),
+            **self.extra_metadata,
         }  # fmt: skip
         if key:
             metadata["key"] = list(key)
@@ -372,16 +395,6 @@ class _SparkRun(SparkUpsert):
             lag = (datetime.now(timezone.utc) - oldest).total_seconds()
             self.report.max_event_to_commit_lag_s = max(lag, self.report.max_event_to_commit_lag_s or lag)
 
-    def _check_ledger(self, partition: int, recorded: int) -> None:
-        """The ledger must still be where this run read it; another writer moved it otherwise."""
-        expected = self.ledger.get(partition, -1)
-        if recorded != expected:
-            raise ConcurrentWriterError(
-                f"dataset '{self.dataset.name}': the ledger of {self.path} moved from {expected} to {recorded} for "
-                f"partition {partition} during this run; another writer is ingesting this dataset. "
-                "This commit was not written."
-            )
-
     # -- decoding ---------------------------------------------------------------------------------------------
 
     def _source(self) -> DataFrame:
@@ -389,6 +402,8 @@ class _SparkRun(SparkUpsert):
 
         ``assign``, not ``subscribe``: a partition without new records is not read at all (spark-sql-kafka
         refuses offsets for a subset of the subscribed partitions)."""
+        if self.given_source is not None:
+            return self.given_source
         dataset = self.dataset
         starting = {dataset.topic: {str(r.partition): r.start for r in self._read_ranges}}
         ending = {dataset.topic: {str(r.partition): r.end for r in self._read_ranges}}
@@ -617,8 +632,8 @@ class _SparkRun(SparkUpsert):
         """Bad records over ``max_dlq_ratio`` fail the run (nothing committed); else they go to the DLQ first
         (``write``). ``decoded`` makes the decoded batch (only called when there are bad records to read)."""
         dataset = self.dataset
-        bad = self.counts.total(self.counts.bad)
-        records = self.counts.total(self.counts.records) if records is None else records
+        bad = self.counts.bad
+        records = self.counts.total if records is None else records
         over = bad > dataset.max_dlq_ratio * records
         if not bad or not (over or write):
             return
@@ -719,17 +734,24 @@ class _SparkRun(SparkUpsert):
         if added:
             self.spark.sql(f"ALTER TABLE delta.`{self.path}` ADD COLUMNS ({', '.join(added)})")
 
-    def _size_files(self, data: DataFrame) -> DataFrame:
-        """Output files per batch = max(1, data size / target file size) (the guide's file-size rule)."""
+    def _size_files(self, data: DataFrame, extra_bytes: int = 0, kafka_tasks: int | None = None) -> DataFrame:
+        """Output files per batch = max(1, data size / target file size) (the guide's file-size rule), written
+        by as many tasks as keep the cluster busy. ``extra_bytes``: rows rewritten besides the batch's (a MERGE's
+        touched files). ``kafka_tasks``: ``data`` comes straight from that many Kafka read tasks (an append)."""
         from pyspark.sql import functions as F
 
-        files = max(1, int(self._expected_output_bytes() / self.target_file_bytes))
+        files = max(1, int((self._expected_output_bytes() + extra_bytes) / self.target_file_bytes))
         partition_by = list(self.dataset.partition_by)
         if partition_by and files == 1:
             return data.repartition(*partition_by)
         if partition_by:
             return data.repartition(files, *partition_by, F.pmod(F.col("_kafka_offset"), F.lit(files)))
-        # A shuffle, not coalesce(): coalesce would shrink the whole stage (read and decode) to `files` tasks.
+        if kafka_tasks is not None:
+            if files >= kafka_tasks:
+                return data  # each read task writes its file: every file within the target size
+            # Fewer files than read tasks without a shuffle: coalesce, but to no fewer tasks than the cluster runs
+            # at once (spark.default.parallelism: its cores), or reading and decoding would use fewer cores.
+            return data.coalesce(max(files, min(kafka_tasks, self.spark.sparkContext.defaultParallelism)))
         return data.repartition(files)
 
     def _expected_output_bytes(self) -> float:
@@ -747,6 +769,17 @@ class _SparkRun(SparkUpsert):
         size = pc.sum(actions["size_bytes"]).as_py() or 0
         return self.plan.total * size / rows if rows else 0.0
 
+    def _explain_job_failure(self, error: Exception, what: str) -> str:
+        """A Spark job that failed for another reason than a record (executors lost beyond Spark's retries, the
+        store unreachable): what failed, that nothing was committed, and that the next run retries it."""
+        java = getattr(error, "java_exception", None)
+        cause = str(java.getMessage()) if java is not None else str(error)
+        first = next((line.strip() for line in cause.splitlines() if line.strip()), type(error).__name__)
+        return (
+            f"dataset '{self.dataset.name}': the Spark job {what} records {self.plan.describe(self.dataset.topic)} "
+            f"failed: {first[:500]}. Nothing was committed; the next run reads the same offsets again."
+        )
+
     def _explain_failure(self, error: Exception, rows: DataFrame) -> str:
         """Turn Spark's decoding failure into the embedded engine's message: which record, which field."""
         from pyspark.sql import functions as F
@@ -755,6 +788,8 @@ class _SparkRun(SparkUpsert):
         marker = "INGEST_PLATFORM_ERROR:"
         if marker in text:
             return text.split(marker, 1)[1].split("\n", 1)[0].strip()
+        if not any(sign in text for sign in _DECODING_FAILURES):
+            return self._explain_job_failure(error, "decoding and writing")
         dataset = self.dataset
         keys = F.json_object_keys(F.col(sc.TEXT))  # null for invalid JSON or a non-object
         corrupt = (
@@ -781,6 +816,11 @@ class _SparkRun(SparkUpsert):
             f"dataset '{dataset.name}', records {self.plan.describe(dataset.topic)}: {what}. Fix the producer, or "
             "declare the field's type under 'schema:' in the catalog."
         )
+
+
+#: Signs of a record Spark could not decode (FAILFAST from_json, a cast of a value); other failures are the
+#: job's (a lost executor beyond its retries, an unreachable store).
+_DECODING_FAILURES = ("MALFORMED_RECORD", "Malformed records", "CANNOT_PARSE_JSON", "CAST_INVALID_INPUT")
 
 
 def _struct(fields: dict):

@@ -1,30 +1,40 @@
-"""Spark upserts (docs/DESIGN.md §9.2): the batch reduced to the last change per key, then one MERGE per
-Kafka partition, each commit carrying that partition's ``txn``.
+"""Spark upserts (docs/DESIGN.md §9.2): the batch reduced to the last change per key and MERGEd into the table
+in ONE commit that carries every Kafka partition's ``txn``, whatever the partition count.
 
-delta-spark's MERGE records one idempotent ``txn`` per commit, set through session confs (delta PR #1555),
-so a run cannot MERGE all partitions in one commit as the embedded engine does. ``SparkUpsert`` is the
-upsert half of the Spark run (``engines/spark/engine.py``); it shares the run's reading, decoding and checks.
+delta-spark's MERGE command records one ``txn`` per commit, so the engine MERGEs copy-on-write through the
+transaction API (``transaction.DeltaTransaction``), the way delta-spark's MERGE works inside:
+
+1. the data files holding a key of the batch are found (the table's key columns, semi-joined with the batch's
+   keys; the whole table is registered as read, so a concurrent commit fails ours);
+2. those files are read and full-outer-joined with the batch on the key; §9.2's clauses (the SQL conditions of
+   ``changes.merge_clauses``, the ones the embedded engine's MERGE uses) decide per row: copy, keep (the guard
+   held the change back), update, delete, soft-delete or insert;
+3. the result is written as new files, and one commit adds them, removes the touched files and records every
+   partition's ``txn`` (and MERGE operation metrics like delta-spark's own).
+
+``SparkUpsert`` is the upsert half of the Spark run (``engines/spark/engine.py``); it shares the run's reading,
+decoding and checks.
 """
 
 from __future__ import annotations
 
-import json
-import uuid
+from functools import reduce
 from typing import TYPE_CHECKING
 
 from ingest_platform.engines.changes import CDC_OP, DELETE_OP, merge_clauses, order_column, quote_spark
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.engines.spark import changes as sc
-from ingest_platform.engines.spark.session import append_operation, scala_none
-from ingest_platform.lake.commit import RUN_METADATA_KEY, ConcurrentWriterError, run_metadata_of
-from ingest_platform.lake.ledger import app_id, read_ledger
+from ingest_platform.engines.spark.new_fields import unknown_names
+from ingest_platform.engines.spark.transaction import DeltaTransaction
+from ingest_platform.lake.commit import MergeClauses
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
-TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
-TXN_VERSION = "spark.databricks.delta.write.txnVersion"
-USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+#: What the MERGE does with a row of the join of touched files (t) and the batch (s).
+COPY, KEEP, UPDATE, DELETE, SOFT_DELETE, INSERT, SKIP = "copy", "keep", "update", "delete", "soft", "insert", "skip"
+WRITTEN = (COPY, KEEP, UPDATE, SOFT_DELETE, INSERT)
+ACTION = "_kafka_merge_action"
 
 
 class SparkUpsert:
@@ -33,7 +43,7 @@ class SparkUpsert:
     def _execute_upsert(self) -> None:
         from pyspark import StorageLevel
 
-        # Several passes read the batch (figures, bad records, one MERGE per partition): read Kafka once.
+        # Several passes read the batch (figures, bad records, the touched files, the MERGE): read Kafka once.
         source = self._source().persist(StorageLevel.MEMORY_AND_DISK)
         reduced = decoded = None
         try:
@@ -50,7 +60,7 @@ class SparkUpsert:
             if not self.table_existed:
                 self._create_from_first_batch(reduced, key)
             else:
-                self._merge_partitions(reduced, key)
+                self._merge_batch(reduced, key)
         finally:
             source.unpersist()
             for frame in (decoded, reduced):
@@ -59,15 +69,15 @@ class SparkUpsert:
 
     def _key_and_fields(self, source: DataFrame, prepared: DataFrame) -> tuple[list[str], dict]:
         """The batch's figures, its key columns, and the record fields under the schema policy (no commit)."""
-        self._count(source)
+        self._count(source, self._known_fields())
         key = list(self.dataset.key) or self.counts.key_fields
-        if not key and self.counts.total(self.counts.records) > self.counts.total(self.counts.tombstones):
+        if not key and self.counts.total > self.counts.tombstones:
             raise IngestError(
                 f"dataset '{self.dataset.name}', records {self.plan.describe(self.dataset.topic)}: no key: the "
                 "records carry no message key and the catalog sets no key: [...]."
             )
         known, ignored = self._known_fields(), set()
-        if not self.table_existed:
+        if not self.table_existed and not self.dataset.fields:  # a declared schema is the first run's (§4)
             known, ignored = self._learn_fields(self._texts(prepared, key), known, None)
         self._check_schema_policy(source, known, key)  # strict: a new field fails before any commit
         learned = self._evolve(source, known, ignored, key)
@@ -80,24 +90,24 @@ class SparkUpsert:
         good = F.when(F.col(sc.ERROR).isNull(), F.col("_event_time"))
         oldest = F.unix_micros(F.min(good)).alias("oldest_event_micros")
         try:
-            self._read_metrics(decoded.agg(*self._record_aggregates(fields=False), oldest).first().asDict())
+            self._read_metrics(decoded.agg(*self._record_aggregates(), oldest).first().asDict())
         except Exception as error:  # py4j wraps Spark's failure (FAILFAST decoding, event-time parsing)
             raise IngestError(self._explain_failure(error, prepared.where(F.col(sc.ERROR).isNull()))) from None
 
-    def _count(self, source: DataFrame) -> None:
-        """Records, tombstones, bytes per partition, and the field names of records and message keys (one job;
-        tombstones have no JSON text, and a Debezium tombstone is no envelope, so they add no field)."""
+    def _count(self, source: DataFrame, known: dict) -> None:
+        """Records, tombstones, bytes per partition, the record fields ``known`` lacks and the field names of the
+        message keys (one job; tombstones have no JSON text, and a Debezium tombstone is no envelope, so they add
+        no field)."""
         from pyspark.sql import functions as F
 
         prepared = sc.prepare(source, self.dataset)
-        names = [sc.field_names(sc.TEXT).alias("fields")]
+        names = [F.array_distinct(F.flatten(F.collect_set(unknown_names(sc.TEXT, known)))).alias("fields")]
         if sc.KEY_TEXT in prepared.columns:
             names.append(sc.field_names(sc.KEY_TEXT).alias("key_fields"))
         self._read_metrics(prepared.agg(
             F.sum(F.coalesce(F.length("value"), F.lit(0)) + F.coalesce(F.length("key"), F.lit(0))).alias("bytes"),
             F.unix_micros(F.min("timestamp")).alias("oldest_micros"),
-            *self._per_partition("records", "partition", F.lit(True)),
-            *self._per_partition("tombstones", "partition", F.col("value").isNull()),
+            *self._source_counts(),
             *names,
         ).first().asDict())  # fmt: skip
 
@@ -109,103 +119,111 @@ class SparkUpsert:
         if self.dataset.format == "debezium" and self.dataset.delete_mode == "hard":
             rows = rows.where(F.col(CDC_OP) != DELETE_OP)
         self._ensure_table(rows)
-        txn = self._delta_log().startTransaction()
-        for r in self._read_ranges:
-            self._check_ledger(r.partition, int(txn.txnVersion(app_id(self.dataset.name, r.partition))))
-        files = txn.writeFiles(self._size_files(self._to_table_schema(rows))._jdf)
-        self._commit(txn, files, key)
+        txn = self._transaction()
+        self._commit(txn, txn.write(self._size_files(self._to_table_schema(rows))), key)
 
-    def _merge_partitions(self, reduced: DataFrame, key: list[str]) -> None:
-        from pyspark.sql import functions as F
-
+    def _merge_batch(self, reduced: DataFrame, key: list[str]) -> None:
+        """The copy-on-write MERGE of the reduced batch: one commit with every partition's ``txn``."""
         self._ensure_table(reduced)  # new columns first (metadata-only commit), so the MERGE needs no evolution
-        source = self._to_table_schema(reduced)
-        clauses = merge_clauses(self.dataset, key, source.columns, quote_spark)
-        self._merge_source = None  # the reduced batch, computed once by the first MERGE (see _merge)
-        for r in self._read_ranges:
-            changes = lambda p=r.partition: self._checkpointed(source).where(F.col("_kafka_partition") == p)  # noqa: E731
-            self._merge_partition(r.partition, r.end - 1, changes, clauses, key)
-
-    def _checkpointed(self, source: DataFrame) -> DataFrame:
-        """``source`` computed once for all MERGEs. Each MERGE materialises its source, and that does not use a
-        persisted frame's cache: every MERGE decoded and reduced the whole batch again."""
-        if self._merge_source is None:
-            self._merge_source = source.localCheckpoint(eager=True)
-        return self._merge_source
-
-    def _merge_partition(self, partition: int, last: int, changes, clauses, key: list[str]) -> None:
-        """One commit for one Kafka partition: its changes MERGEd, its ``txn`` recorded, or only the ``txn``."""
-        dataset = self.dataset
-        app = app_id(dataset.name, partition)
-        table = self.engine.lake.open_table(dataset.table_path)
-        self._check_ledger(partition, read_ledger(table, dataset.name, [partition]).get(partition, -1))
-        token = uuid.uuid4().hex
-        metadata = {**self._metadata({partition: last}, key), "commit_token": token}
-        merged = None
-        if self.counts.applied(partition):
-            self._merge(changes, clauses, app, last, metadata)
-            merged = self._find_commit(token)
-        if merged is None:
-            # No change to apply (tombstones or dead letters only), or a MERGE that did not commit: the ledger
-            # still moves past these offsets, in a commit of the txn alone.
-            version, metrics = self._commit_ledger_only(partition, app, last, metadata), {}
-        else:
-            version, metrics = merged
-        self.ledger[partition] = last
-        self.committed.append((version, metadata["ranges"]))
-        stats = self._record_commit(version)
-        inserted, updated, deleted = (int(metrics.get(f"numTargetRows{what}", 0)) for what in
-                                      ("Inserted", "Updated", "Deleted"))  # fmt: skip
+        changes = self._to_table_schema(reduced)
+        clauses = merge_clauses(self.dataset, key, changes.columns, quote_spark)
+        txn = self._transaction()
+        files = None
+        touched: list = []
+        metrics = {"numSourceRows": 0}
+        if self.counts.applied:
+            touched = touched_files(txn, changes, key)
+            target = txn.frame_of(touched) if touched else None
+            rows, observation = merged_rows(target, changes, key, clauses)
+            touched_bytes = sum(int(add.size()) for add in touched)
+            try:
+                files = txn.write(self._size_files(rows, extra_bytes=touched_bytes))
+            except Exception as error:  # py4j wraps Spark's failure
+                raise IngestError(self._explain_job_failure(error, "MERGE")) from None
+            metrics = merge_metrics(observation.get, len(touched), files.size())
+        version = self._commit(txn, files, key, removed=touched, merge_metrics=metrics)
+        inserted, updated, deleted = (metrics.get(f"numTargetRows{what}", 0) for what in ("Inserted", "Updated",
+                                                                                            "Deleted"))  # fmt: skip
         self.report.rows_inserted += inserted
         self.report.rows_updated += updated
         self.report.rows_deleted += deleted
         self.report.rows_written += inserted + updated
-        self._record_lag(stats.oldest_event_time)
         self.engine.log.info(
-            f"{dataset.name}: committed version {version} for partition {partition}: {inserted} inserted, "
-            f"{updated} updated, {deleted} deleted"
+            f"{self.dataset.name}: MERGE committed version {version}: {inserted} inserted, {updated} updated, "
+            f"{deleted} deleted, {len(touched)} files rewritten"
         )
 
-    def _merge(self, changes, clauses, app: str, last: int, metadata: dict) -> None:
-        """delta-spark MERGE (aliases t, s) carrying the partition's ``txn`` and the run metadata. ``changes``
-        makes the partition's changes (the first call computes the batch: its failure is the MERGE's)."""
-        from delta.tables import DeltaTable as SparkDeltaTable
 
-        conf = self.spark.conf
-        conf.set(TXN_APP_ID, app)
-        conf.set(TXN_VERSION, str(last))
-        conf.set(USER_METADATA, json.dumps({RUN_METADATA_KEY: metadata}, sort_keys=True))
-        try:
-            merger = SparkDeltaTable.forPath(self.spark, self.path).alias("t").merge(changes().alias("s"), clauses.on)
-            merger = merger.whenMatchedUpdateAll(condition=clauses.update_all_when)
-            if clauses.delete_when:
-                merger = merger.whenMatchedDelete(condition=clauses.delete_when)
-            if clauses.soft_delete_when:
-                merger = merger.whenMatchedUpdate(condition=clauses.soft_delete_when, set=clauses.soft_delete_set)
-            merger.whenNotMatchedInsertAll(condition=clauses.insert_when).execute()
-        except Exception as error:  # py4j wraps Delta's exceptions
-            failure = ConcurrentWriterError if "Concurrent" in str(error) else IngestError
-            raise failure(
-                f"dataset '{self.dataset.name}': the MERGE into {self.path} failed: {str(error).splitlines()[0]}. "
-                "This commit was not written."
-            ) from None
-        finally:
-            for name in (TXN_APP_ID, TXN_VERSION, USER_METADATA):
-                conf.unset(name)
+def touched_files(txn: DeltaTransaction, changes: DataFrame, key: list[str]) -> list:
+    """The table's data files (``AddFile``) holding a key of ``changes``: a scan of the key columns only."""
+    from pyspark.sql import functions as F
 
-    def _find_commit(self, token: str) -> tuple[int, dict] | None:
-        """The version and operation metrics of the commit whose run metadata carries ``token``."""
-        table = self.engine.lake.open_table(self.dataset.table_path)
-        for entry in table.history(20) if table is not None else []:
-            if (run_metadata_of(entry) or {}).get("commit_token") == token:
-                return int(entry["version"]), dict(entry.get("operationMetrics") or {})
-        return None
+    files = txn.files()
+    if not files:
+        return []
+    by_path = {txn.absolute_path(str(add.path())): add for add in files}
+    keys = [F.col(quote_spark(name)) for name in key]
+    found = (
+        txn.frame_of(files).select(F.input_file_name().alias("_kafka_file"), *keys)
+        .join(changes.select(*keys), on=list(key), how="left_semi")
+        .select("_kafka_file").distinct().collect()
+    )  # fmt: skip
+    return [by_path[txn.absolute_path(row["_kafka_file"])] for row in found]
 
-    def _commit_ledger_only(self, partition: int, app: str, last: int, metadata: dict) -> int:
-        """A commit of the partition's ``txn`` alone (no data), through delta-spark's transaction API."""
-        jvm = self.spark._jvm
-        txn = self._delta_log().startTransaction()
-        self._check_ledger(partition, int(txn.txnVersion(app)))
-        txn.updateSetTransaction(app, last, scala_none(jvm))
-        nothing = getattr(getattr(jvm.scala.collection.immutable, "Nil$"), "MODULE$")
-        return int(txn.commit(nothing, append_operation(jvm, json.dumps({RUN_METADATA_KEY: metadata}, sort_keys=True))))
+
+def merged_rows(target: DataFrame | None, changes: DataFrame, key: list[str], clauses: MergeClauses):
+    """The rows that replace ``target`` (the touched files' rows) after MERGEing ``changes`` into them, plus an
+    observation counting each action. ``target`` None: nothing matches, the changes are inserts."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    columns = changes.columns
+    source = changes.withColumn("_kafka_in_source", F.lit(True)).alias("s")
+    if target is None:
+        target = changes.limit(0)
+    target = target.select(*[F.col(quote_spark(c)) for c in columns]).withColumn("_kafka_in_target", F.lit(True))
+    on = reduce(lambda a, b: a & b, [F.col(f"t.{quote_spark(k)}") == F.col(f"s.{quote_spark(k)}") for k in key])
+    joined = target.alias("t").join(source, on, "full_outer")
+    action = _action(F.col("t._kafka_in_target").isNotNull(), F.col("s._kafka_in_source").isNotNull(), clauses)
+    joined = joined.select("*", action.alias(ACTION))
+    chosen = F.col(ACTION)
+    soft = dict(clauses.soft_delete_set or {})
+
+    def value(name: str) -> Column:
+        mine, theirs = F.col(f"t.{quote_spark(name)}"), F.col(f"s.{quote_spark(name)}")
+        soft_value = F.expr(soft[name]) if name in soft else mine
+        return F.when(chosen.isin(UPDATE, INSERT), theirs).when(chosen == SOFT_DELETE, soft_value).otherwise(mine)
+
+    rows = joined.select(*[value(c).alias(c) for c in columns], chosen)
+    observation = Observation("merge")
+    actions = (COPY, KEEP, UPDATE, DELETE, SOFT_DELETE, INSERT, SKIP)
+    counts = [F.sum(F.when(chosen == name, 1).otherwise(0)).alias(name) for name in actions]
+    rows = rows.observe(observation, *counts)
+    return rows.where(chosen.isin(*WRITTEN)).drop(ACTION), observation
+
+
+def _action(in_target: Column, in_source: Column, clauses: MergeClauses) -> Column:
+    """§9.2 per joined row: the matched clauses in the MERGE's order (update, delete, soft delete), else the
+    target row stays; a source row without a target row is inserted when ``insert_when`` holds."""
+    from pyspark.sql import functions as F
+
+    insert = F.expr(clauses.insert_when) if clauses.insert_when else F.lit(True)
+    action = F.when(~in_source, F.lit(COPY)).when(~in_target, F.when(insert, INSERT).otherwise(SKIP))
+    action = action.when(F.expr(clauses.update_all_when), UPDATE)
+    if clauses.delete_when:
+        action = action.when(F.expr(clauses.delete_when), DELETE)
+    if clauses.soft_delete_when:
+        action = action.when(F.expr(clauses.soft_delete_when), SOFT_DELETE)
+    return action.otherwise(KEEP)
+
+
+def merge_metrics(counts: dict, files_removed: int, files_added: int) -> dict[str, int]:
+    """delta-spark's MERGE operation metrics from the observed actions."""
+    n = {name: int(counts.get(name) or 0) for name in (COPY, KEEP, UPDATE, DELETE, SOFT_DELETE, INSERT, SKIP)}
+    return {
+        "numSourceRows": n[KEEP] + n[UPDATE] + n[DELETE] + n[SOFT_DELETE] + n[INSERT] + n[SKIP],
+        "numTargetRowsInserted": n[INSERT], "numTargetRowsUpdated": n[UPDATE] + n[SOFT_DELETE],
+        "numTargetRowsDeleted": n[DELETE], "numTargetRowsCopied": n[COPY] + n[KEEP],
+        "numOutputRows": sum(n[name] for name in WRITTEN),
+        "numTargetFilesAdded": files_added, "numTargetFilesRemoved": files_removed,
+    }  # fmt: skip

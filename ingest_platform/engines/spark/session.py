@@ -1,4 +1,5 @@
-"""A local Spark session with Delta Lake, and the offset-ledger primitives of the Spark engine.
+"""Spark sessions with Delta Lake (any master: local, standalone, Kubernetes), and the offset-ledger primitives
+of the Spark engine.
 
 The Spark engine speaks the same offset protocol as the embedded (deltalake) engine, see
 :mod:`ingest_platform.lake.ledger`: one Delta ``txn`` action per Kafka partition, app id
@@ -161,57 +162,20 @@ def delta_spark_packages(ivy_dir: str | None = None) -> list[str]:
     return [f"io.delta:{delta_spark_artifact()}:{delta_spark_jar_version(ivy_dir)}"]
 
 
-def build_local_spark(
-    app_name: str = "ingest_platform",
-    extra_conf: Mapping[str, Any] | None = None,
-    ivy_dir: str | None = None,
-) -> SparkSession:
-    """A ``local[*]`` SparkSession with Delta Lake (SQL extension + catalog), small shuffles and no UI.
-
-    Jars resolve from Maven Central into ``ivy_dir`` (default :func:`default_ivy_dir`), outside the
-    repository; the first start downloads them (about 27 MB), later starts resolve from the cache.
-    ``extra_conf`` is applied last, so it can override any default (``spark.jars.packages`` and
-    ``spark.jars.excludes`` are extended with it, not replaced). As with any ``getOrCreate``, static settings
-    are ignored when a session is already running in this process.
-    """
-    from pyspark.sql import SparkSession
-
-    ivy = Path(ivy_dir).expanduser() if ivy_dir else default_ivy_dir()
-    ivy.mkdir(parents=True, exist_ok=True)
-    extra = dict(extra_conf or {})
-    packages = delta_spark_packages(str(ivy))
-    if extra.get("spark.jars.packages"):
-        packages += [p for p in str(extra.pop("spark.jars.packages")).split(",") if p]
-    excludes = list(PYSPARK_PROVIDED_EXCLUDES)
-    if extra.get("spark.jars.excludes"):
-        excludes += [e for e in str(extra.pop("spark.jars.excludes")).split(",") if e]
-
-    conf: dict[str, Any] = {
-        "spark.jars.packages": ",".join(packages),
-        "spark.jars.excludes": ",".join(excludes),
-        "spark.jars.ivy": str(ivy),
-        "spark.sql.extensions": DELTA_SQL_EXTENSION,
-        "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
-        "spark.sql.shuffle.partitions": "4",
-        "spark.default.parallelism": "4",
-        "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "false",
-        # Delta's log replay (state reconstruction) uses its own shuffle width, 50 by default.
-        "spark.databricks.delta.snapshotPartitions": "2",
-        # Timestamps are instants (Kafka timestamps, timestamp[us, tz=UTC] columns): render them in UTC.
-        "spark.sql.session.timeZone": "UTC",
-        # Spark's default writes TIMESTAMP columns as deprecated INT96 (no min/max stats, read back as
-        # timestamp[ns]); deltalake writes INT64 micros, isAdjustedToUTC=true. Write the same as deltalake.
-        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-        # Keep managed tables (never used by the platform, which writes by path) out of the working directory.
-        "spark.sql.warehouse.dir": str(cache_dir() / "spark-warehouse"),
-    }
-    conf.update(extra)
-
-    builder = SparkSession.builder.master("local[*]").appName(app_name)
-    for key, value in conf.items():
-        builder = builder.config(key, str(value))
-    return builder.getOrCreate()
+#: What every session gets, whatever its master; a profile's ``conf`` overrides any of them.
+BASE_CONF: dict[str, str] = {
+    "spark.sql.extensions": DELTA_SQL_EXTENSION,
+    "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    # Delta's log replay (state reconstruction) uses its own shuffle width, 50 by default.
+    "spark.databricks.delta.snapshotPartitions": "2",
+    # Timestamps are instants (Kafka timestamps, timestamp[us, tz=UTC] columns): render them in UTC.
+    "spark.sql.session.timeZone": "UTC",
+    # Spark's default writes TIMESTAMP columns as deprecated INT96 (no min/max stats, read back as
+    # timestamp[ns]); deltalake writes INT64 micros, isAdjustedToUTC=true. Write the same as deltalake.
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -340,33 +304,74 @@ def s3_connector_packages() -> list[str]:
     return [f"org.apache.hadoop:hadoop-aws:{hadoop_version()}"]
 
 
+def session_conf(profile, s3: bool = False, ivy_dir: str | None = None) -> dict[str, str]:
+    """Every setting of a profile's session: ``spark.master``, the app name, the connectors from Maven Central
+    (delta-spark, spark-sql-kafka, and hadoop-aws when ``s3``: an S3 lake) and :data:`BASE_CONF`, with the
+    profile's ``conf`` last (its ``spark.jars.packages``/``spark.jars.excludes`` extend ours, not replace them).
+
+    The same for every master: ``local[*]`` runs everything in the driver's JVM; a standalone or Kubernetes
+    master gets executors in other processes, which fetch the resolved jars from the driver (``spark.jars``).
+    This is the Dagster resource's ``spark_config`` and what ``ingest-platform spark submit --dry-run`` prints.
+    """
+    ivy = str(Path(ivy_dir).expanduser() if ivy_dir else default_ivy_dir())
+    conf = dict(profile.conf)
+    packages = delta_spark_packages(ivy) + kafka_connector_packages() + (s3_connector_packages() if s3 else [])
+    packages += [p for p in conf.pop("spark.jars.packages", "").split(",") if p and p not in packages]
+    excludes = list(PYSPARK_PROVIDED_EXCLUDES)
+    excludes += [e for e in conf.pop("spark.jars.excludes", "").split(",") if e and e not in excludes]
+    return {
+        "spark.master": profile.master,
+        "spark.app.name": f"ingest_platform-{profile.name}",
+        **BASE_CONF,
+        # Managed tables are never used (the platform writes by path): keep them out of the working directory.
+        "spark.sql.warehouse.dir": str(cache_dir() / "spark-warehouse"),
+        "spark.jars.ivy": ivy,
+        **conf,
+        "spark.jars.packages": ",".join(packages),
+        "spark.jars.excludes": ",".join(excludes),
+    }
+
+
 _SESSIONS: dict[str, SparkSession] = {}
 
 
 def spark_for_profile(profile, s3: bool = False) -> SparkSession:
-    """The process's Spark session for a profile (deploy/spark/profiles): Delta + Kafka connectors from Maven
-    Central, plus the S3A connector when ``s3`` (an S3 lake). One session per process: Spark cannot run two,
-    so a second profile in one process is an error; so is asking for S3 from a session started without it."""
-    if profile.name in _SESSIONS:
-        session = _SESSIONS[profile.name]
-        if s3 and not _has_s3a(session):
+    """The process's Spark session for a profile (deploy/spark/profiles), with :func:`session_conf`."""
+    return start_session(profile.name, session_conf(profile, s3=s3))
+
+
+def start_session(profile_name: str, conf: Mapping[str, Any]) -> SparkSession:
+    """The process's one Spark session, started with ``conf`` (``spark.master`` included) on first use.
+
+    Spark runs one session per process: a second profile in one process is an error, and so is asking for S3
+    (``hadoop-aws`` in ``spark.jars.packages``) from a session started without it; ``getOrCreate`` would
+    silently return the running session without the jars. When the JVM cannot start, the error names the
+    connector Maven Central does not serve (or that it could not be reached)."""
+    wants_s3 = "hadoop-aws" in str(conf.get("spark.jars.packages", ""))
+    if profile_name in _SESSIONS:
+        session = _SESSIONS[profile_name]
+        if wants_s3 and not _has_s3a(session):
             raise RuntimeError(
-                f"this process's Spark session (profile '{profile.name}') was started without the S3A connector; "
+                f"this process's Spark session (profile '{profile_name}') was started without the S3A connector; "
                 "an S3 lake needs a process whose first Spark session is started for it"
             )
         return session
     if _SESSIONS:
         running = next(iter(_SESSIONS))
         raise RuntimeError(
-            f"this process already runs Spark profile '{running}'; profile '{profile.name}' needs its own process"
+            f"this process already runs Spark profile '{running}'; profile '{profile_name}' needs its own process"
         )
-    packages = kafka_connector_packages() + (s3_connector_packages() if s3 else [])
-    extra = {**profile.conf, "spark.jars.packages": ",".join(packages)}
+    from pyspark.sql import SparkSession
+
+    Path(str(conf.get("spark.jars.ivy") or default_ivy_dir())).mkdir(parents=True, exist_ok=True)
+    builder = SparkSession.builder
+    for key, value in conf.items():
+        builder = builder.config(key, str(value))
     try:
-        session = _start_session(profile, extra)
+        session = builder.getOrCreate()
     except Exception as error:  # the JVM did not start: usually a connector that Ivy could not resolve
-        raise SparkConnectorError(_diagnose_connectors(profile, error)) from None
-    _SESSIONS[profile.name] = session
+        raise SparkConnectorError(_diagnose_connectors(profile_name, conf, error)) from None
+    _SESSIONS[profile_name] = session
     return session
 
 
@@ -378,8 +383,8 @@ class SparkConnectorError(RuntimeError):
     """Spark could not start; the message names the connector artifact that failed to resolve, and why."""
 
 
-def _diagnose_connectors(profile, error: Exception) -> str:
-    packages = delta_spark_packages() + kafka_connector_packages()
+def _diagnose_connectors(profile_name: str, conf: Mapping[str, Any], error: Exception) -> str:
+    packages = [p for p in str(conf.get("spark.jars.packages", "")).split(",") if p]
     problems = []
     for coordinate in packages:
         group, artifact, version = coordinate.split(":")
@@ -397,47 +402,8 @@ def _diagnose_connectors(profile, error: Exception) -> str:
             )
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if problems:
-        return f"Spark profile '{profile.name}' could not start: " + "; ".join(problems) + f" ({first_line})"
+        return f"Spark profile '{profile_name}' could not start: " + "; ".join(problems) + f" ({first_line})"
     return (
-        f"Spark profile '{profile.name}' could not start ({first_line}); every connector "
+        f"Spark profile '{profile_name}' could not start ({first_line}); every connector "
         f"({', '.join(packages)}) is on Maven Central, so see the Spark/Ivy output above for the cause."
     )
-
-
-def _start_session(profile, extra: dict) -> SparkSession:
-    from pyspark.sql import SparkSession
-
-    if profile.master.startswith("local"):
-        session = build_local_spark(app_name=f"ingest_platform-{profile.name}", extra_conf=extra)
-    else:
-        ivy = default_ivy_dir()
-        conf = {
-            "spark.jars.packages": ",".join(delta_spark_packages(str(ivy)) + extra["spark.jars.packages"].split(",")),
-            "spark.jars.excludes": ",".join(PYSPARK_PROVIDED_EXCLUDES),
-            "spark.jars.ivy": str(ivy),
-            "spark.sql.extensions": DELTA_SQL_EXTENSION,
-            "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
-            "spark.sql.session.timeZone": "UTC",
-            "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-            **profile.conf,
-        }
-        builder = SparkSession.builder.master(profile.master).appName(f"ingest_platform-{profile.name}")
-        for key, value in conf.items():
-            builder = builder.config(key, str(value))
-        session = builder.getOrCreate()
-    return session
-
-
-def scala_none(jvm):
-    """Scala's ``None``, for JVM calls that take an ``Option``."""
-    return getattr(getattr(jvm.scala, "None$"), "MODULE$")
-
-
-def append_operation(jvm, user_metadata: str):
-    """``DeltaOperations.Write`` (append) carrying ``userMetadata``, for commits through the internal API."""
-    none = scala_none(jvm)
-    write_op = getattr(getattr(jvm.org.apache.spark.sql.delta.DeltaOperations, "Write$"), "MODULE$")
-    return write_op.apply(
-        jvm.org.apache.spark.sql.SaveMode.Append, none, none, jvm.scala.Option.apply(user_metadata),
-        none, none, none, none, none,
-    )  # fmt: skip

@@ -1,0 +1,41 @@
+"""Fields a batch has that the table does not (docs/DESIGN.md §4): found on every record, exactly, in the pass
+that decodes and writes the batch.
+
+A projection compiled with the decoding reads each record's top-level keys (``json_object_keys``: a second,
+shallow parse of the value) and keeps those the known schema lacks, null when there are none; an aggregate
+(observed, or in a figures job) collects the few non-null ones. Only top-level names count: a new top-level
+field named like one nested in a struct column is found too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ingest_platform.engines.spark import changes as sc
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column
+
+
+#: Per-record helper columns: the top-level field names of a record (and of its message key) the table lacks.
+UNKNOWN_FIELDS = "_kafka_unknown_fields"
+UNKNOWN_KEY_FIELDS = "_kafka_unknown_key_fields"
+
+
+def unknown_names(column: str, known: dict) -> Column:
+    """The top-level field names of the JSON object in ``column`` that are not in ``known``, or null when there
+    are none (or the record is bad): reading the object's keys is a second, shallow parse of each record."""
+    from pyspark.sql import functions as F
+
+    names = F.array(*[F.lit(name) for name in known]) if known else F.array().cast("array<string>")
+    unknown = F.array_except(F.json_object_keys(F.col(column)), names)
+    return F.when(F.col(sc.ERROR).isNull() & (F.size(unknown) > 0), unknown)
+
+
+def collected_names(columns) -> list[Column]:
+    """Observed aggregates ``fields`` / ``key_fields``: the distinct names of ``UNKNOWN_FIELDS`` /
+    ``UNKNOWN_KEY_FIELDS`` (collect_set skips the nulls of records without new fields)."""
+    from pyspark.sql import functions as F
+
+    alias = {UNKNOWN_FIELDS: "fields", UNKNOWN_KEY_FIELDS: "key_fields"}
+    return [F.array_distinct(F.flatten(F.collect_set(F.col(c)))).alias(alias[c]) for c in columns]
