@@ -11,6 +11,7 @@ from ingest_platform.defs.assets import ingestion_definitions
 from ingest_platform.defs.checks import check_definitions
 from ingest_platform.defs.resources import resource_definitions
 from ingest_platform.defs.sensors import sensor_definitions
+from ingest_platform.defs.streams import stream_definitions
 from ingest_platform.settings import Settings
 
 
@@ -20,6 +21,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ingestion_definitions(catalog),
         check_definitions(catalog),
         sensor_definitions(catalog),
+        stream_definitions(catalog),
         resource_definitions(settings),
     )
 

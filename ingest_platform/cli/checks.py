@@ -48,7 +48,7 @@ def run_checks(settings: Settings, datasets: tuple[str, ...] = ()) -> list[Check
     catalog = load_catalog(settings.catalog_path)
     selected = [catalog.get(name) for name in datasets] if datasets else list(catalog.datasets)
     keys = [dg.AssetKey(d.asset_path) for d in selected]
-    job = checks_job(dg.AssetSelection.checks_for_assets(*keys), name="ingest_checks_cli")
+    job = checks_job(dg.AssetSelection.checks_for_assets(*keys), name="ingest_checks_cli", catalog=catalog)
     defs = dg.Definitions.merge(build_definitions(settings), dg.Definitions(jobs=[job]))
     with dg.DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def(job.name).execute_in_process(

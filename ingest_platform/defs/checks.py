@@ -8,7 +8,7 @@ compacts a table whose ``file_size`` check failed; ``ingest_platform/definitions
 import dagster as dg
 
 from ingest_platform.catalog import Catalog, Dataset
-from ingest_platform.defs.resources import LakeResource
+from ingest_platform.defs.resources import KafkaResource, LakeResource
 from ingest_platform.lake import health
 from ingest_platform.lake.health import (
     FILE_SIZE,
@@ -19,6 +19,7 @@ from ingest_platform.lake.health import (
     THROUGHPUT_SLO,
     Finding,
 )
+from ingest_platform.monitoring.offsets import records_waiting
 
 #: ERROR where a bad table would mislead consumers (lost or duplicated data, a table staler than promised);
 #: WARN where the table is correct but slow or fragmented (compaction and tuning fix those).
@@ -37,7 +38,8 @@ DESCRIPTIONS = {
     "merge at most 10 % of the files).",
     THROUGHPUT_SLO: "Records/s of the last ingest run ≥ slo.throughput_rps.",
     LATENCY_SLO: "p95 event-time → commit latency of the last ingest run ≤ slo.latency_s.",
-    FRESHNESS: "The last ingest commit is not older than slo.freshness_s (no limit set: reports the age).",
+    FRESHNESS: "The last ingest commit is not older than slo.freshness_s; continuous datasets without it: 3 "
+    "trigger intervals + 60 s, and an idle topic is not stale (no limit set for a batch dataset: reports the age).",
     NO_LOSS: "Offset ledger contiguous per partition (gaps only where retention loss is recorded) and consumed = "
     "rows + dead-lettered + skipped.",
     KEY_UNIQUE: "No key appears twice in the upsert table.",
@@ -66,12 +68,16 @@ def build_dataset_checks(dataset: Dataset) -> dg.AssetChecksDefinition:
         can_subset=True,
         description=f"Health of the Delta table of dataset '{dataset.name}'.",
     )
-    def _checks(context: dg.AssetCheckExecutionContext, lake: LakeResource):
+    def _checks(context: dg.AssetCheckExecutionContext, lake: LakeResource, kafka: KafkaResource):
         selected = [k.name for k in context.selected_asset_check_keys]
         location = lake.location()
         uri = location.table_uri(dataset.table_path)
         table = location.open_table(dataset.table_path)
-        findings = health.evaluate(dataset, table, uri, selected, storage_options=location.storage_options)
+        # A stream commits nothing while its topic is idle: freshness asks the topic only when it must.
+        waiting = (lambda: records_waiting(kafka.connection(), dataset.topic, dataset.name, table)
+                   ) if dataset.continuous else None  # fmt: skip
+        findings = health.evaluate(dataset, table, uri, selected, storage_options=location.storage_options,
+                                   waiting=waiting)  # fmt: skip
         for name, finding in findings.items():
             yield check_result(key, name, finding)
 
@@ -104,10 +110,15 @@ def _metadata_value(value: object) -> dg.MetadataValue:
     return dg.MetadataValue.text(str(value))
 
 
-def checks_job(selection: dg.AssetSelection | None = None, name: str = CHECKS_JOB):
+def checks_job(selection: dg.AssetSelection | None = None, name: str = CHECKS_JOB, catalog: Catalog | None = None):
+    """The checks of ``selection`` (default: all), without the reported ``stream`` checks of ``catalog``."""
+    from ingest_platform.defs.streams import stream_check_keys
+
+    selection = selection if selection is not None else dg.AssetSelection.all_asset_checks()
+    reported = stream_check_keys(catalog) if catalog is not None else []
     return dg.define_asset_job(
         name,
-        selection=selection if selection is not None else dg.AssetSelection.all_asset_checks(),
+        selection=selection - dg.AssetSelection.checks(*reported) if reported else selection,
         description="Evaluate the health checks of every dataset's table (no ingestion).",
     )
 
@@ -116,7 +127,7 @@ def check_definitions(catalog: Catalog) -> dg.Definitions:
     """Checks, the checks job and its schedule, and maintenance (jobs, schedules, the file_size sensor)."""
     from ingest_platform.defs.maintenance import maintenance_definitions
 
-    job = checks_job()
+    job = checks_job(catalog=catalog)
     checks = dg.Definitions(
         asset_checks=[build_dataset_checks(dataset) for dataset in catalog.datasets],
         jobs=[job],

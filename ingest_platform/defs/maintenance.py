@@ -1,6 +1,10 @@
 """Compaction and vacuum jobs per dataset, their schedules, and the sensor that compacts a table whose
-``file_size`` check failed (docs/DESIGN.md §8). The ops run in the dataset's pool (the ingest asset's), so
-maintenance never runs while the dataset is being ingested by Dagster.
+``file_size`` check failed (docs/DESIGN.md §8). For batch datasets the ops run in the dataset's pool (the
+ingest asset's): a compaction and a batch run of one table never overlap — a batch run waits for the
+compaction's op, briefly. A continuous dataset's stream takes no pool and its compaction neither: OPTIMIZE and
+stream appends commit side by side (§8 "Concurrency"), and a MERGE that loses to a compaction is retried by the
+stream (§10.1). Maintenance runs carry ``ingest/maintains``, not the ingest runs' ``ingest/dataset``, so the lag
+sensor never waits for them.
 """
 
 import json
@@ -16,16 +20,24 @@ from ingest_platform.lake.health import FILE_SIZE, MB
 #: Daily, at a quiet hour (UTC); the file_size sensor compacts in between when a table fragments.
 MAINTENANCE_CRON = "0 3 * * *"
 SENSOR_NAME = "compact_on_small_files"
+#: Run tag of maintenance runs (the dataset's name); not the ingest runs' ``ingest/dataset``.
+MAINTAINS_TAG = "ingest/maintains"
 
 
 def maintenance_job_name(dataset: Dataset) -> str:
     return f"maintain__{dataset.source}__{dataset.name}"
 
 
+def maintenance_pool(dataset: Dataset) -> str | None:
+    """The ingest asset's pool for batch datasets; none for continuous ones (their stream holds no pool)."""
+    return None if dataset.continuous else pool_name(dataset)
+
+
 def build_maintenance_job(dataset: Dataset) -> dg.JobDefinition:
-    """compact, then vacuum; both ops in the dataset's pool. Each logs an observation on the table's asset."""
+    """compact, then vacuum (in the dataset's pool when it is a batch dataset). Each logs an observation on the
+    table's asset."""
     key = dg.AssetKey(dataset.asset_path)
-    pool = pool_name(dataset)
+    pool = maintenance_pool(dataset)
     prefix = f"{dataset.source}__{dataset.name}"
 
     @dg.op(name=f"compact__{prefix}", pool=pool, tags={"ingest/maintenance": "compact"})
@@ -56,8 +68,9 @@ def build_maintenance_job(dataset: Dataset) -> dg.JobDefinition:
 
     @dg.job(
         name=maintenance_job_name(dataset),
-        description=f"Compact (OPTIMIZE) and vacuum the table of dataset '{dataset.name}', in its pool {pool}.",
-        tags={"ingest/dataset": dataset.name},
+        description=f"Compact (OPTIMIZE) and vacuum the table of dataset '{dataset.name}'"
+        + (f", in its pool {pool}." if pool else " beside its stream."),
+        tags={MAINTAINS_TAG: dataset.name},
     )
     def _maintain() -> None:
         _vacuum(after=_compact())
@@ -91,7 +104,7 @@ def build_file_size_sensor(datasets: list[Dataset], jobs: dict[str, dg.JobDefini
             requests.append(dg.RunRequest(
                 job_name=maintenance_job_name(dataset),
                 run_key=f"{name}:{FILE_SIZE}:{record.id}",
-                tags={"ingest/trigger": f"{FILE_SIZE} failed", "ingest/dataset": dataset.name},
+                tags={"ingest/trigger": f"{FILE_SIZE} failed", MAINTAINS_TAG: dataset.name},
             ))  # fmt: skip
         if not requests:
             return dg.SensorResult(skip_reason=dg.SkipReason("no new file_size failure"), cursor=json.dumps(handled))

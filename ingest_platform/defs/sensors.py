@@ -45,7 +45,9 @@ def _now() -> float:
 
 
 def running_datasets(instance: dg.DagsterInstance, catalog: Catalog) -> set[str]:
-    """Datasets with a run queued or in progress: one query for all, by tag or by the run's asset selection."""
+    """Datasets with an ingest run queued or in progress: one query for all, by tag or by the run's asset
+    selection. Maintenance runs carry another tag (``ingest/maintains``): a compaction does not hold back
+    ingestion (§8 "Concurrency")."""
     by_key = {dg.AssetKey(d.asset_path): d.name for d in catalog.datasets}
     names: set[str] = set()
     for record in instance.get_run_records(dg.RunsFilter(statuses=IN_PROGRESS)):
@@ -131,7 +133,7 @@ def build_lag_sensor(
         offsets, positions = _read(catalog, kafka, lake, timeout_s)
         running = running_datasets(context.instance, catalog)
         requests, events, kept = [], [], {}
-        counts = {"caught up": 0, "not due": 0, "running": 0, "blocked": 0, "unreadable": 0}
+        counts = {"caught up": 0, "streamed": 0, "not due": 0, "running": 0, "blocked": 0, "unreadable": 0}
         for dataset in catalog.datasets:
             topic = offsets[dataset.topic]
             previous = windows.get(dataset.name)
@@ -162,6 +164,8 @@ def build_lag_sensor(
                 counts["caught up"] += 1
             elif blocked:
                 counts["blocked"] += 1
+            elif dataset.continuous:  # its stream commits (§10): observed, never run in batch
+                counts["streamed"] += 1
             elif not result.due:
                 counts["not due"] += 1
             elif dataset.name in running:
@@ -241,7 +245,7 @@ def build_partition_sensor(
                 )
                 context.log.error(problems[-1])
             events.append(dg.AssetObservation(asset_key=dataset.asset_path, metadata=metadata))
-            if findings.new_partitions and dataset.name not in running:
+            if findings.new_partitions and dataset.name not in running and not dataset.continuous:
                 run_key = f"partitions:{dataset.name}:{topic.topic_id}:{findings.partitions}"
                 requests.append(_run_request(dataset, run_key, "partitions"))
                 context.log.info(
