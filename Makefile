@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: venv system-deps demo test test-fast checks-demo lint bench clean deploy-render image-check
+.PHONY: venv system-deps demo dev dev-stop test test-fast checks-demo lint bench clean deploy-render image-check
 
 venv: $(STAMP)
 
@@ -23,6 +23,15 @@ system-deps:
 
 demo: venv
 	$(BIN)/ingest-platform demo
+
+# The Dagster UI on http://127.0.0.1:3000 with the demo's data flowing (broker, topics, a steady producer,
+# `dagster dev` with the project's dagster.yaml), state in .dev/. Ctrl-C or `make dev-stop` stops it all.
+DEV_PORT ?= 3000
+dev: venv
+	$(BIN)/ingest-platform dev up --port $(DEV_PORT)
+
+dev-stop:
+	$(BIN)/ingest-platform dev down
 
 test: venv system-deps
 	$(BIN)/dagster definitions validate -w workspace.yaml
@@ -55,4 +64,4 @@ bench: venv
 	$(BIN)/python benchmarks/ingest_bench.py
 
 clean:
-	rm -rf $(VENV) .demo lake *.egg-info
+	rm -rf $(VENV) .demo .dev lake *.egg-info

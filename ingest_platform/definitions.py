@@ -9,6 +9,8 @@ import dagster as dg
 from ingest_platform.catalog import load_catalog
 from ingest_platform.defs.assets import ingestion_definitions
 from ingest_platform.defs.checks import check_definitions
+from ingest_platform.defs.example_downstream import example_downstream_definitions
+from ingest_platform.defs.maintenance import maintenance_definitions
 from ingest_platform.defs.resources import resource_definitions
 from ingest_platform.defs.sensors import sensor_definitions
 from ingest_platform.defs.streams import stream_definitions
@@ -20,6 +22,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions.merge(
         ingestion_definitions(catalog),
         check_definitions(catalog),
+        maintenance_definitions(catalog),
+        example_downstream_definitions(catalog),
         sensor_definitions(catalog),
         stream_definitions(catalog),
         resource_definitions(settings),

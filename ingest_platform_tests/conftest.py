@@ -12,6 +12,14 @@ import pytest
 from ingest_platform.kafka.client import KafkaConnection
 
 _topic_numbers = itertools.count()
+#: Where the UI tests left their screenshots (set by test_ui.py), printed at the end of the session.
+SCREENSHOTS = pytest.StashKey[object]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    folder = config.stash.get(SCREENSHOTS, None)
+    if folder is not None:
+        terminalreporter.write_line(f"UI screenshots: {folder}")
 
 
 @pytest.fixture(scope="session")

@@ -59,3 +59,16 @@ def test_stream_bench_smoke(tmp_path):
     assert one["latency_p99_s"] is not None
     assert result["upkeep"]["without_upkeep"]["files"] == 80 > result["upkeep"]["with_upkeep"]["files"]
     assert "| one | 1 |" in (tmp_path / "stream_bench.md").read_text()
+
+def test_definitions_bench_smoke(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "definitions_bench.py"), "--sizes", "20", "--repeat", "1",
+         "--validate-size", "20", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "definitions_bench.json").read_text())
+    (row,) = result["rows"]
+    assert row["ours"]["assets"] == row["bare"]["assets"] == 20 and row["ours"]["checks"] == 100
+    assert row["ratio"] > 0 and row["cpu_ratio"] > 0 and result["validate"]["ours_s"] > 0
+    assert "| 20 | ours |" in (tmp_path / "definitions_bench.md").read_text()

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from ingest_platform.catalog import Catalog
 from ingest_platform.cli.main import main
 from ingest_platform.definitions import build_definitions
-from ingest_platform.defs.checks import BLOCKING, SEVERITY
+from ingest_platform.defs.checks import BLOCKING, CHECKS_SENSOR, SEVERITY, latest_hourly_time
 from ingest_platform.lake import health
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform.settings import Settings
@@ -367,16 +367,42 @@ def test_checks_are_declared_for_every_dataset_with_severity_and_blocking(two_ta
                     for c in ("file_size", "throughput_slo", "latency_slo", "freshness", "no_loss")}  # fmt: skip
     spec = graph.get_check_spec(dg.AssetCheckKey(dg.AssetKey(["lake", "test", "good"]), "no_loss"))
     assert spec.blocking and "no_loss" in BLOCKING and SEVERITY["file_size"] == dg.AssetCheckSeverity.WARN
-    assert defs.resolve_job_def("ingest_checks") is not None
-    assert {s.name for s in defs.schedules} >= {"ingest_checks_hourly", "maintain__test__good_daily"}
+    assert {s.name for s in defs.sensors} >= {CHECKS_SENSOR} and CHECKS_SENSOR == "ingest_checks_hourly"
+    assert {s.name for s in defs.schedules} >= {"ingest_maintenance_daily"}
+    assert "ingest_checks" not in {j.name for j in defs.jobs}  # no checks job to load: the sensor uses the base job
+
+
+def hourly_checks_request(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.RunRequest:
+    """The run the hourly checks sensor requests once its cron time has passed since the last tick."""
+    sensor = defs.resolve_sensor_def(CHECKS_SENSOR)
+
+    def tick(cursor):
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                                            sensor_name=CHECKS_SENSOR))  # fmt: skip
+
+    first = tick(None)  # records the latest cron time, requests nothing (a schedule does not catch up either)
+    assert not first.run_requests and first.cursor == latest_hourly_time(datetime.now(timezone.utc)).isoformat()
+    assert not tick(first.cursor).run_requests
+    hour_before = (datetime.fromisoformat(first.cursor) - timedelta(hours=1)).isoformat()
+    (request,) = tick(hour_before).run_requests
+    assert request.run_key == f"checks:{first.cursor}" and request.job_name == "__ASSET_JOB"
+    return request
+
+
+def run_checks_only(defs: dg.Definitions, instance: dg.DagsterInstance):
+    """Execute the hourly checks sensor's run: the base asset job with every check and no asset."""
+    request = hourly_checks_request(defs, instance)
+    assert request.asset_selection == []
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection=set(), asset_check_selection=set(request.asset_check_keys))
+    return job.execute_in_process(instance=instance, raise_on_error=False)
 
 
 def test_checks_run_through_dagster(two_tables):
     settings, catalog = two_tables
     defs = build_definitions(settings)  # includes check_definitions(catalog)
-    result = defs.resolve_job_def("ingest_checks").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
-    )
+    result = run_checks_only(defs, dg.DagsterInstance.ephemeral())
+    assert result.get_asset_materialization_events() == []  # checks only: nothing ingested
     evaluations = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
     assert len(evaluations) == 10
     assert all(e.passed for (d, _), e in evaluations.items() if d == "good")
@@ -384,6 +410,20 @@ def test_checks_run_through_dagster(two_tables):
     assert not result.success
     assert not gap.passed and gap.severity == dg.AssetCheckSeverity.ERROR
     assert gap.metadata["gaps"].value == 1 and isinstance(gap.metadata["table_rows"], dg.IntMetadataValue)
+
+
+def test_a_crashing_table_fails_the_step_but_keeps_the_other_datasets_results(two_tables):
+    """One op checks several datasets: a table that cannot be read must not hide the others' results."""
+    settings, catalog = two_tables
+    log = Path(settings.lake_root) / "test" / "gappy" / "_delta_log"
+    for entry in log.glob("*.json"):
+        entry.write_text("{not json")
+    defs = build_definitions(settings)
+    result = run_checks_only(defs, dg.DagsterInstance.ephemeral())
+    evaluations = {(e.asset_key.path[-1], e.check_name) for e in result.get_asset_check_evaluations()}
+    assert {d for d, _ in evaluations} == {"good"} and len(evaluations) == 5
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert "the checks of 1 dataset(s) could not run: gappy:" in failure.step_failure_data.error.message
 
 
 def test_cli_prints_a_table_and_exits_1_on_error_failures(two_tables, monkeypatch):

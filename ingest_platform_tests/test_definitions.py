@@ -34,16 +34,18 @@ def test_demo_catalog_becomes_one_asset_per_dataset(tmp_path):
     defs = build_definitions(demo_settings(tmp_path))
     graph = defs.resolve_asset_graph()
     keys = sorted(key.to_user_string() for key in graph.get_all_asset_keys())
-    assert keys == ["lake/billing/payments", "lake/inventory/users", "lake/shop/clicks", "lake/shop/orders"]
+    assert keys == ["analytics/shop/orders_daily",  # the downstream example (defs/example_downstream.py)
+                    "lake/billing/payments", "lake/inventory/users", "lake/shop/clicks", "lake/shop/orders"]
     orders = graph.get(dg.AssetKey(["lake", "shop", "orders"]))
     assert orders.group_name == "shop"
     assert orders.kinds == {"kafka", "delta"}
     assert orders.metadata["topic"] == "shop.orders"
-    assert orders.metadata["format"] == "json" and orders.metadata["mode"] == "append"
+    assert orders.tags["ingest/format"] == "json" and orders.tags["ingest/mode"] == "append"
     assert orders.owners == ["team:commerce"]
     assert "Orders placed" in orders.description
     pools = {
-        key.to_user_string(): defs.resolve_assets_def(key).op.pool for key in graph.get_all_asset_keys()
+        key.to_user_string(): defs.resolve_assets_def(key).op.pool
+        for key in graph.get_all_asset_keys() if key.path[0] == "lake"
     }
     assert len(set(pools.values())) == 4  # each dataset in its own pool
     assert pools["lake/shop/orders"] == pool_name(orders_dataset()) == "ingest.shop.orders"
@@ -53,6 +55,15 @@ def test_lake_and_kafka_resources_come_from_settings(tmp_path):
     defs = build_definitions(demo_settings(tmp_path, bootstrap="127.0.0.1:1234"))
     assert defs.resources["lake"].root == str(tmp_path / "lake")
     assert defs.resources["kafka"].bootstrap_servers == "127.0.0.1:1234"
+
+
+def test_an_exported_bootstrap_does_not_redirect_explicit_settings(tmp_path, monkeypatch):
+    """The demo builds definitions for its own broker while INGEST_KAFKA_BOOTSTRAP points elsewhere."""
+    monkeypatch.setenv("INGEST_KAFKA_BOOTSTRAP", "10.0.0.1:9092")
+    kafka = build_definitions(demo_settings(tmp_path, bootstrap="127.0.0.1:1234")).resources["kafka"]
+    assert kafka.bootstrap_servers == "127.0.0.1:1234"
+    kafka = build_definitions(demo_settings(tmp_path, bootstrap="10.0.0.1:9092")).resources["kafka"]
+    assert isinstance(kafka.bootstrap_servers, dg.EnvVar)  # from the environment: resolved at run time
 
 
 def test_secrets_stay_env_vars(tmp_path, monkeypatch):
@@ -140,6 +151,10 @@ def test_materialization_metadata_and_zero_record_run(tmp_path, kafka, kafka_bro
     assert sorted(first["offsets"]) == ["0", "1", "2"]
     assert sum(p["records"] for p in first["offsets"].values()) == 300
     assert isinstance(first["max_event_to_commit_lag_s"], float)
+    columns = {c.name: c for c in first["dagster/column_schema"].columns}  # the Delta schema after the run
+    assert columns["viewport"].type == "struct<w: long, h: long>" and columns["duration_ms"].type == "long"
+    assert columns["_event_time"].type == "timestamp" and "Kafka timestamp" in columns["_event_time"].description
+    assert columns["date"].tags == {"partition": ""} and columns["date"].type == "date"
 
     second = materialize()
     assert second["records"] == 0 and second["files_written"] == 0
@@ -165,4 +180,4 @@ def test_repo_dagster_yaml_keeps_one_stream_run_per_group_and_room_for_batch_run
     assert queue.max_concurrent_runs - limits["ingest/stream"]["limit"] >= 10
     from ingest_platform.defs.streams import STREAM_GROUP_TAG, STREAM_RUN_TAG
 
-    assert {STREAM_GROUP_TAG, STREAM_RUN_TAG} == set(limits)
+    assert {STREAM_GROUP_TAG, STREAM_RUN_TAG} <= set(limits)

@@ -1,25 +1,32 @@
-"""Compaction and vacuum (docs/DESIGN.md §8): content and ledger unchanged, fewer files; the Dagster jobs run
-in the dataset's pool; the sensor requests maintenance once per failed file_size evaluation."""
+"""Compaction and vacuum (docs/DESIGN.md §8): content and ledger unchanged, fewer files; one Dagster job takes
+the dataset by config, never overlaps the dataset's ingest runs, runs daily per dataset; the sensor requests
+maintenance once per failed file_size evaluation."""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
+import yaml
 
 from ingest_platform.catalog import load_catalog
 from ingest_platform.definitions import build_definitions
-from ingest_platform.defs.assets import pool_name
-from ingest_platform.defs.maintenance import SENSOR_NAME, maintenance_job_name
+from ingest_platform.defs import maintenance as maintenance_defs
+from ingest_platform.defs.maintenance import MAINTENANCE_JOB, SCHEDULE_NAME, SENSOR_NAME, maintenance_run_config
+from ingest_platform.defs.sensors import DATASET_TAG, MAINTAINS_TAG, running_datasets
 from ingest_platform.lake import health, maintenance
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform.settings import Settings
 from ingest_platform_tests.helpers import json_dataset
 from ingest_platform_tests.lake_fixtures import commit, rows
+from ingest_platform_tests.test_checks import run_checks_only
+
+REPO = Path(__file__).resolve().parents[1]
 
 SMALL = "{throughput_rps: 100, file_size_mb: {min: 1, max: 1024}}"
 ORDER = ["_kafka_partition", "_kafka_offset"]
@@ -115,28 +122,87 @@ def frag(tmp_path, clean_ingest_env):
     return defs, catalog.get("frag"), LakeLocation(settings.lake_root)
 
 
-def test_maintenance_job_runs_in_the_datasets_pool_and_compacts(frag):
+def test_one_maintenance_job_compacts_the_dataset_named_by_its_config(frag):
     defs, ds, lake = frag
-    job = defs.resolve_job_def(maintenance_job_name(ds))
-    assert {node.definition.pool for node in job.graph.node_dict.values()} == {pool_name(ds)} == {"ingest.test.frag"}
-    assert pool_name(ds) == defs.resolve_assets_def(dg.AssetKey(ds.asset_path)).op.pool  # the ingest asset's pool
-    schedule = defs.resolve_schedule_def(f"{job.name}_daily")
-    assert schedule.cron_schedule == "0 3 * * *" and schedule.job_name == job.name
-
+    job = defs.resolve_job_def(MAINTENANCE_JOB)
+    assert [j.name for j in defs.jobs if j.name.startswith("maintain")] == []  # no job per dataset
     with dg.DagsterInstance.ephemeral() as instance:
-        result = job.execute_in_process(instance=instance)
+        result = job.execute_in_process(instance=instance, run_config=maintenance_run_config(ds))
         assert result.success
         events = result.all_events
         observations = [e.event_specific_data.asset_observation for e in events if e.is_asset_observation]
-    assert [o.metadata["maintenance"].value for o in observations] == ["compact", "vacuum"]
-    assert observations[0].metadata["files_before"].value == 6 and observations[0].metadata["files_after"].value == 1
-    assert len(lake.open_table(ds.table_path).file_uris()) == 1
+        assert {o.asset_key for o in observations} == {dg.AssetKey(ds.asset_path)}
+        assert [o.metadata["maintenance"].value for o in observations] == ["compact", "vacuum"]
+        assert observations[0].metadata["files_before"].value == 6
+        assert observations[0].metadata["files_after"].value == 1
+        assert len(lake.open_table(ds.table_path).file_uris()) == 1
+
+        unknown = job.execute_in_process(instance=instance, raise_on_error=False,
+                                         run_config={"ops": {op: {"config": {"dataset": "nope"}}
+                                                             for op in ("compact", "vacuum")}})  # fmt: skip
+        assert not unknown.success
+        failure = next(e for e in unknown.all_events if e.is_step_failure)
+        assert "no dataset named 'nope'" in failure.step_failure_data.error.message
+
+
+def test_daily_schedule_requests_one_tagged_run_per_dataset(frag, tmp_path):
+    defs, ds, _ = frag
+    schedule = defs.resolve_schedule_def(SCHEDULE_NAME)
+    assert schedule.cron_schedule == "0 3 * * *" and schedule.job_name == MAINTENANCE_JOB
+    with dg.DagsterInstance.ephemeral() as instance:
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(timezone.utc))
+        data = schedule.evaluate_tick(context)
+    (request,) = data.run_requests
+    assert request.run_config == maintenance_run_config(ds) and request.tags[MAINTAINS_TAG] == ds.name
+    assert DATASET_TAG not in request.tags  # not an ingest run: the lag sensor does not wait for it
+    assert request.run_key.startswith(f"{ds.name}:daily:")
+
+
+def test_maintenance_yields_to_ingest_runs_and_never_holds_them_back(frag, tmp_path, monkeypatch):
+    """Maintenance waits (bounded) for executing ingest runs of its dataset — tagged by the sensors or launched
+    from the UI — but carries ``ingest/maintains``, not ``ingest/dataset``: the run queue's one-ingest-run limit
+    and the lag sensor's in-progress rule ignore it (issue 12: a compaction must not hold back ingestion), and
+    the repo's dagster.yaml admits one maintenance run per dataset at a time."""
+    defs, ds, lake = frag
+    settings = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    limits = settings["concurrency"]["runs"]["tag_concurrency_limits"]
+    for tag in (DATASET_TAG, MAINTAINS_TAG):
+        assert {"key": tag, "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+
+    monkeypatch.setattr(maintenance_defs, "WAIT_FOR_INGEST_S", 1)
+    monkeypatch.setattr(maintenance_defs, "WAIT_POLL_S", 0.2)
+    job = defs.resolve_job_def(MAINTENANCE_JOB)
+    catalog = load_catalog(tmp_path / "catalog.yaml")  # the frag fixture's
+    with dg.DagsterInstance.ephemeral() as instance:
+        key = dg.AssetKey(ds.asset_path)  # an ingest run launched from the UI: no tag, its asset selected
+        instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="ui-run", status=dg.DagsterRunStatus.STARTED,
+                                       asset_selection=frozenset({key})))  # fmt: skip
+        instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="lag-run", tags={DATASET_TAG: ds.name},
+                                       status=dg.DagsterRunStatus.STARTED))  # fmt: skip  # the lag sensor's
+        instance.add_run(dg.DagsterRun(job_name=MAINTENANCE_JOB, run_id="queued", tags={MAINTAINS_TAG: ds.name},
+                                       status=dg.DagsterRunStatus.NOT_STARTED))  # fmt: skip  # not waited for
+        blocked = job.execute_in_process(instance=instance, run_config=maintenance_run_config(ds), raise_on_error=False)
+        assert not blocked.success
+        failure = next(e for e in blocked.all_events if e.is_step_failure)
+        assert "another run has been ingesting this dataset" in failure.step_failure_data.error.message
+        assert len(lake.open_table(ds.table_path).file_uris()) == 6  # untouched
+
+        instance.report_run_canceled(instance.get_run_by_id("ui-run"))
+        assert not job.execute_in_process(instance=instance, run_config=maintenance_run_config(ds),
+                                          raise_on_error=False).success  # the tagged ingest run still executes
+        instance.report_run_canceled(instance.get_run_by_id("lag-run"))
+        assert ds.name not in running_datasets(instance, catalog)  # a queued maintenance run is no ingest run
+        assert job.execute_in_process(instance=instance, run_config=maintenance_run_config(ds)).success
+        assert len(lake.open_table(ds.table_path).file_uris()) == 1
+
+        instance.add_run(dg.DagsterRun(job_name=MAINTENANCE_JOB, run_id="compacting", tags={MAINTAINS_TAG: ds.name},
+                                       status=dg.DagsterRunStatus.STARTED))  # fmt: skip
+        assert ds.name not in running_datasets(instance, catalog)  # the lag sensor runs the dataset beside it
 
 
 def test_sensor_requests_maintenance_once_per_failed_file_size_evaluation(frag):
     defs, ds, lake = frag
     sensor = defs.resolve_sensor_def(SENSOR_NAME)
-    checks = defs.resolve_job_def("ingest_checks")
     with dg.DagsterInstance.ephemeral() as instance:
 
         def tick(cursor):
@@ -145,15 +211,17 @@ def test_sensor_requests_maintenance_once_per_failed_file_size_evaluation(frag):
             return sensor.evaluate_tick(context)
 
         assert not tick(None).run_requests  # no evaluation yet
-        checks.execute_in_process(instance=instance, raise_on_error=False)
+        run_checks_only(defs, instance)
         first = tick(None)
-        assert [r.job_name for r in first.run_requests] == [maintenance_job_name(ds)]
+        assert [r.job_name for r in first.run_requests] == [MAINTENANCE_JOB]
+        assert first.run_requests[0].run_config == maintenance_run_config(ds)
         assert first.run_requests[0].run_key.startswith("lake/test/frag:file_size:")
         again = tick(first.cursor)
         assert not again.run_requests  # the same failed evaluation is handled once
 
-        defs.resolve_job_def(maintenance_job_name(ds)).execute_in_process(instance=instance)
-        checks.execute_in_process(instance=instance, raise_on_error=False)  # now passing
+        defs.resolve_job_def(MAINTENANCE_JOB).execute_in_process(instance=instance,
+                                                                 run_config=maintenance_run_config(ds))
+        run_checks_only(defs, instance)  # now passing
         assert not tick(again.cursor).run_requests
         assert json.loads(again.cursor) == json.loads(first.cursor)
 

@@ -84,13 +84,16 @@ def test_lag_requests_a_run_and_no_lag_skips(tmp_path, kafka, make_topic):
 
     platform.ingest("orders")
     result = platform.tick()
-    assert result.run_requests == [] and "1 caught up" in result.skip_message
+    assert result.run_requests == [] and result.skip_message == "no dataset needs a run: caught up (1): orders"
     seen = platform.observation(result, "orders")
     assert seen["lag"] == 0 and seen["lag_status"] == "OK"
+    assert abs(seen["observed_at"] - time.time()) < 60 and seen["observed_by"] == f"{LAG_SENSOR} tick (every 30 s)"
 
     produce(kafka, topic, records("orders", 5, start=40))  # below the threshold, far from the SLO
     result = platform.tick()
-    assert result.run_requests == [] and "1 not due" in result.skip_message
+    assert result.run_requests == [] and result.skip_message.startswith(
+        "no dataset needs a run: not due (1): orders (lag 5 of threshold 10, oldest ~"
+    ) and result.skip_message.endswith("due at 3570 s)")
 
 
 def test_no_request_for_a_dataset_already_running(tmp_path, kafka, make_topic):
@@ -102,7 +105,7 @@ def test_no_request_for_a_dataset_already_running(tmp_path, kafka, make_topic):
                       tags={DATASET_TAG: "clicks"})
     )  # fmt: skip
     result = platform.tick()
-    assert result.run_requests == [] and "1 running" in result.skip_message
+    assert result.run_requests == [] and result.skip_message == "no dataset needs a run: running (1): clicks (lag 3)"
 
 
 def test_latency_slo_requests_a_run_once_the_age_is_known(tmp_path, kafka, make_topic, monkeypatch):
@@ -146,6 +149,7 @@ def test_new_partitions_are_requested_and_consumed_from_offset_zero(tmp_path, ka
     platform.ingest("events")
     first = platform.tick(PARTITION_SENSOR)
     assert first.run_requests == [] and platform.observation(first, "events")["partitions"] == 1
+    assert "recommended_partitions" not in platform.observation(first, "events")  # 1 carries 1,000 records/s
 
     admin = AdminClient(kafka.base_config())
     admin.create_partitions([NewPartitions(topic, 3)])[topic].result(timeout=30)
@@ -245,7 +249,7 @@ def test_recreated_topic_is_reported_and_never_rerun(tmp_path, kafka, make_topic
     assert result.run_requests == [] and "deleted and recreated" in result.skip_message
     for _ in range(2):
         lag = platform.tick()
-        assert lag.run_requests == [] and "1 blocked" in lag.skip_message
+        assert lag.run_requests == [] and "blocked (1): audit (topic recreated)" in lag.skip_message
         assert "recreated" in platform.observation(lag, "audit")["blocked"]
 
 
@@ -274,3 +278,13 @@ def test_lag_sensor_bench_smoke(tmp_path):
     result = json.loads((tmp_path / "lag_sensor_bench.json").read_text())
     assert result["datasets"] == 6 and len(result["ticks"]) == 2 and result["ticks"][0]["observations"] == 6
     assert "Cold tick" in (tmp_path / "lag_sensor_bench.md").read_text()
+
+
+def test_skip_reasons_stay_compact_for_many_datasets():
+    from ingest_platform.defs.sensors import SkipReasons
+
+    reasons = SkipReasons()
+    for i in range(12):
+        reasons.add("caught up", f"d{i}")
+    reasons.add("running", "x", "lag 4")
+    assert reasons.summary() == "caught up (12): d0, d1, d2, d3, d4, +7 more; running (1): x (lag 4)"

@@ -15,8 +15,8 @@ import pytest
 from ingest_platform.catalog import load_catalog
 from ingest_platform.definitions import build_definitions
 from ingest_platform.defs import streams
-from ingest_platform.defs.maintenance import MAINTAINS_TAG, maintenance_job_name
-from ingest_platform.defs.sensors import DATASET_TAG, LAG_SENSOR
+from ingest_platform.defs.maintenance import MAINTENANCE_JOB, maintenance_run_config
+from ingest_platform.defs.sensors import DATASET_TAG, LAG_SENSOR, MAINTAINS_TAG
 from ingest_platform.defs.streams import STREAM_GROUP_TAG, SUPERVISOR, stream_job_name
 from ingest_platform.dev.demo_data import produce, records
 from ingest_platform.lake.tables import LakeLocation
@@ -182,7 +182,7 @@ def test_lag_sensor_observes_continuous_datasets_and_ignores_maintenance_runs(tm
     """)  # fmt: skip
     produce(kafka, streamed, records("clicks", 5))
     produce(kafka, batch, records("clicks", 5))
-    location.instance.add_run(dg.DagsterRun(job_name=maintenance_job_name(location.catalog.get("batch")),
+    location.instance.add_run(dg.DagsterRun(job_name=MAINTENANCE_JOB,
                                             run_id=uuid.uuid4().hex, status=dg.DagsterRunStatus.STARTED,
                                             tags={MAINTAINS_TAG: "batch"}))  # fmt: skip
     result = location.tick(LAG_SENSOR)
@@ -199,9 +199,8 @@ def test_maintenance_beside_a_stream_takes_no_pool_and_loses_nothing(tmp_path, k
             slo: {{file_size_mb: {{min: 1, max: 64}}}}}}
     """)  # fmt: skip
     dataset = location.catalog.get("events")
-    job = location.defs.resolve_job_def(maintenance_job_name(dataset))
-    assert {node.definition.pool for node in job.graph.node_dict.values()} == {None}
-    assert job.tags.get(MAINTAINS_TAG) == "events" and DATASET_TAG not in job.tags
+    job = location.defs.resolve_job_def(MAINTENANCE_JOB)
+    assert {node.definition.pool for node in job.graph.node_dict.values()} == {None}  # the stream's neither
     producer = SteadyProducer(kafka, topic, batch=30, every_s=0.05)
     with StreamThread([dataset], kafka, location.lake, FAST):
         producer.start()
@@ -211,7 +210,7 @@ def test_maintenance_beside_a_stream_takes_no_pool_and_loses_nothing(tmp_path, k
                 wait_for(lambda: (location.lake.open_table(dataset.table_path) is not None
                                   and len(location.lake.open_table(dataset.table_path).file_uris()) >= 4),
                          what="a few small files")  # fmt: skip
-                run = job.execute_in_process(instance=location.instance)
+                run = job.execute_in_process(instance=location.instance, run_config=maintenance_run_config(dataset))
                 assert run.success
                 compacted += [e.event_specific_data.asset_observation.metadata["files_removed"].value
                               for e in run.all_events if e.is_asset_observation

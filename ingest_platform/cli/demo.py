@@ -7,7 +7,7 @@ import click
 from ingest_platform.settings import normalize_lake_root
 
 
-@click.command(help="Run the demo: local broker, demo topics, ~240K records, every asset materialized, a summary.")
+@click.command(help="Run the demo: local broker, demo topics, ~225K records, every asset materialized, a summary.")
 @click.option("--lake-root", default=".demo/lake", show_default=True, envvar="INGEST_DEMO_LAKE_ROOT",
               help="Where the demo lake is written (deleted first): a folder or s3://bucket/prefix, S3 settings "
                    "from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ... ($INGEST_DEMO_LAKE_ROOT).")

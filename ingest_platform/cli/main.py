@@ -8,6 +8,7 @@ from ingest_platform.cli.capacity import plan, preflight, topics
 from ingest_platform.cli.catalog import catalog
 from ingest_platform.cli.checks import checks
 from ingest_platform.cli.demo import demo
+from ingest_platform.cli.dev import dev
 from ingest_platform.cli.ingest import ingest
 from ingest_platform.cli.kafka import kafka
 from ingest_platform.cli.stream import metrics, stream
@@ -21,6 +22,7 @@ def main() -> None:
 main.add_command(catalog)
 main.add_command(ingest)
 main.add_command(demo)
+main.add_command(dev)  # the local stack behind `make dev`
 main.add_command(kafka)  # the local development broker
 main.add_command(plan)  # capacity planning, topics and the guide's checklist (docs/DESIGN.md §6)
 main.add_command(topics)

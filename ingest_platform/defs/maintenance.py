@@ -1,50 +1,75 @@
-"""Compaction and vacuum jobs per dataset, their schedules, and the sensor that compacts a table whose
-``file_size`` check failed (docs/DESIGN.md §8). For batch datasets the ops run in the dataset's pool (the
-ingest asset's): a compaction and a batch run of one table never overlap — a batch run waits for the
-compaction's op, briefly. A continuous dataset's stream takes no pool and its compaction neither: OPTIMIZE and
-stream appends commit side by side (§8 "Concurrency"), and a MERGE that loses to a compaction is retried by the
-stream (§10.1). Maintenance runs carry ``ingest/maintains``, not the ingest runs' ``ingest/dataset``, so the lag
-sensor never waits for them.
+"""Compaction and vacuum: one job for every dataset, its daily schedule, and the sensor that compacts a table
+whose ``file_size`` check failed (docs/DESIGN.md §8).
+
+One job, ``ingest_maintenance``, takes the dataset by config (``{dataset: <name>}``) and carries it as the run
+tag ``ingest/maintains``: one job instead of one per dataset keeps a code location of 1,000 datasets fast to load
+(benchmarks/definitions_bench.py) and the UI's job list short.
+
+Maintenance never holds back ingestion (issue 12): its runs do not carry the ingest runs' ``ingest/dataset``
+tag, so the lag sensor's in-progress rule and the run queue's one-run-per-dataset limit ignore them, and its ops
+take no pool, so neither a batch run nor a stream waits for a compaction. Maintenance yields instead: the run
+queue admits one maintenance run per ``ingest/maintains`` value at a time (``dagster.yaml``), and the op waits
+(bounded) for executing ingest runs of its dataset — tagged by the sensors or launched from the UI — before
+touching the table. An ingest run or a stream that starts during a compaction commits beside it: an append and
+OPTIMIZE never conflict; a MERGE that loses to it fails its conflict check before its commit, so the ledger has
+not moved and the next attempt (the stream's retry, the lag sensor's next run) reads the same records again
+(§8 "Concurrency"). Stream runs select no asset, so maintenance does not wait for a group's long-lived run.
 """
 
 import json
+import time
 
 import dagster as dg
 
 from ingest_platform.catalog import Catalog, Dataset
-from ingest_platform.defs.assets import pool_name
 from ingest_platform.defs.resources import LakeResource
+from ingest_platform.defs.sensors import EXECUTING, MAINTAINS_TAG, TRIGGER_TAG, running_datasets
 from ingest_platform.lake import maintenance
 from ingest_platform.lake.health import FILE_SIZE, MB
 
+MAINTENANCE_JOB = "ingest_maintenance"
 #: Daily, at a quiet hour (UTC); the file_size sensor compacts in between when a table fragments.
 MAINTENANCE_CRON = "0 3 * * *"
+SCHEDULE_NAME = f"{MAINTENANCE_JOB}_daily"
 SENSOR_NAME = "compact_on_small_files"
-#: Run tag of maintenance runs (the dataset's name); not the ingest runs' ``ingest/dataset``.
-MAINTAINS_TAG = "ingest/maintains"
+#: How long the op waits for an in-progress ingest run of its dataset, and how often it looks.
+WAIT_FOR_INGEST_S = 900
+WAIT_POLL_S = 5
 
 
-def maintenance_job_name(dataset: Dataset) -> str:
-    return f"maintain__{dataset.source}__{dataset.name}"
+class MaintenanceConfig(dg.Config):
+    dataset: str
 
 
-def maintenance_pool(dataset: Dataset) -> str | None:
-    """The ingest asset's pool for batch datasets; none for continuous ones (their stream holds no pool)."""
-    return None if dataset.continuous else pool_name(dataset)
+def maintenance_run_config(dataset: Dataset) -> dict:
+    return {"ops": {op: {"config": {"dataset": dataset.name}} for op in ("compact", "vacuum")}}
 
 
-def build_maintenance_job(dataset: Dataset) -> dg.JobDefinition:
-    """compact, then vacuum (in the dataset's pool when it is a batch dataset). Each logs an observation on the
-    table's asset."""
-    key = dg.AssetKey(dataset.asset_path)
-    pool = maintenance_pool(dataset)
-    prefix = f"{dataset.source}__{dataset.name}"
+def maintenance_run_request(dataset: Dataset, run_key: str, trigger: str) -> dg.RunRequest:
+    return dg.RunRequest(
+        job_name=MAINTENANCE_JOB, run_key=run_key, run_config=maintenance_run_config(dataset),
+        tags={MAINTAINS_TAG: dataset.name, TRIGGER_TAG: trigger},
+    )  # fmt: skip
 
-    @dg.op(name=f"compact__{prefix}", pool=pool, tags={"ingest/maintenance": "compact"})
-    def _compact(context: dg.OpExecutionContext, lake: LakeResource) -> None:
+
+def build_maintenance_job(catalog: Catalog) -> dg.JobDefinition:
+    """compact, then vacuum, of the dataset named in the run config. Each logs an observation on the table's
+    asset."""
+
+    def dataset_of(context: dg.OpExecutionContext, config: MaintenanceConfig) -> Dataset:
+        try:
+            dataset = catalog.get(config.dataset)
+        except KeyError as error:
+            raise dg.Failure(error.args[0]) from None
+        _wait_for_ingest_runs(context, catalog, dataset)
+        return dataset
+
+    @dg.op(name="compact", tags={"ingest/maintenance": "compact"})
+    def compact(context: dg.OpExecutionContext, config: MaintenanceConfig, lake: LakeResource) -> None:
+        dataset = dataset_of(context, config)
         report = maintenance.compact(lake.location(), dataset)
         context.log.info(f"{dataset.name}: compaction {report.as_dict()}")
-        context.log_event(dg.AssetObservation(asset_key=key, metadata={
+        context.log_event(dg.AssetObservation(asset_key=dataset.asset_path, metadata={
             "maintenance": "compact",
             "files_before": report.files_before,
             "files_after": report.files_after,
@@ -54,12 +79,12 @@ def build_maintenance_job(dataset: Dataset) -> dg.JobDefinition:
             "duration_s": report.duration_s,
         }))  # fmt: skip
 
-    @dg.op(name=f"vacuum__{prefix}", pool=pool, ins={"after": dg.In(dg.Nothing)},
-           tags={"ingest/maintenance": "vacuum"})  # fmt: skip
-    def _vacuum(context: dg.OpExecutionContext, lake: LakeResource) -> None:
+    @dg.op(name="vacuum", ins={"after": dg.In(dg.Nothing)}, tags={"ingest/maintenance": "vacuum"})
+    def vacuum(context: dg.OpExecutionContext, config: MaintenanceConfig, lake: LakeResource) -> None:
+        dataset = dataset_of(context, config)
         report = maintenance.vacuum(lake.location(), dataset)
         context.log.info(f"{dataset.name}: vacuum {report.as_dict()}")
-        context.log_event(dg.AssetObservation(asset_key=key, metadata={
+        context.log_event(dg.AssetObservation(asset_key=dataset.asset_path, metadata={
             "maintenance": "vacuum",
             "files_deleted": report.files_deleted,
             "retention_hours": report.retention_hours,
@@ -67,26 +92,55 @@ def build_maintenance_job(dataset: Dataset) -> dg.JobDefinition:
         }))  # fmt: skip
 
     @dg.job(
-        name=maintenance_job_name(dataset),
-        description=f"Compact (OPTIMIZE) and vacuum the table of dataset '{dataset.name}'"
-        + (f", in its pool {pool}." if pool else " beside its stream."),
-        tags={MAINTAINS_TAG: dataset.name},
+        name=MAINTENANCE_JOB,
+        description="Compact (OPTIMIZE) and vacuum the table of one dataset, named by the run config "
+        "(`ops: {compact: {config: {dataset: <name>}}, vacuum: ...}`); one run per dataset at a time.",
     )
-    def _maintain() -> None:
-        _vacuum(after=_compact())
+    def ingest_maintenance() -> None:
+        vacuum(after=compact())
 
-    return _maintain
+    return ingest_maintenance
 
 
-def build_file_size_sensor(datasets: list[Dataset], jobs: dict[str, dg.JobDefinition]) -> dg.SensorDefinition:
-    """Requests the maintenance job of each dataset whose latest ``file_size`` evaluation failed, once per
-    failed evaluation (run key = the evaluation's storage id; the cursor keeps the last one handled). It reads
-    only the instance's check records: no table access in the sensor."""
+def _wait_for_ingest_runs(context: dg.OpExecutionContext, catalog: Catalog, dataset: Dataset) -> None:
+    """Waits (bounded) while another run that touches ``dataset`` executes. Queued runs are not waited for:
+    the run queue holds the tagged ones back while this run executes (waiting for them would deadlock), and
+    an untagged one that starts now races as Delta allows (§8 "Concurrency")."""
+    deadline = time.monotonic() + WAIT_FOR_INGEST_S
+    while dataset.name in running_datasets(context.instance, catalog, context.run_id, EXECUTING):
+        if time.monotonic() > deadline:
+            raise dg.Failure(
+                f"{dataset.name}: another run has been ingesting this dataset for more than {WAIT_FOR_INGEST_S} s; "
+                "maintenance did not touch the table (the next schedule or file_size failure retries it)"
+            )
+        context.log.info(f"{dataset.name}: waiting for the run in progress that ingests it")
+        time.sleep(WAIT_POLL_S)
+
+
+def build_daily_schedule(catalog: Catalog, job: dg.JobDefinition) -> dg.ScheduleDefinition:
+    """One run per dataset every day at MAINTENANCE_CRON (run key: dataset and day)."""
+
+    @dg.schedule(
+        name=SCHEDULE_NAME, job=job, cron_schedule=MAINTENANCE_CRON, execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Compacts and vacuums every dataset's table once a day.",
+    )  # fmt: skip
+    def _daily(context: dg.ScheduleEvaluationContext):
+        day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+        return [maintenance_run_request(d, f"{d.name}:daily:{day}", "daily") for d in catalog.datasets]
+
+    return _daily
+
+
+def build_file_size_sensor(datasets: list[Dataset], job: dg.JobDefinition) -> dg.SensorDefinition:
+    """Requests maintenance of each dataset whose latest ``file_size`` evaluation failed, once per failed
+    evaluation (run key = the evaluation's storage id; the cursor keeps the last one handled). It reads only
+    the instance's check records: no table access in the sensor."""
     check_keys = {dg.AssetCheckKey(dg.AssetKey(d.asset_path), FILE_SIZE): d for d in datasets}
 
     @dg.sensor(
         name=SENSOR_NAME,
-        jobs=list(jobs.values()),
+        job=job,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Compacts a dataset's table when its file_size check fails.",
@@ -101,11 +155,7 @@ def build_file_size_sensor(datasets: list[Dataset], jobs: dict[str, dg.JobDefini
                 continue
             dataset = check_keys[check_key]
             handled[name] = record.id
-            requests.append(dg.RunRequest(
-                job_name=maintenance_job_name(dataset),
-                run_key=f"{name}:{FILE_SIZE}:{record.id}",
-                tags={"ingest/trigger": f"{FILE_SIZE} failed", MAINTAINS_TAG: dataset.name},
-            ))  # fmt: skip
+            requests.append(maintenance_run_request(dataset, f"{name}:{FILE_SIZE}:{record.id}", f"{FILE_SIZE} failed"))
         if not requests:
             return dg.SensorResult(skip_reason=dg.SkipReason("no new file_size failure"), cursor=json.dumps(handled))
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(handled, sort_keys=True))
@@ -121,14 +171,9 @@ def _failed(record) -> bool:
 
 
 def maintenance_definitions(catalog: Catalog) -> dg.Definitions:
-    jobs = {d.name: build_maintenance_job(d) for d in catalog.datasets}
-    schedules = [
-        dg.ScheduleDefinition(
-            name=f"{job.name}_daily", job=job, cron_schedule=MAINTENANCE_CRON,
-            default_status=dg.DefaultScheduleStatus.RUNNING,
-        )
-        for job in jobs.values()
-    ]  # fmt: skip
+    job = build_maintenance_job(catalog)
     return dg.Definitions(
-        jobs=list(jobs.values()), schedules=schedules, sensors=[build_file_size_sensor(list(catalog.datasets), jobs)]
+        jobs=[job],
+        schedules=[build_daily_schedule(catalog, job)],
+        sensors=[build_file_size_sensor(list(catalog.datasets), job)],
     )

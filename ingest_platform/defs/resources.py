@@ -3,7 +3,6 @@
 import os
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from ingest_platform.engines.spark.profiles import default_profile_name
 from ingest_platform.kafka.client import KafkaConnection
@@ -53,16 +52,25 @@ class SparkResource(dg.ConfigurableResource):
         return spark_for_profile(load_profile(profile_name or self.profile), s3=s3)
 
 
-class LakeResource(S3Resource):
+class LakeResource(dg.ConfigurableResource):
     """Root of the lake: tables live at ``<root>/<source>/<name>`` (a folder, or ``s3://bucket/prefix``).
 
-    For S3 it is dagster-aws's ``S3Resource`` (same fields: ``region_name``, ``endpoint_url``, ``use_ssl``,
-    ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``; pass secrets as ``dg.EnvVar``)
-    plus the root; fields left empty fall back to the standard AWS environment variables. ``use_ssl=False``
-    or an ``http://`` endpoint means plain http (``AWS_ALLOW_HTTP``). Not a nested resource on purpose: a
-    resource holding another one is built as a generator, which plain ``build_*_context`` calls cannot use.
+    For S3 it has the fields of dagster-aws's ``S3Resource`` under the same names (``region_name``,
+    ``endpoint_url``, ``use_ssl``, ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``;
+    pass secrets as ``dg.EnvVar``) plus the root; fields left empty fall back to the standard AWS environment
+    variables. ``use_ssl=False`` or an ``http://`` endpoint means plain http (``AWS_ALLOW_HTTP``). Not a
+    subclass of ``S3Resource``: importing dagster-aws (boto3 and its components) cost a third of the code
+    location's load (benchmarks/definitions_bench.py), and nothing here needs a boto3 client. Not a nested
+    resource on purpose: a resource holding another one is built as a generator, which plain
+    ``build_*_context`` calls cannot use.
     """
 
+    region_name: str | None = None
+    endpoint_url: str | None = None
+    use_ssl: bool = True
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
     root: str
 
     def location(self) -> LakeLocation:
@@ -71,8 +79,8 @@ class LakeResource(S3Resource):
         return lake_location(self.root, s3_config(self))
 
 
-def s3_config(s3: S3Resource) -> S3Config:
-    """The core's S3 settings from dagster-aws's resource; fields it leaves empty fall back to the environment."""
+def s3_config(s3: LakeResource) -> S3Config:
+    """The core's S3 settings from the lake resource; fields it leaves empty fall back to the environment."""
     env = S3Config.from_env()
     return S3Config(
         endpoint_url=s3.endpoint_url or env.endpoint_url,
@@ -85,7 +93,8 @@ def s3_config(s3: S3Resource) -> S3Config:
 
 
 def s3_fields_from_env() -> dict[str, object]:
-    """``S3Resource`` fields: each standard AWS variable as an ``EnvVar`` when it is set (resolved at run time)."""
+    """The lake resource's S3 fields: each standard AWS variable as an ``EnvVar`` when it is set (resolved at run
+    time)."""
     allow_http = (os.environ.get("AWS_ALLOW_HTTP") or "").strip().lower() in {"1", "true", "yes", "on"}
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or ""
     fields = {
@@ -99,9 +108,12 @@ def s3_fields_from_env() -> dict[str, object]:
             "use_ssl": not (allow_http or endpoint.startswith("http://"))}
 
 
-def _env_or(name: str, default: str) -> str | dg.EnvVar:
-    """An ``EnvVar`` when the variable is set (resolved at run time, never stored), else the default."""
-    return dg.EnvVar(name) if os.environ.get(name) else default
+def _env_or(name: str, value: str) -> str | dg.EnvVar:
+    """``value``, as an ``EnvVar`` (resolved at run time, never stored) when the environment variable holds
+    exactly it. A value the settings got elsewhere (the demo's own broker, a command-line option) is used as
+    given: an exported variable must not redirect it (issue 17: the demo produced to its broker, then the
+    resource read the exported address)."""
+    return dg.EnvVar(name) if os.environ.get(name) == value else value
 
 
 def _optional_env(name: str) -> dg.EnvVar | None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import dagster as dg
 
+from ingest_platform.capacity import DEFAULT_SETTINGS
 from ingest_platform.catalog import Catalog, Dataset
 from ingest_platform.defs.k8s import k8s_run_tags
 from ingest_platform.defs.resources import KafkaResource, LakeResource
@@ -28,6 +29,8 @@ LAG_INTERVAL_S = 30
 PARTITION_INTERVAL_S = 120
 #: Tag on every run a sensor requests; the in-progress check also reads the runs' asset selections.
 DATASET_TAG = "ingest/dataset"
+#: Maintenance runs' tag (the dataset's name): not ``ingest/dataset``, so no compaction holds back ingestion.
+MAINTAINS_TAG = "ingest/maintains"
 TRIGGER_TAG = "ingest/trigger"
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
@@ -36,7 +39,13 @@ IN_PROGRESS = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 ]
+#: Runs that are executing (not waiting in the queue).
+EXECUTING = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 CURSOR_VERSION = 1
+#: What the sensors may run: the catalog's tables (asset keys ``lake/<source>/<name>``). A prefix rather than
+#: every key (the selection is part of the code location's snapshot), and ``asset_selection`` rather than
+#: ``target``: runs go to the base asset job instead of an extra job per sensor (benchmarks/definitions_bench.py).
+LAKE_TABLES = dg.AssetSelection.key_prefixes(["lake"])
 
 
 def _now() -> float:
@@ -44,14 +53,22 @@ def _now() -> float:
     return time.time()
 
 
-def running_datasets(instance: dg.DagsterInstance, catalog: Catalog) -> set[str]:
-    """Datasets with an ingest run queued or in progress: one query for all, by tag or by the run's asset
-    selection. Maintenance runs carry another tag (``ingest/maintains``): a compaction does not hold back
-    ingestion (§8 "Concurrency")."""
+def running_datasets(
+    instance: dg.DagsterInstance,
+    catalog: Catalog,
+    exclude_run_id: str | None = None,
+    statuses: list[dg.DagsterRunStatus] = IN_PROGRESS,
+) -> set[str]:
+    """Datasets with an ingest run in one of ``statuses`` (default: queued or in progress): one query for all,
+    by tag or by the run's asset selection. ``exclude_run_id``: the asking run itself. Maintenance runs carry
+    another tag (``ingest/maintains``) and select no asset: a compaction never holds back ingestion (§8
+    "Concurrency"), and stream runs (no asset selected) are not ingest runs here either."""
     by_key = {dg.AssetKey(d.asset_path): d.name for d in catalog.datasets}
     names: set[str] = set()
-    for record in instance.get_run_records(dg.RunsFilter(statuses=IN_PROGRESS)):
+    for record in instance.get_run_records(dg.RunsFilter(statuses=statuses)):
         run = record.dagster_run
+        if run.run_id == exclude_run_id:
+            continue
         if DATASET_TAG in run.tags:
             names.add(run.tags[DATASET_TAG])
         for key in run.asset_selection or ():
@@ -88,9 +105,15 @@ def _run_request(dataset: Dataset, run_key: str, trigger: str) -> dg.RunRequest:
     )
 
 
-def lag_observation(dataset: Dataset, result: Evaluation, blocked: str | None) -> dg.AssetObservation:
+def lag_observation(
+    dataset: Dataset, result: Evaluation, blocked: str | None, now: float, interval_s: int = LAG_INTERVAL_S
+) -> dg.AssetObservation:
+    """The figures of one tick. ``observed_at``/``observed_by`` say how old they are: the asset page shows the
+    latest observation, so a stopped sensor shows as an old ``observed_at``."""
     lag = result.lag
     metadata: dict[str, object] = {
+        "observed_at": dg.MetadataValue.timestamp(now),
+        "observed_by": dg.MetadataValue.text(f"{LAG_SENSOR} tick (every {interval_s} s)"),
         "lag": dg.MetadataValue.int(lag.total),
         "lag_status": dg.MetadataValue.text(result.status),
         "lag_status_code": dg.MetadataValue.int(STATUS_CODES[result.status]),
@@ -115,12 +138,10 @@ def build_lag_sensor(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
 ) -> dg.SensorDefinition:
-    keys = [dg.AssetKey(d.asset_path) for d in catalog.datasets]
-
     @dg.sensor(
         name=LAG_SENSOR,
         minimum_interval_seconds=interval_s,
-        target=dg.AssetSelection.assets(*keys),
+        asset_selection=LAKE_TABLES,
         default_status=default_status,
         description="Consumer lag of every dataset by its table's ledger; runs a dataset when its lag reaches "
         "lag_threshold or its oldest unconsumed record would break the latency SLO (docs/DESIGN.md §7).",
@@ -133,12 +154,12 @@ def build_lag_sensor(
         offsets, positions = _read(catalog, kafka, lake, timeout_s)
         running = running_datasets(context.instance, catalog)
         requests, events, kept = [], [], {}
-        counts = {"caught up": 0, "streamed": 0, "not due": 0, "running": 0, "blocked": 0, "unreadable": 0}
+        skipped = SkipReasons()
         for dataset in catalog.datasets:
             topic = offsets[dataset.topic]
             previous = windows.get(dataset.name)
             if topic.error is not None:
-                counts["unreadable"] += 1
+                skipped.add("unreadable", dataset.name, str(topic.error))
                 context.log.warning(f"{dataset.name}: {topic.error}")
                 if previous is not None:  # re-based on this tick's time, unchanged otherwise
                     kept[dataset.name] = Window.from_json(previous, saved_at).to_json(now)
@@ -159,17 +180,17 @@ def build_lag_sensor(
                     f"{topic.topic_id}) while the table holds its offsets; no run until an operator resolves it"
                 )
                 context.log.error(f"{dataset.name}: {blocked}")
-            events.append(lag_observation(dataset, result, blocked))
+            events.append(lag_observation(dataset, result, blocked, now, interval_s))
             if lag.total == 0:
-                counts["caught up"] += 1
+                skipped.add("caught up", dataset.name)
             elif blocked:
-                counts["blocked"] += 1
+                skipped.add("blocked", dataset.name, "topic recreated")
             elif dataset.continuous:  # its stream commits (§10): observed, never run in batch
-                counts["streamed"] += 1
+                skipped.add("streamed", dataset.name)
             elif not result.due:
-                counts["not due"] += 1
+                skipped.add("not due", dataset.name, not_due_detail(dataset, result, interval_s))
             elif dataset.name in running:
-                counts["running"] += 1
+                skipped.add("running", dataset.name, f"lag {lag.total}")
             else:
                 run_key = f"lag:{dataset.name}:{sum(position.ledger.values())}:{lag.end_total}"
                 requests.append(_run_request(dataset, run_key, "lag"))
@@ -177,10 +198,48 @@ def build_lag_sensor(
         new_cursor = json.dumps({"v": CURSOR_VERSION, "t": round(now, 3), "d": kept}, separators=(",", ":"))
         skip = None
         if not requests:
-            skip = "no dataset needs a run: " + ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+            skip = "no dataset needs a run: " + skipped.summary()
+            context.log.info(skip)  # the tick's logs say it too, beside the tick's skip reason
+        elif skipped:
+            context.log.info(f"{len(requests)} run(s) requested; the others: {skipped.summary()}")
         return dg.SensorResult(run_requests=requests, asset_events=events, cursor=new_cursor, skip_reason=skip)
 
     return ingest_lag_sensor
+
+
+class SkipReasons:
+    """Why the lag sensor started no run for each dataset, grouped and compact: ``caught up (2): orders,
+    clicks; not due (1): payments (lag 5 of threshold 100, oldest ~14 s, due at 30 s)``; at most
+    ``shown`` names per group, then how many more."""
+
+    ORDER = ("caught up", "streamed", "not due", "running", "blocked", "unreadable")
+
+    def __init__(self, shown: int = 5):
+        self.shown = shown
+        self.groups: dict[str, list[str]] = {}
+
+    def add(self, group: str, dataset: str, detail: str | None = None) -> None:
+        self.groups.setdefault(group, []).append(f"{dataset} ({detail})" if detail else dataset)
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    def summary(self) -> str:
+        parts = []
+        for group in self.ORDER:
+            names = self.groups.get(group, [])
+            if names:
+                more = f", +{len(names) - self.shown} more" if len(names) > self.shown else ""
+                parts.append(f"{group} ({len(names)}): {', '.join(names[: self.shown])}{more}")
+        return "; ".join(parts)
+
+
+def not_due_detail(dataset: Dataset, result: Evaluation, interval_s: int) -> str:
+    """Why a dataset with lag is not due yet: its lag against the threshold, the age against the SLO."""
+    threshold = f" of threshold {dataset.lag_threshold}" if dataset.lag_threshold else ", no lag_threshold"
+    due_at = max(0.0, dataset.slo.latency_s - interval_s)
+    age = "age unknown until the next tick" if result.age_s is None else f"oldest ~{result.age_s:.0f} s"
+    return f"lag {result.lag.total}{threshold}, {age}, due at {due_at:.0f} s"
 
 
 def build_partition_sensor(
@@ -189,12 +248,10 @@ def build_partition_sensor(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
 ) -> dg.SensorDefinition:
-    keys = [dg.AssetKey(d.asset_path) for d in catalog.datasets]
-
     @dg.sensor(
         name=PARTITION_SENSOR,
         minimum_interval_seconds=interval_s,
-        target=dg.AssetSelection.assets(*keys),
+        asset_selection=LAKE_TABLES,
         default_status=default_status,
         description="Topic partitions of every dataset: new partitions are ingested from offset 0, recreated "
         "topics and retention gaps are reported, partition counts recommended (docs/DESIGN.md §7).",
@@ -219,9 +276,15 @@ def build_partition_sensor(
             kept[dataset.name] = state
             metadata: dict[str, object] = {
                 "partitions": dg.MetadataValue.int(findings.partitions),
-                "recommended_partitions": dg.MetadataValue.int(findings.recommended_partitions),
                 "target_records_per_s": dg.MetadataValue.float(round(float(findings.target_rps), 1)),
             }
+            if findings.recommended_partitions > findings.partitions:  # only growth is advice (fewer: harmless)
+                metadata["recommended_partitions"] = dg.MetadataValue.int(findings.recommended_partitions)
+                metadata["partition_advice"] = dg.MetadataValue.text(
+                    f"add partitions: {findings.target_rps:,.0f} records/s (the largest of slo.throughput_rps, "
+                    f"expected.peak_rps and the produce rate) needs {findings.recommended_partitions} at the "
+                    f"guide's {DEFAULT_SETTINGS.partition_throughput_rps:,.0f} records/s per partition"
+                )
             if findings.produce_rps is not None:
                 metadata["produce_records_per_s"] = dg.MetadataValue.float(round(float(findings.produce_rps), 1))
             if dataset.name in last_rates:

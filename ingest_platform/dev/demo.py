@@ -1,4 +1,4 @@
-"""``make demo``: a real local broker, the demo topics, ~240K records, every asset materialized through Dagster.
+"""``make demo``: a real local broker, the demo topics, ~225K records, every asset materialized through Dagster.
 
 Prints what was ingested (records, files, MB, records/s) and the row count an independent reader
 (pyarrow over the Delta table) sees next to the count expected: the records produced for append datasets,
@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from ingest_platform.catalog import Catalog, Dataset, load_catalog
-from ingest_platform.dev.cdc_data import expected_state, mysql_events, produce_events, scenario
-from ingest_platform.dev.demo_data import produce, records
+from ingest_platform.dev.demo_data import produce
+from ingest_platform.dev.demo_producer import Feed, feed_for
 from ingest_platform.dev.local_kafka import LocalKafka, create_topic
 from ingest_platform.kafka.client import KafkaConnection
 from ingest_platform.lake.storage import is_s3
@@ -27,8 +27,7 @@ from ingest_platform.settings import DEMO_CATALOG, Settings
 #: Demo topics: dataset -> (partitions, records). ~200K records in all, plus the CDC dataset ``users``:
 #: a snapshot of that many users, then as many changes (updates, deletes with tombstones, inserts).
 DEMO_VOLUME = {"orders": (6, 100_000), "clicks": (3, 80_000), "payments": (3, 20_000), "users": (3, 20_000)}
-#: The CDC stream's hot key: one user updated this many times in a row.
-CDC_HOT_KEY_UPDATES = 50
+DEFAULT_VOLUME = (3, 10_000)
 #: Topic settings from the guide (snappy, 1 GB segments, 7-day retention), replication 1 on one local broker.
 LOCAL_TOPIC_CONFIG = {"compression.type": "snappy", "segment.bytes": "1073741824", "retention.ms": "604800000"}
 
@@ -61,7 +60,7 @@ def run_demo(lake_root: Path | str, scale: float = 1.0, echo=print) -> list[Demo
     with LocalKafka() as broker:
         echo(f"local Kafka broker {broker.kafka_version} on {broker.bootstrap}")
         kafka = KafkaConnection(broker.bootstrap)
-        produced, expected_rows = _create_and_produce(catalog, kafka, broker.bootstrap, scale, echo)
+        produced, expected_rows, _ = produce_backlog(create_demo_topics(catalog, broker.bootstrap), kafka, scale, echo)
         settings = Settings(catalog_path=str(DEMO_CATALOG), lake_root=lake.root, kafka_bootstrap=broker.bootstrap)
         defs = build_definitions(settings)
         echo("materializing every asset through Dagster ...")
@@ -104,41 +103,41 @@ def _node_name(path: list[str]) -> str:
     return "__".join(path)
 
 
-def _create_and_produce(
-    catalog: Catalog, kafka: KafkaConnection, bootstrap: str, scale: float, echo
-) -> tuple[dict[str, int], dict[str, int]]:
-    """Create the topics and produce to them; returns the records produced and the rows expected, by dataset."""
-    produced, expected_rows = {}, {}
+def create_demo_topics(catalog: Catalog, bootstrap: str, exist_ok: bool = False) -> list[Dataset]:
+    """The catalog's topics with the demo's partition counts; returns the datasets whose topic is new."""
+    from confluent_kafka.admin import AdminClient
+
+    existing = set(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=15).topics)
+    created = []
     for dataset in catalog.datasets:
-        partitions, count = DEMO_VOLUME[dataset.name]
-        count = max(1, int(count * scale))
-        create_topic(bootstrap, dataset.topic, partitions, LOCAL_TOPIC_CONFIG)
+        if dataset.topic in existing and exist_ok:
+            continue
+        create_topic(bootstrap, dataset.topic, demo_volume(dataset)[0], LOCAL_TOPIC_CONFIG, exist_ok=exist_ok)
+        created.append(dataset)
+    return created
+
+
+def demo_volume(dataset: Dataset) -> tuple[int, int]:
+    """(partitions, records) of a demo topic; datasets the demo does not know get a small default."""
+    return DEMO_VOLUME.get(dataset.name, DEFAULT_VOLUME)
+
+
+def produce_backlog(
+    datasets: list[Dataset], kafka: KafkaConnection, scale: float, echo
+) -> tuple[dict[str, int], dict[str, int], dict[str, Feed]]:
+    """Produce each dataset's backlog (``scale`` x its demo volume, event times within seconds of now).
+    Returns the records produced and the rows each table must end with, by dataset, and the feeds (to
+    continue the streams)."""
+    produced, expected_rows, feeds = {}, {}, {}
+    for dataset in datasets:
+        partitions, count = demo_volume(dataset)
+        feeds[dataset.name] = feed = feed_for(dataset)
         started = time.monotonic()
-        if dataset.format == "debezium":
-            produced[dataset.name], expected_rows[dataset.name], what = _produce_changes(kafka, dataset, count)
-        else:
-            produced[dataset.name] = expected_rows[dataset.name] = produce(
-                kafka, dataset.topic, records(dataset.name, count)
-            )
-            what = "records"
+        items, expected_rows[dataset.name], what = feed.backlog(max(1, int(count * scale)))
+        produced[dataset.name] = produce(kafka, dataset.topic, iter(items))
         echo(f"produced {produced[dataset.name]:>7,} {what} to {dataset.topic} ({partitions} partitions) "
-             f"in {time.monotonic() - started:.1f} s")
-    return produced, expected_rows
-
-
-def _produce_changes(kafka: KafkaConnection, dataset: Dataset, users: int) -> tuple[int, int, str]:
-    """Debezium MySQL events: a snapshot of ``users`` rows, then as many changes. Returns the records
-    produced, the live keys the table must end with, and what was produced (for the log line)."""
-    plan = scenario(keys=users, changes=users, hot_key_updates=CDC_HOT_KEY_UPDATES)
-    # Recent commit times: the snapshot reads 100 rows/ms and each change commits < 50 ms after the one before,
-    # so the stream ends in the last span_ms, before now.
-    span_ms = users // 100 + 50 * (len(plan) - users)
-    start_ms = int(time.time() * 1000) - span_ms - 1_000
-    events = mysql_events(plan, start_ms=start_ms)
-    state = expected_state(events)
-    produced = produce_events(kafka, dataset.topic, events)
-    ops = ", ".join(f"{count:,} {op}" for op, count in sorted(state.by_op.items()))
-    return produced, len(state.rows), f"Debezium events ({ops}, {state.tombstones:,} tombstones)"
+             f"in {time.monotonic() - started:.1f} s")  # fmt: skip
+    return produced, expected_rows, feeds
 
 
 def clear_lake(lake: LakeLocation) -> None:

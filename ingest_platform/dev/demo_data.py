@@ -26,11 +26,16 @@ _AGENTS = [
 ]
 
 
-def _when(rng: random.Random, now: datetime, within_hours: float) -> datetime:
-    return now - timedelta(seconds=rng.uniform(0, within_hours * 3600))
+#: Event times lie up to this far before the generation clock, unless ``records`` is given another spread
+#: (tests and benchmarks: several hours, so time partitions vary; the demo: seconds, so latency SLOs hold).
+DEFAULT_SPREAD_S = 6 * 3600.0
 
 
-def order(rng: random.Random, index: int, now: datetime) -> tuple[bytes, bytes]:
+def _when(rng: random.Random, now: datetime, spread_s: float) -> datetime:
+    return now - timedelta(seconds=rng.uniform(0, spread_s))
+
+
+def order(rng: random.Random, index: int, now: datetime, spread_s: float = DEFAULT_SPREAD_S) -> tuple[bytes, bytes]:
     customer = f"c-{rng.randrange(50_000):06d}"
     items = [
         {"sku": f"SKU-{rng.randrange(5000):05d}", "qty": rng.randint(1, 4), "price": round(rng.uniform(2, 180), 2)}
@@ -40,7 +45,7 @@ def order(rng: random.Random, index: int, now: datetime) -> tuple[bytes, bytes]:
     record = {
         "order_id": f"o-{index:09d}",
         "customer_id": customer,
-        "created_at": _when(rng, now, 6).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "created_at": _when(rng, now, spread_s).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "status": rng.choice(_STATUSES),
         "currency": rng.choice(_CURRENCIES),
         "items": items,
@@ -51,7 +56,7 @@ def order(rng: random.Random, index: int, now: datetime) -> tuple[bytes, bytes]:
     return customer.encode(), json.dumps(record, separators=(",", ":")).encode()
 
 
-def click(rng: random.Random, index: int, now: datetime) -> tuple[bytes, bytes]:
+def click(rng: random.Random, index: int, now: datetime, spread_s: float = DEFAULT_SPREAD_S) -> tuple[bytes, bytes]:
     session = f"s-{rng.randrange(200_000):07x}"
     record = {
         "event_id": f"e-{index:010d}",
@@ -67,7 +72,7 @@ def click(rng: random.Random, index: int, now: datetime) -> tuple[bytes, bytes]:
     return session.encode(), json.dumps(record, separators=(",", ":")).encode()
 
 
-def payment(rng: random.Random, index: int, now: datetime) -> tuple[bytes, bytes]:
+def payment(rng: random.Random, index: int, now: datetime, spread_s: float = DEFAULT_SPREAD_S) -> tuple[bytes, bytes]:
     payment_id = f"p-{index:09d}"
     record = {
         "payment_id": payment_id,
@@ -75,18 +80,21 @@ def payment(rng: random.Random, index: int, now: datetime) -> tuple[bytes, bytes
         "amount": round(rng.uniform(1, 900), 2),
         "currency": rng.choice(_CURRENCIES),
         "method": rng.choice(["card", "card", "paypal", "sepa", "apple_pay"]),
-        "paid_at": int(_when(rng, now, 6).timestamp() * 1000),  # epoch milliseconds
+        "paid_at": int(_when(rng, now, spread_s).timestamp() * 1000),  # epoch milliseconds
         "risk_score": round(rng.random(), 4),
         "three_ds": rng.random() < 0.7,
     }
     return payment_id.encode(), json.dumps(record, separators=(",", ":")).encode()
 
 
-def padded(size: int) -> Callable[[random.Random, int, datetime], tuple[bytes, bytes]]:
+Generator = Callable[[random.Random, int, datetime, float], tuple[bytes, bytes]]
+
+
+def padded(size: int) -> Generator:
     """Order-like records padded to about ``size`` bytes (benchmarks ask for ~400-byte records)."""
 
-    def make(rng: random.Random, index: int, now: datetime) -> tuple[bytes, bytes]:
-        key, value = order(rng, index, now)
+    def make(rng: random.Random, index: int, now: datetime, spread_s: float = DEFAULT_SPREAD_S) -> tuple[bytes, bytes]:
+        key, value = order(rng, index, now, spread_s)
         record = json.loads(value)
         record["note"] = ""
         missing = size - len(json.dumps(record, separators=(",", ":")))
@@ -96,19 +104,25 @@ def padded(size: int) -> Callable[[random.Random, int, datetime], tuple[bytes, b
     return make
 
 
-GENERATORS: dict[str, Callable[[random.Random, int, datetime], tuple[bytes, bytes]]] = {
+GENERATORS: dict[str, Generator] = {
     "orders": order,
     "clicks": click,
     "payments": payment,
 }
 
 
-def records(kind: str, count: int, seed: int = 7, start: int = 0) -> Iterator[tuple[bytes, bytes]]:
+def records(
+    kind: str, count: int, seed: int = 7, start: int = 0, spread_s: float = DEFAULT_SPREAD_S, live: bool = False
+) -> Iterator[tuple[bytes, bytes]]:
+    """``count`` records of ``kind`` (orders, clicks, payments, padded<N>), event times up to ``spread_s``
+    before the clock: the start time, or with ``live`` the time each record is made (a steady producer)."""
     make = GENERATORS[kind] if kind in GENERATORS else padded(int(kind.removeprefix("padded")))
     rng = random.Random(seed * 1_000_003 + start)
     now = datetime.now(timezone.utc)
     for index in range(start, start + count):
-        yield make(rng, index, now)
+        if live:
+            now = datetime.now(timezone.utc)
+        yield make(rng, index, now, spread_s)
 
 
 def produce(
