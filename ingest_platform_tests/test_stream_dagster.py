@@ -113,6 +113,8 @@ def test_stream_run_summarises_commits_and_streams_past_a_failed_dataset(tmp_pat
     assert len(logs) <= 10 and len(entries) < 40 + len(reported), (len(logs), len(entries))
     assert reported[-1].metadata["dagster/row_count"].value == produced
     assert reported[-1].metadata["stream_runner"].value == "dagster"
+    columns = {c.name: c.type for c in reported[-1].metadata["dagster/column_schema"].value.columns}
+    assert columns["_kafka_offset"] == "long" and "order_id" in columns  # the Delta schema, as batch runs show it
 
     failed = [c for c in stream_checks(entries, "bad") if not c.passed]
     assert len(failed) == 1 and "offset 0" in failed[0].description and result.run_id in failed[0].description

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 import dagster as dg
 
 from ingest_platform.catalog import Dataset
+from ingest_platform.defs.assets import column_schema, table_name
+from ingest_platform.engines.columns import table_columns
 from ingest_platform.lake.tables import LakeLocation, TableRowCount
 from ingest_platform.streaming.events import FAILED, RUNNING, CommitEvent, DatasetState
 from ingest_platform.streaming.summaries import CommitSummary, MaterializationSummaries
@@ -28,15 +30,11 @@ STREAM_CHECK = "stream"
 StreamEvent = dg.AssetMaterialization | dg.AssetCheckEvaluation
 
 
-def table_name(dataset: Dataset) -> str:
-    """The table's name as the UI shows it: ``lake.<source>.<name>``, like its asset key."""
-    return ".".join(dataset.asset_path)
-
-
-def summary_materialization(dataset: Dataset, summary: CommitSummary, row_count: int | None,
-                            runner: str) -> dg.AssetMaterialization:  # fmt: skip
-    """The standard ``dagster/*`` metadata of the batch materializations, and the same plottable names
-    (records, rows_written, bytes, files_written, records_per_s), plus the stream's own figures."""
+def summary_materialization(dataset: Dataset, summary: CommitSummary, row_count: int | None, runner: str,
+                            schema: tuple[str, list[str]] | None = None) -> dg.AssetMaterialization:  # fmt: skip
+    """The standard ``dagster/*`` metadata of the batch materializations (the column schema from ``schema``:
+    the Delta schema JSON and partition columns), and the same plottable names (records, rows_written, bytes,
+    files_written, records_per_s), plus the stream's own figures."""
     versions = (f"{summary.first_version}" if summary.commits == 1
                 else f"{summary.first_version}–{summary.last_version}")  # fmt: skip
     metadata: dict[str, dg.MetadataValue] = {
@@ -63,6 +61,9 @@ def summary_materialization(dataset: Dataset, summary: CommitSummary, row_count:
     }
     if row_count is not None:
         metadata["dagster/row_count"] = dg.MetadataValue.int(row_count)
+    if schema is not None:
+        columns = table_columns(schema[0], schema[1], dataset.column_descriptions)
+        metadata["dagster/column_schema"] = dg.MetadataValue.table_schema(column_schema(columns))
     for name, value in (("latency_p50_s", summary.latency_p50_s), ("latency_p99_s", summary.latency_p99_s)):
         if value is not None:
             metadata[name] = dg.MetadataValue.float(round(value, 3))
@@ -141,6 +142,7 @@ class StreamEvents:
         for summary in self.summaries.flush() if final else self.summaries.due():
             dataset = self.datasets.get(summary.dataset)
             if dataset is not None:
-                rows = self._row_counts[dataset.name].rows()
-                events.append(summary_materialization(dataset, summary, rows, self.runner))
+                table = self._row_counts[dataset.name]
+                rows = table.rows()
+                events.append(summary_materialization(dataset, summary, rows, self.runner, table.schema()))
         return events

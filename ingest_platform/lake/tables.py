@@ -106,3 +106,9 @@ class TableRowCount:
         except (DeltaError, LakeAccessError, OSError):
             self._table = None
             return None
+
+    def schema(self) -> tuple[str, list[str]] | None:
+        """(the Delta schema as JSON, the partition columns) of the handle as of the last ``rows()``."""
+        if self._table is None:
+            return None
+        return self._table.schema().to_json(), list(self._table.metadata().partition_columns)
