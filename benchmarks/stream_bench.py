@@ -361,8 +361,7 @@ def dagster_scenario(bootstrap: str, work: Path, path: str, rate: float, duratio
         statuses: dict[str, int] = {}
         for record in records:
             statuses[record.dagster_run.status.value] = statuses.get(record.dagster_run.status.value, 0) + 1
-        materializations = len(instance.fetch_materializations(dg.AssetKey(["lake", "bench", "d000"]),
-                                                               limit=100_000).records)  # fmt: skip
+        materializations = _count_materializations(instance, dg.AssetKey(["lake", "bench", "d000"]))
         events = sum(len(instance.get_records_for_run(r.dagster_run.run_id, limit=1_000_000).records)
                      for r in records)  # fmt: skip
         instance.dispose()
@@ -378,6 +377,17 @@ def dagster_scenario(bootstrap: str, work: Path, path: str, rate: float, duratio
         "run_events": events, "ready_before_production_s": round(ready_s, 1),
         "commits": _version(lake / "bench" / "d000") + 1,
     }  # fmt: skip
+
+
+def _count_materializations(instance, key) -> int:
+    """All of the asset's materializations (the instance returns at most 10,000 per call)."""
+    total, cursor = 0, None
+    while True:
+        page = instance.fetch_materializations(key, limit=10_000, cursor=cursor)
+        total += len(page.records)
+        if not page.has_more:
+            return total
+        cursor = page.cursor
 
 
 # --- upkeep ---------------------------------------------------------------------------------------------------
