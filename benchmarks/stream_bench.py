@@ -15,9 +15,13 @@ distinct. Scenarios (the issue's goals):
   exporter: the lag exporter over 1,000 datasets (100 with a table): read and scrape times.
   upkeep:   10,000 stream-sized commits through the stream's commit path (``BatchWriter``), with the stream's
             upkeep (checkpoints, compaction) against without: the table's open + full read time at the end.
+  dagster:  the issue's 2,000 records/s x 300 s workload on one dataset through ``dagster dev`` (daemon, the
+            project's dagster.yaml), side by side: the supervised stream run (1 s trigger) and the lag-sensor
+            batch path (``lag_threshold: 1000``); the reader polls every second; CPU of every Dagster process.
 
-    python benchmarks/stream_bench.py                 # the full run (about 25 minutes)
-    python benchmarks/stream_bench.py --quick         # a few minutes: 30 s scenarios, 20 datasets, 400 commits
+    python benchmarks/stream_bench.py                 # the full run (about 40 minutes)
+    python benchmarks/stream_bench.py --quick         # a few minutes: 30 s scenarios (dagster: 60 s), 20 datasets
+    python benchmarks/stream_bench.py --scenarios dagster --merge   # only the Dagster comparison, kept beside the rest
 
 Results: benchmarks/results/stream_bench.json and .md (or --out DIR).
 """
@@ -88,7 +92,7 @@ def produce_steady(bootstrap: str, topics: list[str], rate: float, duration_s: f
     counts.update(sent)
 
 
-def read_visibility(lake_root: str, tables: dict[str, str], stop, out_dir: str) -> None:
+def read_visibility(lake_root: str, tables: dict[str, str], stop, out_dir: str, poll_s: float = POLL_S) -> None:
     """Poll each table's log; per new ingest commit, latency = seen - Kafka timestamp of each of its rows."""
     done: dict[str, int] = {name: -1 for name in tables}
     parts: dict[str, list[pa.Table]] = {name: [] for name in tables}
@@ -113,7 +117,7 @@ def read_visibility(lake_root: str, tables: dict[str, str], stop, out_dir: str) 
                 done[name] = version
         if stopping:
             break
-        time.sleep(POLL_S)
+        time.sleep(poll_s)
     for name, tables_ in parts.items():
         table = pa.concat_tables(tables_) if tables_ else pa.table({"p": pa.array([], pa.int32()),
                                                                     "o": pa.array([], pa.int64()),
@@ -167,33 +171,55 @@ def stream_scenario(bootstrap: str, work: Path, name: str, datasets: int, rate: 
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     sampler = ProcessSampler(stream.pid)
     sampler.start()
+    tables = {f"d{i:03d}": f"bench/d{i:03d}" for i in range(datasets)}
+    time.sleep(3.0)  # the stream process starts (imports, consumers, plans)
+    load = run_load(bootstrap, work, name, lake, tables, topics, rate, duration_s, drain_s=2 * trigger_s + 30,
+                    on_drained=lambda: sampler.cpu_s)  # fmt: skip
+    stream_cpu_s = load.pop("cpu_s")
+    drained_s = load.pop("drained_s")
+    stream.send_signal(signal.SIGTERM)
+    stream.wait(120)
+    sampler.halt.set()
+    read_s, files = _read_time(lake / tables[next(iter(tables))])
+    return {
+        "scenario": name, "datasets": datasets, "target_records_per_s": rate, "trigger_interval_s": trigger_s,
+        **load,
+        "stream_cpu_cores": round(stream_cpu_s / drained_s, 3),
+        "stream_rss_peak_mib": round(max(sampler.rss, default=0) / 2**20, 1),
+        "stream_rss_mean_mib": round(sum(sampler.rss) / max(1, len(sampler.rss)) / 2**20, 1),
+        "stream_exit_code": stream.returncode,
+        "files_first_table": files, "read_s_first_table": round(read_s, 3),
+        "commits_first_table": _version(lake / tables[next(iter(tables))]) + 1,
+    }
+
+
+def run_load(bootstrap: str, work: Path, name: str, lake: Path, tables: dict[str, str], topics: list[str],
+             rate: float, duration_s: float, drain_s: float, on_drained, poll_s: float = POLL_S) -> dict:  # fmt: skip
+    """A steady producer and a separate reader (both processes) against whatever ingests ``topics`` into
+    ``tables``; waits up to ``drain_s`` after production for the tables to catch up, then calls
+    ``on_drained()`` (the caller's CPU reading, returned as ``cpu_s``) and measures visibility."""
     ctx = mp.get_context("spawn")
     manager = ctx.Manager()
     counts = manager.dict()
     stop = ctx.Event()
     out = work / f"seen-{name}"
     out.mkdir()
-    tables = {f"d{i:03d}": f"bench/d{i:03d}" for i in range(datasets)}
-    reader = ctx.Process(target=read_visibility, args=(str(lake), tables, stop, str(out)))
+    reader = ctx.Process(target=read_visibility, args=(str(lake), tables, stop, str(out), poll_s))
     reader.start()
-    time.sleep(3.0)  # the stream process starts (imports, consumers, plans)
     producer = ctx.Process(target=produce_steady, args=(bootstrap, topics, rate, duration_s, counts))
     started = time.monotonic()
     producer.start()
     producer.join()
     produced_s = time.monotonic() - started
     produced = sum(counts.values())
-    drain_deadline = time.monotonic() + 2 * trigger_s + 30
+    drain_deadline = time.monotonic() + drain_s
     while time.monotonic() < drain_deadline:  # until the tables hold what was produced
         if _ledger_total(lake, tables) >= produced:
             break
         time.sleep(0.5)
     drained_s = time.monotonic() - started
-    stream_cpu_s = sampler.cpu_s
-    stream.send_signal(signal.SIGTERM)
-    stream.wait(120)
-    sampler.halt.set()
-    time.sleep(2 * POLL_S)
+    cpu_s = on_drained()
+    time.sleep(2 * poll_s)
     stop.set()
     reader.join(300)
     seen = [pq.read_table(out / f"{t}.parquet") for t in tables]
@@ -202,22 +228,14 @@ def stream_scenario(bootstrap: str, work: Path, name: str, datasets: int, rate: 
     distinct = sum(t.group_by(["p", "o"]).aggregate([]).num_rows for t in seen)
     latency = allseen["latency"]
     q = pc.quantile(latency, q=[0.5, 0.95, 0.99]).to_pylist() if rows else [None] * 3
-    read_s, files = _read_time(lake / tables[next(iter(tables))])
     return {
-        "scenario": name, "datasets": datasets, "target_records_per_s": rate, "trigger_interval_s": trigger_s,
         "duration_s": round(produced_s, 1), "produced": produced, "seen_rows": rows, "distinct_seen": distinct,
         "lost": produced - distinct, "duplicated": rows - distinct,
         "sustained_records_per_s": round(distinct / drained_s, 1),
         "drain_after_producer_s": round(drained_s - produced_s, 1),
         "latency_p50_s": _r(q[0]), "latency_p95_s": _r(q[1]), "latency_p99_s": _r(q[2]),
-        "latency_max_s": _r(pc.max(latency).as_py() if rows else None),
-        "stream_cpu_cores": round(stream_cpu_s / drained_s, 3),
-        "stream_rss_peak_mib": round(max(sampler.rss, default=0) / 2**20, 1),
-        "stream_rss_mean_mib": round(sum(sampler.rss) / max(1, len(sampler.rss)) / 2**20, 1),
-        "stream_exit_code": stream.returncode,
-        "files_first_table": files, "read_s_first_table": round(read_s, 3),
-        "commits_first_table": _version(lake / tables[next(iter(tables))]) + 1,
-    }
+        "latency_max_s": _r(pc.max(latency).as_py() if rows else None), "cpu_s": cpu_s, "drained_s": drained_s,
+    }  # fmt: skip
 
 
 def _ledger_total(lake: Path, tables: dict[str, str]) -> int:
@@ -253,6 +271,123 @@ def _read_time(path: Path) -> tuple[float, int]:
 
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
+
+
+# --- through Dagster --------------------------------------------------------------------------------------------
+
+
+class SessionSampler(threading.Thread):
+    """CPU seconds and RSS of every process of one session (``dagster dev`` and all it starts: webserver, daemon,
+    code servers, run processes). CPU = Σ over live processes of their own time plus that of the children they
+    reaped, so run processes that came and went are counted (in their reaper's)."""
+
+    def __init__(self, session: int):
+        super().__init__(daemon=True)
+        self.session = session
+        self.rss: list[int] = []
+        self.halt = threading.Event()
+
+    def members(self) -> list[tuple[int, list[str]]]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[3]) == self.session:
+                    found.append((int(entry.name), fields))
+        return found
+
+    def cpu_s(self) -> float:
+        ticks = sum(sum(int(f) for f in fields[11:15]) for _, fields in self.members())
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def run(self) -> None:
+        while not self.halt.wait(1.0):
+            total = 0
+            for pid, _ in self.members():
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    total += int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+                except (OSError, StopIteration):
+                    continue
+            self.rss.append(total * 1024)
+
+
+def dagster_scenario(bootstrap: str, work: Path, path: str, rate: float, duration_s: float, trigger_s: float,
+                     poll_s: float = 1.0) -> dict:  # fmt: skip
+    """One JSON dataset at ``rate`` through ``dagster dev`` (its daemon, the project's dagster.yaml): ``path``
+    "stream" — continuous, the supervisor's stream run — or "batch" — ``lag_threshold: 1000``, runs requested
+    by the lag sensor. A reader polls the table every ``poll_s`` (the issue's setup: every second)."""
+    import dagster as dg
+
+    from ingest_platform.dev.local_dagster import LocalDagster
+    from ingest_platform.dev.local_kafka import create_topic
+
+    name = f"dagster-{path}"
+    topic = f"{name}.t000"
+    create_topic(bootstrap, topic, PARTITIONS)
+    lake = work / f"lake-{name}"
+    catalog = work / f"{name}.yaml"
+    shape = f"continuous: true, trigger_interval_s: {trigger_s}" if path == "stream" else "lag_threshold: 1000"
+    catalog.write_text(f"datasets:\n  - {{name: d000, source: bench, topic: {topic}, format: json, {shape}}}\n")
+    env = {"INGEST_CATALOG": str(catalog), "INGEST_LAKE_ROOT": str(lake), "INGEST_KAFKA_BOOTSTRAP": bootstrap}
+    home = work / f"home-{name}"
+    tables = {"d000": "bench/d000"}
+    with LocalDagster(home, env) as ui:
+        instance = dg.DagsterInstance.from_config(str(home))
+        started = time.monotonic()
+        if path == "stream":  # the supervisor starts the run by itself; production starts once it streams
+            while time.monotonic() - started < 300:
+                runs = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+                if runs:
+                    break
+                time.sleep(1.0)
+            else:
+                raise RuntimeError(f"no stream run started within 300 s:\n{ui.log_tail()}")
+            time.sleep(5.0)  # the loop plans and assigns its consumer
+        else:
+            time.sleep(10.0)  # the daemon's first ticks
+        ready_s = time.monotonic() - started
+        sampler = SessionSampler(ui.pid)
+        sampler.start()
+        cpu_before = sampler.cpu_s()
+        load = run_load(bootstrap, work, name, lake, tables, [topic], rate, duration_s,
+                        drain_s=120 if path == "batch" else 2 * trigger_s + 30,
+                        on_drained=lambda: sampler.cpu_s() - cpu_before, poll_s=poll_s)  # fmt: skip
+        sampler.halt.set()
+        records = instance.get_run_records()
+        statuses: dict[str, int] = {}
+        for record in records:
+            statuses[record.dagster_run.status.value] = statuses.get(record.dagster_run.status.value, 0) + 1
+        materializations = _count_materializations(instance, dg.AssetKey(["lake", "bench", "d000"]))
+        events = sum(len(instance.get_records_for_run(r.dagster_run.run_id, limit=1_000_000).records)
+                     for r in records)  # fmt: skip
+        instance.dispose()
+    cpu_s = load.pop("cpu_s")
+    drained_s = load.pop("drained_s")
+    return {
+        "scenario": name, "path": path, "datasets": 1, "target_records_per_s": rate,
+        "trigger_interval_s": trigger_s if path == "stream" else None,
+        "lag_threshold": 1000 if path == "batch" else None, "reader_poll_s": poll_s, **load,
+        "dagster_cpu_cores": round(cpu_s / drained_s, 3),
+        "dagster_rss_peak_mib": round(max(sampler.rss, default=0) / 2**20, 1),
+        "runs": len(records), "run_statuses": statuses, "materializations": materializations,
+        "run_events": events, "ready_before_production_s": round(ready_s, 1),
+        "commits": _version(lake / "bench" / "d000") + 1,
+    }  # fmt: skip
+
+
+def _count_materializations(instance, key) -> int:
+    """All of the asset's materializations (the instance returns at most 10,000 per call)."""
+    total, cursor = 0, None
+    while True:
+        page = instance.fetch_materializations(key, limit=10_000, cursor=cursor)
+        total += len(page.records)
+        if not page.has_more:
+            return total
+        cursor = page.cursor
 
 
 # --- upkeep ---------------------------------------------------------------------------------------------------
@@ -372,7 +507,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="30 s scenarios, 20 datasets, 400 upkeep commits.")
     parser.add_argument("--duration", type=float, help="Seconds of steady production per scenario [300; quick 30].")
     parser.add_argument("--max-rate", type=float, default=30_000, help="Records/s of the 30 s-trigger scenario.")
-    parser.add_argument("--scenarios", default="one,many,max,upkeep,exporter", help="Comma-separated subset to run.")
+    parser.add_argument("--scenarios", default="one,many,max,upkeep,exporter,dagster",
+                        help="Comma-separated subset to run.")
+    parser.add_argument("--dagster-rate", type=float, default=2_000, help="Records/s of the dagster scenario.")
+    parser.add_argument("--dagster-trigger", type=float, default=1.0, help="Trigger of its stream path [1 s].")
     parser.add_argument("--upkeep-commits", type=int, help="Commits of the upkeep scenario [10,000; quick 400].")
     parser.add_argument("--out", type=Path, default=RESULTS, help="Where the JSON and markdown go.")
     parser.add_argument("--merge", action="store_true", help="Update the results already in --out with the "
@@ -396,7 +534,7 @@ def main() -> int:
     }
     work = Path(tempfile.mkdtemp(prefix="stream-bench-"))
     try:
-        if wanted & {*plan, "exporter"}:
+        if wanted & {*plan, "exporter", "dagster"}:
             with LocalKafka(heap="1g") as broker:
                 for name, params in plan.items():
                     if name in wanted:
@@ -404,6 +542,15 @@ def main() -> int:
                         figures = stream_scenario(broker.bootstrap, work, name, duration_s=duration, **params)
                         print(json.dumps(figures), flush=True)
                         result["scenarios"].append(figures)  # type: ignore[union-attr]
+                if "dagster" in wanted:  # the same workload through Dagster: the stream run, then batch runs
+                    seconds = args.duration or (60.0 if args.quick else 300.0)
+                    result["dagster"] = []
+                    for path in ("stream", "batch"):
+                        print(f"dagster {path}: {args.dagster_rate:g} rec/s, {seconds:g} s", flush=True)
+                        figures = dagster_scenario(broker.bootstrap, work, path, args.dagster_rate, seconds,
+                                                   args.dagster_trigger)  # fmt: skip
+                        print(json.dumps(figures), flush=True)
+                        result["dagster"].append(figures)  # type: ignore[union-attr]
                 if "exporter" in wanted:
                     count = 200 if args.quick else 1000
                     print(f"exporter: {count} datasets", flush=True)
@@ -422,7 +569,7 @@ def main() -> int:
         merged = json.loads(previous.read_text())
         ran = {s["scenario"] for s in result["scenarios"]}  # type: ignore[union-attr]
         merged["scenarios"] = [s for s in merged["scenarios"] if s["scenario"] not in ran] + result["scenarios"]
-        merged.update({k: result[k] for k in ("exporter", "upkeep") if k in result})
+        merged.update({k: result[k] for k in ("exporter", "upkeep", "dagster") if k in result})
         merged.setdefault("runs", []).append({"started_at": result["started_at"], "scenarios": sorted(wanted),
                                               "load_avg_at_start": result["machine"]["load_avg_at_start"]})  # type: ignore[index]
         result = merged
@@ -445,7 +592,7 @@ def markdown(r: dict) -> str:
                      + (f" ({run['note']})" if run.get("note") else ""))
     if r.get("runs"):
         lines.append("")
-    if r["scenarios"]:
+    if r.get("scenarios"):
         lines += ["| scenario | datasets | target rec/s | trigger | produced | lost | dup | sustained rec/s | p50 "
                   "| p95 | p99 | max | drained after producer | stream CPU (cores) | RSS peak MiB "
                   "| commits, files (1st table) | read s |",
@@ -460,6 +607,26 @@ def markdown(r: dict) -> str:
                 f"| {s['commits_first_table']}, "
                 f"{s['files_first_table']} | {s['read_s_first_table']} |"
             )  # fmt: skip
+        lines.append("")
+    if r.get("dagster"):
+        lines += ["Through Dagster (`dagster dev` with its daemon and the project's dagster.yaml), one JSON dataset, "
+                  "the same workload on both paths; a reader polls the table every second. Dagster CPU = every "
+                  "process `dagster dev` started (webserver, daemon, code server, runs) over production + drain:", "",
+                  "| path | rec/s | produced | lost | dup | p50 | p95 | p99 | max | drained after producer "
+                  "| Dagster CPU (cores) | RSS peak MiB | runs | Delta commits | materializations | run events |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for d in r["dagster"]:
+            how = (f"supervised stream run, trigger {d['trigger_interval_s']:g} s" if d["path"] == "stream"
+                   else f"lag sensor, lag_threshold {d['lag_threshold']}")
+            lines.append(
+                f"| {how} | {d['target_records_per_s']:,.0f} | {d['produced']:,} | {d['lost']} | {d['duplicated']} "
+                f"| {d['latency_p50_s']} s | {d['latency_p95_s']} s | {d['latency_p99_s']} s | {d['latency_max_s']} s "
+                f"| {d['drain_after_producer_s']} s | {d['dagster_cpu_cores']} | {d['dagster_rss_peak_mib']} "
+                f"| {d['runs']} | {d['commits']} | {d['materializations']} | {d['run_events']:,} |")  # fmt: skip
+        stream, batch = (next((d for d in r["dagster"] if d["path"] == p), None) for p in ("stream", "batch"))
+        if stream and batch and stream["latency_p99_s"] and batch["latency_p99_s"]:
+            lines += ["", f"p99 batch / stream: {batch['latency_p99_s'] / stream['latency_p99_s']:.1f}x; Dagster CPU "
+                      f"batch / stream: {batch['dagster_cpu_cores'] / max(stream['dagster_cpu_cores'], 1e-9):.2f}x."]
         lines.append("")
     if "exporter" in r:
         e = r["exporter"]

@@ -14,6 +14,7 @@ from ingest_platform.defs.executor import executor_definitions
 from ingest_platform.defs.maintenance import maintenance_definitions
 from ingest_platform.defs.resources import resource_definitions
 from ingest_platform.defs.sensors import sensor_definitions
+from ingest_platform.defs.streams import stream_definitions
 from ingest_platform.settings import Settings
 
 
@@ -25,6 +26,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         maintenance_definitions(catalog),
         example_downstream_definitions(catalog),
         sensor_definitions(catalog),
+        stream_definitions(catalog),
         resource_definitions(settings),
         executor_definitions(),  # Dagster's default, plus advice when a killed run holds a dataset's pool
     )

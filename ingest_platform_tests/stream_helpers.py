@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from ingest_platform.catalog import Dataset
+from ingest_platform.dev.demo_data import records
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform.streaming.events import CommitEvent, StreamOutcome
 from ingest_platform.streaming.process import StreamProcess, StreamSettings
@@ -63,3 +64,35 @@ def assert_exactly_once(lake: LakeLocation, dataset: Dataset, expected: int, id_
     assert frame.height == expected, f"{frame.height} rows, expected {expected}"
     assert frame.select("_kafka_partition", "_kafka_offset").n_unique() == expected
     assert frame[id_column].n_unique() == expected
+
+
+class SteadyProducer(threading.Thread):
+    """Produces ``batch`` records every ``every_s`` until stopped; ``produced`` counts the acknowledged ones."""
+
+    def __init__(self, kafka, topic: str, batch: int = 40, every_s: float = 0.1):
+        super().__init__(daemon=True)
+        self.kafka, self.topic, self.batch, self.every_s = kafka, topic, batch, every_s
+        self.produced = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        from confluent_kafka import Producer
+
+        def delivered(error, _message) -> None:
+            if error is None:
+                self.produced += 1  # acknowledged records only
+
+        producer = Producer(self.kafka.producer_config())
+        sent = 0
+        while not self.halt.is_set():
+            for key, value in records("orders", self.batch, seed=sent, start=sent):
+                producer.produce(self.topic, value=value, key=key, on_delivery=delivered)
+            sent += self.batch
+            producer.flush(30)
+            self.halt.wait(self.every_s)
+        producer.flush(60)
+
+    def stop(self) -> int:
+        self.halt.set()
+        self.join(60)
+        return self.produced

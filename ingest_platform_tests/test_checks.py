@@ -153,6 +153,51 @@ def test_freshness_with_a_limit_fails_when_there_is_no_table(lake):
     assert evaluate(lake, dataset(), "freshness").passed
 
 
+def test_freshness_of_a_continuous_dataset_derives_its_limit_and_tells_idle_from_stalled(lake):
+    ds = dataset(continuous="true", trigger_interval_s=5)
+    assert health.freshness_limit(ds) == (75, "3 × trigger_interval_s (5 s) + 60 s")
+    assert health.freshness_limit(dataset(continuous="true", slo="{freshness_s: 600}"))[0] == 600
+    assert health.freshness_limit(dataset())[0] is None
+    healthy(lake, ds, commits=1)
+    table, uri = lake.open_table(ds.table_path), lake.table_uri(ds.table_path)
+    asked = []
+
+    def judge(minutes: float, waiting) -> health.Finding:
+        now = datetime.now(timezone.utc) + timedelta(minutes=minutes)
+        return health.evaluate(ds, table, uri, ["freshness"], now=now,
+                               waiting=lambda: asked.append(1) or waiting)["freshness"]  # fmt: skip
+
+    fresh = judge(0, 99)
+    assert fresh.passed and fresh.metadata["limit_s"] == 75 and asked == []  # young: the topic is not asked
+    stalled = judge(2, 12)
+    assert not stalled.passed and stalled.metadata["records_waiting"] == 12 and "12 records wait" in stalled.summary
+    idle = judge(2, 0)
+    assert idle.passed and "idle stream makes no commits" in idle.summary
+    unknown = judge(2, "cannot read the cluster metadata: timed out")
+    assert unknown.passed and unknown.metadata["judged"] is False and "not judged" in unknown.summary
+    assert not health.evaluate(ds, table, uri, ["freshness"], now=datetime.now(timezone.utc)
+                               + timedelta(minutes=2))["freshness"].passed  # no topic to ask: by age alone
+    empty = dataset(name="fresh_topic", continuous="true")
+    nothing = health.evaluate(empty, None, "/nowhere", ["freshness"], waiting=lambda: 0)["freshness"]
+    assert nothing.passed  # a new stream on an empty topic: no table, nothing waiting
+    assert not health.evaluate(empty, None, "/nowhere", ["freshness"], waiting=lambda: 3)["freshness"].passed
+
+
+@pytest.mark.kafka
+def test_records_waiting_counts_by_the_ledger(lake, kafka, make_topic):
+    from ingest_platform.dev.demo_data import produce, records
+    from ingest_platform.monitoring.offsets import records_waiting
+
+    topic = make_topic(partitions=2)
+    ds = json_dataset(topic, name="waits")
+    assert records_waiting(kafka, topic, ds.name, None) == 0
+    produce(kafka, topic, records("clicks", 10), partition=0)
+    produce(kafka, topic, records("clicks", 4, start=10), partition=1)
+    commit(lake, ds, rows({0: range(0, 6)}), {0: (0, 5)})
+    assert records_waiting(kafka, topic, ds.name, lake.open_table(ds.table_path)) == 4 + 4
+    assert "not available" in records_waiting(kafka, topic + ".missing", ds.name, None)
+
+
 # --- no_loss ------------------------------------------------------------------------------------------------
 
 

@@ -169,3 +169,17 @@ def test_repo_dagster_yaml_limits_every_pool_to_one_run(tmp_path):
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
     assert instance.run_monitoring_enabled
+
+
+def test_repo_dagster_yaml_keeps_one_stream_run_per_group_and_room_for_batch_runs(tmp_path):
+    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    queue = instance.get_concurrency_config().run_queue_config
+    limits = {limit["key"]: limit for limit in queue.tag_concurrency_limits}
+    assert limits["ingest/stream-group"]["limit"] == 1
+    assert limits["ingest/stream-group"]["value"] == {"applyLimitPerUniqueValue": True}
+    # long-lived stream runs never take every slot: batch runs keep Dagster's default 10
+    assert queue.max_concurrent_runs - limits["ingest/stream"]["limit"] >= 10
+    from ingest_platform.defs.streams import STREAM_GROUP_TAG, STREAM_RUN_TAG
+
+    assert {STREAM_GROUP_TAG, STREAM_RUN_TAG} <= set(limits)

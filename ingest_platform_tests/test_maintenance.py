@@ -18,7 +18,7 @@ from ingest_platform.catalog import load_catalog
 from ingest_platform.definitions import build_definitions
 from ingest_platform.defs import maintenance as maintenance_defs
 from ingest_platform.defs.maintenance import MAINTENANCE_JOB, SCHEDULE_NAME, SENSOR_NAME, maintenance_run_config
-from ingest_platform.defs.sensors import DATASET_TAG
+from ingest_platform.defs.sensors import DATASET_TAG, MAINTAINS_TAG, running_datasets
 from ingest_platform.lake import health, maintenance
 from ingest_platform.lake.tables import LakeLocation
 from ingest_platform.settings import Settings
@@ -153,26 +153,33 @@ def test_daily_schedule_requests_one_tagged_run_per_dataset(frag, tmp_path):
         context = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(timezone.utc))
         data = schedule.evaluate_tick(context)
     (request,) = data.run_requests
-    assert request.run_config == maintenance_run_config(ds) and request.tags[DATASET_TAG] == ds.name
+    assert request.run_config == maintenance_run_config(ds) and request.tags[MAINTAINS_TAG] == ds.name
+    assert DATASET_TAG not in request.tags  # not an ingest run: the lag sensor does not wait for it
     assert request.run_key.startswith(f"{ds.name}:daily:")
 
 
-def test_maintenance_never_overlaps_an_ingest_run_of_its_dataset(frag, monkeypatch):
-    """The repo's dagster.yaml admits one run per ingest/dataset tag value; runs without the tag (launched from
-    the UI) are waited for by the op, with a bound."""
+def test_maintenance_yields_to_ingest_runs_and_never_holds_them_back(frag, tmp_path, monkeypatch):
+    """Maintenance waits (bounded) for executing ingest runs of its dataset — tagged by the sensors or launched
+    from the UI — but carries ``ingest/maintains``, not ``ingest/dataset``: the run queue's one-ingest-run limit
+    and the lag sensor's in-progress rule ignore it (issue 12: a compaction must not hold back ingestion), and
+    the repo's dagster.yaml admits one maintenance run per dataset at a time."""
     defs, ds, lake = frag
     settings = yaml.safe_load((REPO / "dagster.yaml").read_text())
     limits = settings["concurrency"]["runs"]["tag_concurrency_limits"]
-    assert {"key": DATASET_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+    for tag in (DATASET_TAG, MAINTAINS_TAG):
+        assert {"key": tag, "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
 
     monkeypatch.setattr(maintenance_defs, "WAIT_FOR_INGEST_S", 1)
     monkeypatch.setattr(maintenance_defs, "WAIT_POLL_S", 0.2)
     job = defs.resolve_job_def(MAINTENANCE_JOB)
+    catalog = load_catalog(tmp_path / "catalog.yaml")  # the frag fixture's
     with dg.DagsterInstance.ephemeral() as instance:
         key = dg.AssetKey(ds.asset_path)  # an ingest run launched from the UI: no tag, its asset selected
         instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="ui-run", status=dg.DagsterRunStatus.STARTED,
                                        asset_selection=frozenset({key})))  # fmt: skip
-        instance.add_run(dg.DagsterRun(job_name=MAINTENANCE_JOB, run_id="queued", tags={DATASET_TAG: ds.name},
+        instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="lag-run", tags={DATASET_TAG: ds.name},
+                                       status=dg.DagsterRunStatus.STARTED))  # fmt: skip  # the lag sensor's
+        instance.add_run(dg.DagsterRun(job_name=MAINTENANCE_JOB, run_id="queued", tags={MAINTAINS_TAG: ds.name},
                                        status=dg.DagsterRunStatus.NOT_STARTED))  # fmt: skip  # not waited for
         blocked = job.execute_in_process(instance=instance, run_config=maintenance_run_config(ds), raise_on_error=False)
         assert not blocked.success
@@ -181,8 +188,16 @@ def test_maintenance_never_overlaps_an_ingest_run_of_its_dataset(frag, monkeypat
         assert len(lake.open_table(ds.table_path).file_uris()) == 6  # untouched
 
         instance.report_run_canceled(instance.get_run_by_id("ui-run"))
+        assert not job.execute_in_process(instance=instance, run_config=maintenance_run_config(ds),
+                                          raise_on_error=False).success  # the tagged ingest run still executes
+        instance.report_run_canceled(instance.get_run_by_id("lag-run"))
+        assert ds.name not in running_datasets(instance, catalog)  # a queued maintenance run is no ingest run
         assert job.execute_in_process(instance=instance, run_config=maintenance_run_config(ds)).success
         assert len(lake.open_table(ds.table_path).file_uris()) == 1
+
+        instance.add_run(dg.DagsterRun(job_name=MAINTENANCE_JOB, run_id="compacting", tags={MAINTAINS_TAG: ds.name},
+                                       status=dg.DagsterRunStatus.STARTED))  # fmt: skip
+        assert ds.name not in running_datasets(instance, catalog)  # the lag sensor runs the dataset beside it
 
 
 def test_sensor_requests_maintenance_once_per_failed_file_size_evaluation(frag):

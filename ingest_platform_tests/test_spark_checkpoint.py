@@ -1,4 +1,4 @@
-"""The Spark stream's checkpoint is used only when it resumes exactly where the ledger says (docs/DESIGN.md §10.8).
+"""The Spark stream's checkpoint is used only when it resumes exactly where the ledger says (docs/DESIGN.md §10.10).
 
 The files are written in the layout Spark 4.2 writes (``offsets/<batch>``: ``v1``, the batch metadata, one line
 per source; ``commits/<batch>``), as read from a real query's checkpoint in test_spark_stream.py."""

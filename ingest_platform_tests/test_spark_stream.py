@@ -1,5 +1,5 @@
 """Continuous datasets on ``engine: spark``: a Structured Streaming query per dataset whose ``foreachBatch`` writes
-each micro-batch as one Delta commit on the offset protocol (docs/DESIGN.md §10.8). The Spark checkpoint is never
+each micro-batch as one Delta commit on the offset protocol (docs/DESIGN.md §10.10). The Spark checkpoint is never
 the source of truth: deleting it, racing a batch run or killing the driver loses and duplicates nothing."""
 
 from __future__ import annotations

@@ -76,13 +76,17 @@ _BYTES = click.INT
 @click.option("--no-upkeep", is_flag=True, help="No checkpoints, compaction or vacuum from this process.")
 @click.option("--spark-checkpoint-root", help="Local folder of the engine: spark datasets' query checkpoints "
                                               "[default: <cache>/spark-stream-checkpoints]; never the source of "
-                                              "truth: the ledger is (docs/DESIGN.md §10.8).")
+                                              "truth: the ledger is (docs/DESIGN.md §10.10).")
 @click.option("--catalog", "catalog_path", help="Catalog file or folder (default: $INGEST_CATALOG).")
 @click.option("--lake-root", help="Lake root (default: $INGEST_LAKE_ROOT or ./lake).")
 @click.option("--bootstrap", help="Kafka bootstrap servers (default: $INGEST_KAFKA_BOOTSTRAP).")
+@click.option("--report-to-dagster", is_flag=True, help="Report the commits to the Dagster instance of "
+              "$DAGSTER_HOME as runless asset materializations (summaries, at most one per dataset per "
+              "materialization_interval_s) and each dataset's health as its 'stream' check (docs/DESIGN.md §10.8).")
 @click.option("-v", "--verbose", is_flag=True, help="Log each Delta commit.")
 def stream(datasets, all_continuous, group, trigger_interval, metrics_port, metrics_host, duration, max_buffer_bytes,
            memory_limit, commit_threads, no_upkeep, spark_checkpoint_root, catalog_path, lake_root, bootstrap,
+           report_to_dagster,
            verbose) -> None:  # fmt: skip
     from ingest_platform.streaming.endpoints import Endpoints
     from ingest_platform.streaming.health import Readiness
@@ -98,7 +102,11 @@ def stream(datasets, all_continuous, group, trigger_interval, metrics_port, metr
                               memory_limit_bytes=memory_limit, commit_threads=commit_threads,
                               upkeep=None if no_upkeep else StreamSettings().upkeep,
                               spark_checkpoint_root=spark_checkpoint_root)  # fmt: skip
-    process = StreamProcess(selected, kafka, lake, settings, log=logging.getLogger("ingest_platform.stream"))
+    log = logging.getLogger("ingest_platform.stream")
+    reporter = _dagster_reporter(selected, lake, log) if report_to_dagster else None
+    process = StreamProcess(selected, kafka, lake, settings, log=log,
+                            on_commit=reporter.on_commit if reporter else None,
+                            on_state=reporter.on_state if reporter else None)  # fmt: skip
     endpoints = None
     if metrics_port is not None:
         readiness = Readiness(kafka, lake)
@@ -106,16 +114,30 @@ def stream(datasets, all_continuous, group, trigger_interval, metrics_port, metr
                               metrics_host).start()  # fmt: skip
     click.echo(f"streaming {len(selected)} dataset(s): {', '.join(d.name for d in selected)}"
                + (f"; metrics on port {endpoints.port}" if endpoints else ""), err=True)  # fmt: skip
+    if reporter is not None:
+        reporter.start()
     try:
         outcome = process.run(duration_s=duration)
     finally:
         if endpoints is not None:
             endpoints.stop()
+        if reporter is not None:
+            reporter.stop()
     for name, error in outcome.failed.items():
         click.echo(f"error: {name}: {error}", err=True)
     click.echo(f"stream stopped ({outcome.reason}): "
                + ", ".join(f"{name} {state.status}" for name, state in sorted(outcome.states.items())), err=True)
     sys.exit(outcome.exit_code)
+
+
+def _dagster_reporter(datasets: list[Dataset], lake, log: logging.Logger):  # type: ignore[no-untyped-def]
+    """The Dagster layer's runless reporter (imported only with --report-to-dagster: the stream needs no Dagster)."""
+    from ingest_platform.defs.stream_reporter import ReporterSetupError, RunlessReporter, open_instance
+
+    try:
+        return RunlessReporter(open_instance(), datasets, lake, log=log)
+    except ReporterSetupError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @click.command(help=(

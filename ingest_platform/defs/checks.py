@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from ingest_platform.catalog import Catalog, Dataset
-from ingest_platform.defs.resources import LakeResource
+from ingest_platform.defs.resources import KafkaResource, LakeResource
 from ingest_platform.defs.sensors import LAKE_TABLES
 from ingest_platform.lake import health
 from ingest_platform.lake.health import (
@@ -23,6 +23,7 @@ from ingest_platform.lake.health import (
     THROUGHPUT_SLO,
     Finding,
 )
+from ingest_platform.monitoring.offsets import records_waiting
 
 #: ERROR where a bad table would mislead consumers (lost or duplicated data, a table staler than promised);
 #: WARN where the table is correct but slow or fragmented (compaction and tuning fix those).
@@ -41,7 +42,8 @@ DESCRIPTIONS = {
     "merge at most 10 % of the files).",
     THROUGHPUT_SLO: "Records/s of the last ingest run ≥ slo.throughput_rps.",
     LATENCY_SLO: "p95 event-time → commit latency of the last ingest run ≤ slo.latency_s.",
-    FRESHNESS: "The last ingest commit is not older than slo.freshness_s (no limit set: reports the age).",
+    FRESHNESS: "The last ingest commit is not older than slo.freshness_s; continuous datasets without it: 3 "
+    "trigger intervals + 60 s, and an idle topic is not stale (no limit set for a batch dataset: reports the age).",
     NO_LOSS: "Offset ledger contiguous per partition (gaps only where retention loss is recorded) and consumed = "
     "rows + dead-lettered + skipped.",
     KEY_UNIQUE: "No key appears twice in the upsert table.",
@@ -85,7 +87,7 @@ def build_table_checks(datasets: list[Dataset], name: str) -> dg.AssetChecksDefi
         description=f"Health of the Delta tables of {', '.join(d.name for d in datasets[:3])}"
         + (f" and {len(datasets) - 3} more datasets" if len(datasets) > 3 else "") + " (docs/DESIGN.md §8).",
     )
-    def ingest_table_checks(context: dg.AssetCheckExecutionContext, lake: LakeResource):
+    def ingest_table_checks(context: dg.AssetCheckExecutionContext, lake: LakeResource, kafka: KafkaResource):
         selected: dict[dg.AssetKey, list[str]] = {}
         for check_key in sorted(context.selected_asset_check_keys, key=lambda k: (k.asset_key.path, k.name)):
             selected.setdefault(check_key.asset_key, []).append(check_key.name)
@@ -94,7 +96,11 @@ def build_table_checks(datasets: list[Dataset], name: str) -> dg.AssetChecksDefi
         def evaluate(dataset: Dataset, names: list[str]) -> dict[str, Finding]:
             uri = location.table_uri(dataset.table_path)
             table = location.open_table(dataset.table_path)
-            return health.evaluate(dataset, table, uri, names, storage_options=location.storage_options)
+            # A stream commits nothing while its topic is idle: freshness asks the topic only when it must.
+            waiting = (lambda: records_waiting(kafka.connection(), dataset.topic, dataset.name, table)
+                       ) if dataset.continuous else None  # fmt: skip
+            return health.evaluate(dataset, table, uri, names, storage_options=location.storage_options,
+                                   waiting=waiting)  # fmt: skip
 
         crashed = []
         with ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="checks") as pool:

@@ -2,11 +2,18 @@
 whose ``file_size`` check failed (docs/DESIGN.md §8).
 
 One job, ``ingest_maintenance``, takes the dataset by config (``{dataset: <name>}``) and carries it as the run
-tag ``ingest/dataset``, like the sensors' ingest runs: one job instead of one per dataset keeps a code location
-of 1,000 datasets fast to load (benchmarks/definitions_bench.py) and the UI's job list short. A maintenance run
-never overlaps an ingest run of its dataset: the run queue admits one run per ``ingest/dataset`` value at a time
-(``dagster.yaml``), the lag sensor requests no ingest run while one is in progress, and the op waits for
-in-progress runs that materialize the dataset (launched from the UI, without the tag) before touching the table.
+tag ``ingest/maintains``: one job instead of one per dataset keeps a code location of 1,000 datasets fast to load
+(benchmarks/definitions_bench.py) and the UI's job list short.
+
+Maintenance never holds back ingestion (issue 12): its runs do not carry the ingest runs' ``ingest/dataset``
+tag, so the lag sensor's in-progress rule and the run queue's one-run-per-dataset limit ignore them, and its ops
+take no pool, so neither a batch run nor a stream waits for a compaction. Maintenance yields instead: the run
+queue admits one maintenance run per ``ingest/maintains`` value at a time (``dagster.yaml``), and the op waits
+(bounded) for executing ingest runs of its dataset — tagged by the sensors or launched from the UI — before
+touching the table. An ingest run or a stream that starts during a compaction commits beside it: an append and
+OPTIMIZE never conflict; a MERGE that loses to it fails its conflict check before its commit, so the ledger has
+not moved and the next attempt (the stream's retry, the lag sensor's next run) reads the same records again
+(§8 "Concurrency"). Stream runs select no asset, so maintenance does not wait for a group's long-lived run.
 """
 
 import json
@@ -16,7 +23,7 @@ import dagster as dg
 
 from ingest_platform.catalog import Catalog, Dataset
 from ingest_platform.defs.resources import LakeResource
-from ingest_platform.defs.sensors import DATASET_TAG, EXECUTING, TRIGGER_TAG, running_datasets
+from ingest_platform.defs.sensors import EXECUTING, MAINTAINS_TAG, TRIGGER_TAG, running_datasets
 from ingest_platform.lake import maintenance
 from ingest_platform.lake.health import FILE_SIZE, MB
 
@@ -41,7 +48,7 @@ def maintenance_run_config(dataset: Dataset) -> dict:
 def maintenance_run_request(dataset: Dataset, run_key: str, trigger: str) -> dg.RunRequest:
     return dg.RunRequest(
         job_name=MAINTENANCE_JOB, run_key=run_key, run_config=maintenance_run_config(dataset),
-        tags={DATASET_TAG: dataset.name, TRIGGER_TAG: trigger},
+        tags={MAINTAINS_TAG: dataset.name, TRIGGER_TAG: trigger},
     )  # fmt: skip
 
 

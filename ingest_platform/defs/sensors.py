@@ -29,6 +29,8 @@ LAG_INTERVAL_S = 30
 PARTITION_INTERVAL_S = 120
 #: Tag on every run a sensor requests; the in-progress check also reads the runs' asset selections.
 DATASET_TAG = "ingest/dataset"
+#: Maintenance runs' tag (the dataset's name): not ``ingest/dataset``, so no compaction holds back ingestion.
+MAINTAINS_TAG = "ingest/maintains"
 TRIGGER_TAG = "ingest/trigger"
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
@@ -57,8 +59,10 @@ def running_datasets(
     exclude_run_id: str | None = None,
     statuses: list[dg.DagsterRunStatus] = IN_PROGRESS,
 ) -> set[str]:
-    """Datasets with a run in one of ``statuses`` (default: queued or in progress; ingest or maintenance): one
-    query for all, by tag or by the run's asset selection. ``exclude_run_id``: the asking run itself."""
+    """Datasets with an ingest run in one of ``statuses`` (default: queued or in progress): one query for all,
+    by tag or by the run's asset selection. ``exclude_run_id``: the asking run itself. Maintenance runs carry
+    another tag (``ingest/maintains``) and select no asset: a compaction never holds back ingestion (§8
+    "Concurrency"), and stream runs (no asset selected) are not ingest runs here either."""
     by_key = {dg.AssetKey(d.asset_path): d.name for d in catalog.datasets}
     names: set[str] = set()
     for record in instance.get_run_records(dg.RunsFilter(statuses=statuses)):
@@ -181,6 +185,8 @@ def build_lag_sensor(
                 skipped.add("caught up", dataset.name)
             elif blocked:
                 skipped.add("blocked", dataset.name, "topic recreated")
+            elif dataset.continuous:  # its stream commits (§10): observed, never run in batch
+                skipped.add("streamed", dataset.name)
             elif not result.due:
                 skipped.add("not due", dataset.name, not_due_detail(dataset, result, interval_s))
             elif dataset.name in running:
@@ -206,7 +212,7 @@ class SkipReasons:
     clicks; not due (1): payments (lag 5 of threshold 100, oldest ~14 s, due at 30 s)``; at most
     ``shown`` names per group, then how many more."""
 
-    ORDER = ("caught up", "not due", "running", "blocked", "unreadable")
+    ORDER = ("caught up", "streamed", "not due", "running", "blocked", "unreadable")
 
     def __init__(self, shown: int = 5):
         self.shown = shown
@@ -302,7 +308,7 @@ def build_partition_sensor(
                 )
                 context.log.error(problems[-1])
             events.append(dg.AssetObservation(asset_key=dataset.asset_path, metadata=metadata))
-            if findings.new_partitions and dataset.name not in running:
+            if findings.new_partitions and dataset.name not in running and not dataset.continuous:
                 run_key = f"partitions:{dataset.name}:{topic.topic_id}:{findings.partitions}"
                 requests.append(_run_request(dataset, run_key, "partitions"))
                 context.log.info(

@@ -18,7 +18,7 @@ import json
 import operator
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -239,11 +239,34 @@ def _mask(rows: pa.Table, commit: IngestCommit) -> pa.ChunkedArray:
 # --- freshness ----------------------------------------------------------------------------------------------
 
 
-def check_freshness(dataset: Dataset, history: History, now: datetime | None = None) -> Finding:
-    """Age of the last ingest commit. Without ``slo.freshness_s`` the age is reported and the check passes."""
-    limit = dataset.slo.freshness_s
+#: A continuous dataset's freshness limit without ``slo.freshness_s``: this many trigger intervals (a batch
+#: closes one interval after its first record) plus the time a commit may take, retries included.
+FRESHNESS_TRIGGERS = 3
+FRESHNESS_COMMIT_ALLOWANCE_S = 60.0
+
+
+def freshness_limit(dataset: Dataset) -> tuple[float | None, str]:
+    """(limit in seconds or None, where it comes from): ``slo.freshness_s``; for a continuous dataset without
+    it, ``FRESHNESS_TRIGGERS`` × ``trigger_interval_s`` + ``FRESHNESS_COMMIT_ALLOWANCE_S``; else none."""
+    if dataset.slo.freshness_s is not None:
+        return dataset.slo.freshness_s, "slo.freshness_s"
+    if dataset.continuous:
+        limit = FRESHNESS_TRIGGERS * dataset.trigger_interval_s + FRESHNESS_COMMIT_ALLOWANCE_S
+        return limit, (f"{FRESHNESS_TRIGGERS} × trigger_interval_s ({dataset.trigger_interval_s:g} s) + "
+                       f"{FRESHNESS_COMMIT_ALLOWANCE_S:g} s")  # fmt: skip
+    return None, "no limit set (slo.freshness_s)"
+
+
+def check_freshness(dataset: Dataset, history: History, now: datetime | None = None,
+                    waiting: Callable[[], int | str] | None = None) -> Finding:  # fmt: skip
+    """Age of the last ingest commit against ``freshness_limit``. Without a limit the age is reported and the
+    check passes. A stream makes no commit while its topic is idle: for a continuous dataset older than its
+    limit, ``waiting`` (records not yet in the table, or why they cannot be counted) tells an idle topic
+    (passes) from a stalled stream (fails); when they cannot be counted the age is reported, not judged."""
+    limit, source = freshness_limit(dataset)
     now = now or datetime.now(timezone.utc)
-    metadata: dict[str, object] = {"limit_s": limit if limit is not None else "none", **history.describe()}
+    metadata: dict[str, object] = {"limit_s": limit if limit is not None else "none", "limit_from": source,
+                                   **history.describe()}  # fmt: skip
     if not history.commits:
         passed = limit is None
         return Finding(passed, "no ingest commit in the table's available history", metadata)
@@ -251,9 +274,20 @@ def check_freshness(dataset: Dataset, history: History, now: datetime | None = N
     age = (now - last.timestamp).total_seconds()
     metadata.update(age_s=round(age, 1), last_commit_version=last.version, last_commit_at=last.timestamp.isoformat())
     if limit is None:
-        return Finding(True, f"last commit {age:,.0f} s ago; no limit set (slo.freshness_s)", metadata)
-    verdict = "≤" if age <= limit else ">"
-    return Finding(age <= limit, f"last commit {age:,.0f} s ago {verdict} limit {limit:g} s", metadata)
+        return Finding(True, f"last commit {age:,.0f} s ago; {source}", metadata)
+    if age <= limit:
+        return Finding(True, f"last commit {age:,.0f} s ago ≤ limit {limit:g} s ({source})", metadata)
+    stale = f"last commit {age:,.0f} s ago > limit {limit:g} s ({source})"
+    if not dataset.continuous or waiting is None:
+        return Finding(False, stale, metadata)
+    lag = waiting()
+    if isinstance(lag, str):
+        metadata["judged"] = False
+        return Finding(True, f"{stale}, but whether records wait cannot be told ({lag}): not judged", metadata)
+    metadata["records_waiting"] = lag
+    if lag == 0:
+        return Finding(True, f"{stale}, but the topic holds nothing new: an idle stream makes no commits", metadata)
+    return Finding(False, f"{stale} while {lag:,} records wait in the topic: is the stream running?", metadata)
 
 
 # --- no_loss ------------------------------------------------------------------------------------------------
@@ -424,23 +458,28 @@ def check_names(dataset: Dataset) -> tuple[str, ...]:
 def evaluate(
     dataset: Dataset, table: DeltaTable | None, table_uri: str, names: Iterable[str] | None = None,
     now: datetime | None = None, storage_options: Mapping[str, str] | None = None,
+    waiting: Callable[[], int | str] | None = None,
 ) -> dict[str, Finding]:  # fmt: skip
     """Run the named checks (default: all of the dataset's) against the table; no table -> nothing ingested
-    yet: every check passes except a freshness limit."""
+    yet: every check passes except a set ``slo.freshness_s`` (and a continuous dataset's derived limit while
+    records wait). ``waiting``: see ``check_freshness``."""
     selected = [n for n in check_names(dataset) if names is None or n in set(names)]
     if table is None:
-        limit = dataset.slo.freshness_s
-        return {
-            name: Finding(name != FRESHNESS or limit is None, f"no table at {table_uri} yet", {"table_uri": table_uri})
-            for name in selected
-        }
+        found = {name: Finding(True, f"no table at {table_uri} yet", {"table_uri": table_uri}) for name in selected}
+        if FRESHNESS in found and (dataset.slo.freshness_s is not None or dataset.continuous):
+            lag = waiting() if dataset.slo.freshness_s is None and waiting is not None else None
+            if not (isinstance(lag, str) or lag == 0):
+                found[FRESHNESS] = Finding(False, f"no table at {table_uri} yet"
+                                           + (f" while {lag:,} records wait in the topic" if lag else ""),
+                                           {"table_uri": table_uri})  # fmt: skip
+        return found
     needs_history = set(selected) - {FILE_SIZE, KEY_UNIQUE} or (KEY_UNIQUE in selected and not dataset.key)
     history = read_history(table) if needs_history else None
     runners: Mapping[str, object] = {
         FILE_SIZE: lambda: check_file_size(dataset, table),
         THROUGHPUT_SLO: lambda: check_throughput(dataset, history),
         LATENCY_SLO: lambda: check_latency(dataset, table, history),
-        FRESHNESS: lambda: check_freshness(dataset, history, now),
+        FRESHNESS: lambda: check_freshness(dataset, history, now, waiting),
         NO_LOSS: lambda: check_no_loss(dataset, table, table_uri, history, storage_options),
         KEY_UNIQUE: lambda: check_key_unique(dataset, table, history),
     }

@@ -106,3 +106,16 @@ def _list_offsets(
         except Exception as error:  # noqa: BLE001 - timeouts surface as concurrent.futures errors
             errors.setdefault(tp.topic, f"cannot read the offsets of {tp.topic}[{tp.partition}]: {error!r}")
     return offsets, errors
+
+
+def records_waiting(kafka: KafkaConnection, topic: str, dataset: str, table, timeout_s: float = DEFAULT_TIMEOUT_S
+                    ) -> int | str:  # fmt: skip
+    """Records of ``topic`` not yet in the table by its ledger (``table``: a DeltaTable or None), or why they
+    cannot be counted (the broker unreachable, the topic missing)."""
+    from ingest_platform.lake.ledger import read_ledger
+    from ingest_platform.monitoring.lag import dataset_lag
+
+    offsets = read_topic_offsets(kafka, [topic], timeout_s, with_ids=False)[topic]
+    if offsets.error is not None:
+        return offsets.error
+    return dataset_lag(read_ledger(table, dataset, offsets.marks), offsets.marks).total

@@ -139,7 +139,7 @@ class StreamProcess:
                 commit_stuck_after_s=self.settings.commit_stuck_after_s,
             )
             loop: DatasetLoop | SparkStreamLoop
-            if dataset.engine == "spark":  # a Structured Streaming query (§10.8); auto and embedded stream here
+            if dataset.engine == "spark":  # a Structured Streaming query (§10.10); auto and embedded stream here
                 loop = SparkStreamLoop(dataset, self.kafka, self.lake, loop_settings, self.metrics, self.session,
                                        self._spark_for(dataset), self._checkpoint_root(), self._commit_hook,
                                        self.on_state, self.log)  # fmt: skip

@@ -1,5 +1,5 @@
 """The Spark checkpoint of a dataset's streaming query, and whether it agrees with the ledger (docs/DESIGN.md
-§10.8).
+§10.10).
 
 The checkpoint is Spark's memory of where it read, never the protocol's: a query is started on it only when the
 position it resumes from (the end offsets of its last committed batch) is exactly the planned start on every

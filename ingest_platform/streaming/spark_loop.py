@@ -1,4 +1,4 @@
-"""One ``engine: spark`` dataset served by a Spark Structured Streaming query (docs/DESIGN.md §10.8).
+"""One ``engine: spark`` dataset served by a Spark Structured Streaming query (docs/DESIGN.md §10.10).
 
 The guide's query — ``readStream.format("kafka")`` … ``trigger(processingTime=trigger_interval_s)`` — with a
 ``foreachBatch`` writer on the offset protocol instead of the Delta sink: each micro-batch is one Delta commit

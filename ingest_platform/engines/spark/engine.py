@@ -147,7 +147,7 @@ class _SparkRun(SparkUpsert):
         extra_metadata: dict | None = None,
     ):
         """``source``: the Kafka rows of ``plan``'s ranges already read (a streaming micro-batch, docs/DESIGN.md
-        §10.8), instead of a batch read; ``extra_metadata`` joins the commits' run metadata."""
+        §10.10), instead of a batch read; ``extra_metadata`` joins the commits' run metadata."""
         self.given_source = source
         self.extra_metadata = dict(extra_metadata or {})
         self.engine = engine

@@ -1,4 +1,4 @@
-"""One Structured Streaming micro-batch -> one Delta commit on the offset protocol (docs/DESIGN.md §10.8).
+"""One Structured Streaming micro-batch -> one Delta commit on the offset protocol (docs/DESIGN.md §10.10).
 
 ``commit_micro_batch`` is what the stream's ``foreachBatch`` calls with Spark's micro-batch of Kafka rows. It
 never trusts Spark's positions or batch ids: it reads the ledger from the table, keeps only the records above
