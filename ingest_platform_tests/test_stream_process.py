@@ -8,15 +8,13 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from ingest_platform.dev.demo_data import records
 from ingest_platform.lake.tables import LakeLocation
-from ingest_platform_tests.stream_helpers import assert_exactly_once, table_rows, wait_for
+from ingest_platform_tests.stream_helpers import SteadyProducer, assert_exactly_once, table_rows, wait_for
 
 pytestmark = [pytest.mark.kafka]
 CLI = str(Path(sys.executable).parent / "ingest-platform")
@@ -37,38 +35,6 @@ def start_stream(catalog: Path, bootstrap: str, lake_root: str, *extra: str) -> 
         [CLI, "stream", "--all-continuous", "--catalog", str(catalog), "--lake-root", lake_root, "--no-upkeep", *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-
-
-class SteadyProducer(threading.Thread):
-    """Produces ``batch`` records every ``every_s`` until stopped; ``produced`` counts the acknowledged ones."""
-
-    def __init__(self, kafka, topic: str, batch: int = 40, every_s: float = 0.1):
-        super().__init__(daemon=True)
-        self.kafka, self.topic, self.batch, self.every_s = kafka, topic, batch, every_s
-        self.produced = 0
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        from confluent_kafka import Producer
-
-        def delivered(error, _message) -> None:
-            if error is None:
-                self.produced += 1  # acknowledged records only
-
-        producer = Producer(self.kafka.producer_config())
-        sent = 0
-        while not self.halt.is_set():
-            for key, value in records("orders", self.batch, seed=sent, start=sent):
-                producer.produce(self.topic, value=value, key=key, on_delivery=delivered)
-            sent += self.batch
-            producer.flush(30)
-            self.halt.wait(self.every_s)
-        producer.flush(60)
-
-    def stop(self) -> int:
-        self.halt.set()
-        self.join(60)
-        return self.produced
 
 
 @pytest.mark.slow
