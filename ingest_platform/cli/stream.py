@@ -13,6 +13,7 @@ import click
 
 from ingest_platform.catalog import Catalog, CatalogError, Dataset, load_catalog
 from ingest_platform.settings import Settings, normalize_lake_root
+from ingest_platform.streaming.shard_map import DEFAULT_PARTITIONS, DEFAULT_SESSION_TIMEOUT_S
 
 
 def _load(catalog_path: str | None) -> Catalog:
@@ -74,35 +75,63 @@ _BYTES = click.INT
 @click.option("--memory-limit", type=_BYTES, help="The process's memory limit in bytes [default: the cgroup's].")
 @click.option("--commit-threads", type=int, default=4, show_default=True, help="Commits running at once.")
 @click.option("--no-upkeep", is_flag=True, help="No checkpoints, compaction or vacuum from this process.")
+@click.option("--shard-group", metavar="NAME", help="Run as one worker of the shard group NAME (DESIGN §12): the "
+                                                    "group's workers share the continuous datasets, each served by "
+                                                    "one worker; scale by starting or stopping workers.")
+@click.option("--shard-partitions", type=click.IntRange(1, 10_000), default=DEFAULT_PARTITIONS, show_default=True,
+              help="Coordination partitions of the shard group: the same in every worker, above the most workers "
+                   "ever run.")
+@click.option("--shard-session-timeout", type=click.FloatRange(6, 1800), default=DEFAULT_SESSION_TIMEOUT_S,
+              show_default=True, help="Seconds after which a killed worker's datasets move to the others.")
 @click.option("--catalog", "catalog_path", help="Catalog file or folder (default: $INGEST_CATALOG).")
 @click.option("--lake-root", help="Lake root (default: $INGEST_LAKE_ROOT or ./lake).")
 @click.option("--bootstrap", help="Kafka bootstrap servers (default: $INGEST_KAFKA_BOOTSTRAP).")
 @click.option("-v", "--verbose", is_flag=True, help="Log each Delta commit.")
 def stream(datasets, all_continuous, group, trigger_interval, metrics_port, metrics_host, duration, max_buffer_bytes,
-           memory_limit, commit_threads, no_upkeep, catalog_path, lake_root, bootstrap, verbose) -> None:  # fmt: skip
+           memory_limit, commit_threads, no_upkeep, shard_group, shard_partitions, shard_session_timeout, catalog_path,
+           lake_root, bootstrap, verbose) -> None:  # fmt: skip
     from ingest_platform.streaming.endpoints import Endpoints
     from ingest_platform.streaming.health import Readiness
     from ingest_platform.streaming.process import StreamProcess, StreamSettings
+    from ingest_platform.streaming.shard_map import ShardSettings
+    from ingest_platform.streaming.sharding import ShardedStream, ShardError
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")  # fmt: skip
     if trigger_interval is not None and trigger_interval <= 0:
         raise click.UsageError("--trigger-interval must be > 0")
-    selected = select_stream_datasets(_load(catalog_path), datasets, all_continuous, group)
+    if shard_group is not None and datasets:
+        raise click.UsageError("--shard-group serves the continuous datasets the group assigns to this worker; "
+                               "do not name datasets (narrow with --group)")  # fmt: skip
+    catalog = _load(catalog_path)
+    selected = select_stream_datasets(catalog, datasets, all_continuous or shard_group is not None, group)
     kafka, lake = _places(lake_root, bootstrap)
     settings = StreamSettings(trigger_interval_s=trigger_interval, max_buffer_bytes=max_buffer_bytes,
                               memory_limit_bytes=memory_limit, commit_threads=commit_threads,
                               upkeep=None if no_upkeep else StreamSettings().upkeep)  # fmt: skip
-    process = StreamProcess(selected, kafka, lake, settings, log=logging.getLogger("ingest_platform.stream"))
+    log = logging.getLogger("ingest_platform.stream")
+    if shard_group is not None:
+        try:
+            shard = ShardSettings(shard_group, shard_partitions, shard_session_timeout)
+        except ValueError as error:
+            raise click.UsageError(f"--shard-group: {error}") from None
+        runner = ShardedStream(selected, kafka, lake, settings, shard, log=log)
+        process, healthz = runner.process, runner.healthz
+        what = (f"shard group {shard_group}: worker session {runner.session}, {len(selected)} dataset(s) shared "
+                f"through {shard.topic}")  # fmt: skip
+    else:
+        runner = process = StreamProcess(selected, kafka, lake, settings, log=log)
+        healthz = process.healthz
+        what = f"streaming {len(selected)} dataset(s): {', '.join(d.name for d in selected)}"
     endpoints = None
     if metrics_port is not None:
         readiness = Readiness(kafka, lake)
-        endpoints = Endpoints(process.metrics.registry, process.healthz, readiness.check, metrics_port,
-                              metrics_host).start()  # fmt: skip
-    click.echo(f"streaming {len(selected)} dataset(s): {', '.join(d.name for d in selected)}"
-               + (f"; metrics on port {endpoints.port}" if endpoints else ""), err=True)  # fmt: skip
+        endpoints = Endpoints(process.metrics.registry, healthz, readiness.check, metrics_port, metrics_host).start()
+    click.echo(what + (f"; metrics on port {endpoints.port}" if endpoints else ""), err=True)
     try:
-        outcome = process.run(duration_s=duration)
+        outcome = runner.run(duration_s=duration)
+    except ShardError as error:
+        raise click.ClickException(str(error)) from None
     finally:
         if endpoints is not None:
             endpoints.stop()
