@@ -234,6 +234,9 @@ class Dataset(_Strict):
     trigger_interval_s: float = Field(30, gt=0)  # a micro-batch closes this long after its first record
     stream_group: str | None = None  # the datasets one stream process serves together; default: the source
     materialization_interval_s: float = Field(60, gt=0)  # how often the Dagster layer reports a stream's commits
+    # Who runs the group's stream: a Dagster run kept alive by the supervisor sensor, or an external workload
+    # (the Kubernetes stream workers) that the supervisor leaves alone. One value per stream group.
+    stream_runner: Literal["dagster", "external"] = "dagster"
     description: str | None = None
     owners: tuple[str, ...] = ()
 
@@ -427,7 +430,27 @@ def load_catalog(path: str | Path) -> Catalog:
                 )
             where[dataset.name] = file
             datasets.append(dataset)
+    check_stream_groups(datasets, where)
     return Catalog(datasets=tuple(datasets), files=tuple(str(f) for f in files))
+
+
+def check_stream_groups(datasets: Iterable[Dataset], files: Mapping[str, str | Path]) -> None:
+    """The continuous datasets of one stream group run in one process, so they agree on ``stream_runner``; the
+    error names the first dataset that disagrees (its file, the field) and one it disagrees with."""
+    first: dict[str, Dataset] = {}
+    for dataset in datasets:
+        if not dataset.continuous:
+            continue
+        other = first.setdefault(dataset.pipeline, dataset)
+        if other.stream_runner != dataset.stream_runner:
+            raise CatalogError(
+                files[dataset.name],
+                f"'{dataset.stream_runner}' differs from '{other.stream_runner}' of dataset '{other.name}' "
+                f"({files[other.name]}) in the same stream group '{dataset.pipeline}'; the continuous datasets of a "
+                "stream group are served by one process: give them one stream_runner, or another stream_group",
+                dataset.name,
+                "stream_runner",
+            )
 
 
 def parse_catalog_text(text: str, file: str | Path = "<string>") -> list[Dataset]:
@@ -462,6 +485,7 @@ def parse_catalog_text(text: str, file: str | Path = "<string>") -> list[Dataset
             raise CatalogError(file, "duplicate dataset name in this file", dataset.name, "name")
         seen.add(dataset.name)
         datasets.append(dataset)
+    check_stream_groups(datasets, {d.name: file for d in datasets})
     return datasets
 
 

@@ -228,3 +228,59 @@ def test_defaults_errors_name_the_dataset_they_reach(tmp_path):
     with pytest.raises(CatalogError) as caught:
         load_catalog(write(tmp_path, "shop.yaml", text))
     assert (caught.value.dataset, caught.value.field) == ("orders", "trigger_interval_s")
+
+
+STREAMS = """
+defaults:
+  stream_runner: external
+datasets:
+  - {name: clicks, source: shop, topic: shop.clicks, format: json, continuous: true}
+  - {name: views, source: shop, topic: shop.views, format: json, continuous: true}
+  - {name: orders, source: shop, topic: shop.orders, format: json, stream_runner: dagster}
+"""
+
+
+def test_stream_runner_defaults_to_dagster_and_merges_from_defaults(tmp_path):
+    (orders,) = load_catalog(write(tmp_path, "shop.yaml", VALID)).datasets
+    assert orders.stream_runner == "dagster"
+    clicks, views, orders = load_catalog(write(tmp_path, "streams.yaml", STREAMS)).datasets
+    assert (clicks.stream_runner, views.stream_runner) == ("external", "external")
+    assert orders.stream_runner == "dagster"  # a batch dataset never streams: its runner does not matter
+
+
+def test_stream_runner_disagreeing_in_one_group_names_file_dataset_and_field(tmp_path):
+    text = STREAMS.replace("topic: shop.views, format: json, continuous: true",
+                           "topic: shop.views, format: json, continuous: true, stream_runner: dagster")
+    path = write(tmp_path, "streams.yaml", text)
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(path)
+    error = caught.value
+    assert (error.file, error.dataset, error.field) == (str(path), "views", "stream_runner")
+    assert "'dagster' differs from 'external' of dataset 'clicks'" in error.problem
+    assert "stream group 'shop'" in error.problem
+    with pytest.raises(CatalogError):  # the text parser applies the same rule
+        parse_catalog_text(textwrap.dedent(text))
+    # another stream_group for the one that differs is the way out
+    text = text.replace("stream_runner: dagster}", "stream_runner: dagster, stream_group: shop_fast}", 1)
+    assert [d.pipeline for d in load_catalog(write(tmp_path, "streams.yaml", text)).datasets] == [
+        "shop", "shop_fast", "shop"]
+
+
+def test_stream_runner_must_agree_across_files_of_a_folder(tmp_path):
+    folder = tmp_path / "catalog"
+    folder.mkdir()
+    write(folder, "a.yaml", "datasets:\n  - {name: a, source: s, topic: a, format: json, continuous: true}\n")
+    write(folder, "b.yaml", "datasets:\n  - {name: b, source: s, topic: b, format: json, continuous: true, "
+                            "stream_runner: external}\n")
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(folder)
+    error = caught.value
+    assert (error.file, error.dataset, error.field) == (str(folder / "b.yaml"), "b", "stream_runner")
+    assert str(folder / "a.yaml") in error.problem
+
+
+def test_stream_runner_rejects_other_values(tmp_path):
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(write(tmp_path, "shop.yaml", VALID + "    stream_runner: kubernetes\n"))
+    assert (caught.value.dataset, caught.value.field) == ("orders", "stream_runner")
+    assert "'dagster' or 'external'" in caught.value.problem

@@ -153,6 +153,36 @@ def distinct_shard_names(count: int, partitions: int) -> list[str]:
     raise AssertionError("no such names")
 
 
+def external_catalog(folder: Path, topics: dict[str, str], trigger_s: float) -> Path:
+    """A catalog of continuous json datasets (name -> topic) in one stream group run by external workers."""
+    path = folder / "catalog.yaml"
+    path.write_text("datasets:\n" + "".join(
+        f"  - {{name: {name}, source: test, topic: {topic}, format: json, continuous: true, "
+        f"trigger_interval_s: {trigger_s}, stream_runner: external}}\n" for name, topic in topics.items()))  # fmt: skip
+    return path
+
+
+def test_a_shard_group_serves_only_external_stream_groups(tmp_path):
+    """``--shard-group`` takes the continuous datasets whose stream group has ``stream_runner: external`` (the
+    Dagster supervisor runs the others); none: a message that says what to set."""
+    from click.testing import CliRunner
+
+    from ingest_platform.catalog import load_catalog
+    from ingest_platform.cli.stream import select_external_datasets, stream
+
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("datasets:\n"
+                       "  - {name: a, source: s1, topic: a, format: json, continuous: true}\n"
+                       "  - {name: b, source: s2, topic: b, format: json, continuous: true, stream_runner: external}\n"
+                       "  - {name: c, source: s2, topic: c, format: json, stream_runner: external}\n")  # fmt: skip
+    assert [d.name for d in select_external_datasets(load_catalog(catalog), None)] == ["b"]
+    done = CliRunner().invoke(stream, ["--shard-group", "g", "--group", "s1", "--catalog", str(catalog)])
+    assert done.exit_code == 1 and "no continuous dataset with stream_runner: external in stream group 's1'" in (
+        done.output) and "external stream groups: s2" in done.output, done.output  # fmt: skip
+    done = CliRunner().invoke(stream, ["--shard-group", "g", "b", "--catalog", str(catalog)])
+    assert done.exit_code == 2 and "do not name datasets" in done.output, done.output
+
+
 class Worker:
     """``ingest-platform stream --shard-group`` as a child process; its log (stderr, INFO) in a file."""
 
@@ -225,10 +255,7 @@ def test_scaling_workers_1_2_3_1_hands_datasets_over_exactly_once(kafka, kafka_b
     partitions, session_timeout = 6, 6.0
     names = distinct_shard_names(6, partitions)
     topics = {name: make_topic(partitions=2) for name in names}
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text("datasets:\n" + "".join(
-        f"  - {{name: {name}, source: test, topic: {topic}, format: json, continuous: true, trigger_interval_s: 0.5}}\n"
-        for name, topic in topics.items()))  # fmt: skip
+    catalog = external_catalog(tmp_path, topics, trigger_s=0.5)
     lake = LakeLocation(str(tmp_path / "lake"))
     datasets = {name: json_dataset(topic, name=name) for name, topic in topics.items()}
     group = f"scale{uuid.uuid4().hex[:6]}"
@@ -317,10 +344,7 @@ def test_a_paused_worker_is_fenced_and_never_writes_between_the_new_owners_commi
     partitions, session_timeout = 2, 6.0
     names = distinct_shard_names(2, partitions)
     topics = {name: make_topic(partitions=2) for name in names}
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text("datasets:\n" + "".join(
-        f"  - {{name: {name}, source: test, topic: {topic}, format: json, continuous: true, trigger_interval_s: 1}}\n"
-        for name, topic in topics.items()))  # fmt: skip
+    catalog = external_catalog(tmp_path, topics, trigger_s=1)
     lake = LakeLocation(str(tmp_path / "lake"))
     datasets = {name: json_dataset(topic, name=name) for name, topic in topics.items()}
     group = f"zombie{uuid.uuid4().hex[:6]}"

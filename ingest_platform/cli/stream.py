@@ -54,6 +54,21 @@ def select_stream_datasets(catalog: Catalog, names: tuple[str, ...], all_continu
     return chosen
 
 
+def select_external_datasets(catalog: Catalog, group: str | None) -> list[Dataset]:
+    """A shard group's datasets: the continuous ones of the stream groups with ``stream_runner: external`` (the
+    Dagster supervisor stands down for those), of one stream group with ``group``."""
+    chosen = [d for d in catalog.datasets if d.continuous and d.stream_runner == "external"
+              and (group is None or d.pipeline == group)]  # fmt: skip
+    if not chosen:
+        groups = sorted({d.pipeline for d in catalog.datasets if d.continuous and d.stream_runner == "external"})
+        raise click.ClickException(
+            f"no continuous dataset with stream_runner: external{f' in stream group {group!r}' if group else ''} "
+            f"in the catalog (external stream groups: {', '.join(groups) or 'none'}); a shard group serves only "
+            "those: set stream_runner: external on the stream group's continuous datasets"
+        )
+    return chosen
+
+
 _BYTES = click.INT
 
 
@@ -76,7 +91,8 @@ _BYTES = click.INT
 @click.option("--commit-threads", type=int, default=4, show_default=True, help="Commits running at once.")
 @click.option("--no-upkeep", is_flag=True, help="No checkpoints, compaction or vacuum from this process.")
 @click.option("--shard-group", metavar="NAME", help="Run as one worker of the shard group NAME (DESIGN §12): the "
-                                                    "group's workers share the continuous datasets, each served by "
+                                                    "group's workers share the continuous datasets with "
+                                                    "stream_runner: external (narrow with --group), each served by "
                                                     "one worker; scale by starting or stopping workers.")
 @click.option("--shard-partitions", type=click.IntRange(1, 10_000), default=DEFAULT_PARTITIONS, show_default=True,
               help="Coordination partitions of the shard group: the same in every worker, above the most workers "
@@ -86,10 +102,13 @@ _BYTES = click.INT
 @click.option("--catalog", "catalog_path", help="Catalog file or folder (default: $INGEST_CATALOG).")
 @click.option("--lake-root", help="Lake root (default: $INGEST_LAKE_ROOT or ./lake).")
 @click.option("--bootstrap", help="Kafka bootstrap servers (default: $INGEST_KAFKA_BOOTSTRAP).")
+@click.option("--report-to-dagster", is_flag=True, help="Report the commits to the Dagster instance of "
+              "$DAGSTER_HOME as runless asset materializations (summaries, at most one per dataset per "
+              "materialization_interval_s) and each dataset's health as its 'stream' check (docs/DESIGN.md §10.8).")
 @click.option("-v", "--verbose", is_flag=True, help="Log each Delta commit.")
 def stream(datasets, all_continuous, group, trigger_interval, metrics_port, metrics_host, duration, max_buffer_bytes,
            memory_limit, commit_threads, no_upkeep, shard_group, shard_partitions, shard_session_timeout, catalog_path,
-           lake_root, bootstrap, verbose) -> None:  # fmt: skip
+           lake_root, bootstrap, report_to_dagster, verbose) -> None:  # fmt: skip
     from ingest_platform.streaming.endpoints import Endpoints
     from ingest_platform.streaming.health import Readiness
     from ingest_platform.streaming.process import StreamProcess, StreamSettings
@@ -104,23 +123,28 @@ def stream(datasets, all_continuous, group, trigger_interval, metrics_port, metr
         raise click.UsageError("--shard-group serves the continuous datasets the group assigns to this worker; "
                                "do not name datasets (narrow with --group)")  # fmt: skip
     catalog = _load(catalog_path)
-    selected = select_stream_datasets(catalog, datasets, all_continuous or shard_group is not None, group)
+    if shard_group is not None:
+        selected = select_external_datasets(catalog, group)
+    else:
+        selected = select_stream_datasets(catalog, datasets, all_continuous, group)
     kafka, lake = _places(lake_root, bootstrap)
     settings = StreamSettings(trigger_interval_s=trigger_interval, max_buffer_bytes=max_buffer_bytes,
                               memory_limit_bytes=memory_limit, commit_threads=commit_threads,
                               upkeep=None if no_upkeep else StreamSettings().upkeep)  # fmt: skip
     log = logging.getLogger("ingest_platform.stream")
+    reporter = _dagster_reporter(selected, lake, log) if report_to_dagster else None
+    on_commit, on_state = (reporter.on_commit, reporter.on_state) if reporter else (None, None)
     if shard_group is not None:
         try:
             shard = ShardSettings(shard_group, shard_partitions, shard_session_timeout)
         except ValueError as error:
             raise click.UsageError(f"--shard-group: {error}") from None
-        runner = ShardedStream(selected, kafka, lake, settings, shard, log=log)
+        runner = ShardedStream(selected, kafka, lake, settings, shard, on_commit, on_state, log=log)
         process, healthz = runner.process, runner.healthz
         what = (f"shard group {shard_group}: worker session {runner.session}, {len(selected)} dataset(s) shared "
                 f"through {shard.topic}")  # fmt: skip
     else:
-        runner = process = StreamProcess(selected, kafka, lake, settings, log=log)
+        runner = process = StreamProcess(selected, kafka, lake, settings, on_commit, on_state, log=log)
         healthz = process.healthz
         what = f"streaming {len(selected)} dataset(s): {', '.join(d.name for d in selected)}"
     endpoints = None
@@ -128,6 +152,8 @@ def stream(datasets, all_continuous, group, trigger_interval, metrics_port, metr
         readiness = Readiness(kafka, lake)
         endpoints = Endpoints(process.metrics.registry, healthz, readiness.check, metrics_port, metrics_host).start()
     click.echo(what + (f"; metrics on port {endpoints.port}" if endpoints else ""), err=True)
+    if reporter is not None:
+        reporter.start()
     try:
         outcome = runner.run(duration_s=duration)
     except ShardError as error:
@@ -135,11 +161,23 @@ def stream(datasets, all_continuous, group, trigger_interval, metrics_port, metr
     finally:
         if endpoints is not None:
             endpoints.stop()
+        if reporter is not None:
+            reporter.stop()
     for name, error in outcome.failed.items():
         click.echo(f"error: {name}: {error}", err=True)
     click.echo(f"stream stopped ({outcome.reason}): "
                + ", ".join(f"{name} {state.status}" for name, state in sorted(outcome.states.items())), err=True)
     sys.exit(outcome.exit_code)
+
+
+def _dagster_reporter(datasets: list[Dataset], lake, log: logging.Logger):  # type: ignore[no-untyped-def]
+    """The Dagster layer's runless reporter (imported only with --report-to-dagster: the stream needs no Dagster)."""
+    from ingest_platform.defs.stream_reporter import ReporterSetupError, RunlessReporter, open_instance
+
+    try:
+        return RunlessReporter(open_instance(), datasets, lake, log=log)
+    except ReporterSetupError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @click.command(help=(

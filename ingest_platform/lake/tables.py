@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from ingest_platform.lake.storage import S3Config, describe_access_error, filesystem, is_s3, s3_uri
 
@@ -84,3 +84,25 @@ def commit_stats(table_uri: str, version: int, storage_options: Mapping[str, str
                 when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
                 oldest = when if oldest is None else min(oldest, when)
     return CommitStats(files=files, bytes=size, rows=rows, oldest_event_time=oldest)
+
+
+class TableRowCount:
+    """A table's row count from its add actions' statistics (``DeltaTable.count()``), kept cheap for a caller
+    that asks repeatedly (a stream's materialization reports): one handle, brought up to date by reading only
+    the log entries added since the last call. None while the table does not exist or cannot be read."""
+
+    def __init__(self, lake: LakeLocation, table_path: str):
+        self.lake = lake
+        self.table_path = table_path
+        self._table: DeltaTable | None = None
+
+    def rows(self) -> int | None:
+        try:
+            if self._table is None:
+                self._table = self.lake.open_table(self.table_path)
+            else:
+                self._table.update_incremental()
+            return None if self._table is None else self._table.count()
+        except (DeltaError, LakeAccessError, OSError):
+            self._table = None
+            return None
