@@ -162,6 +162,18 @@ def external_catalog(folder: Path, topics: dict[str, str], trigger_s: float) -> 
     return path
 
 
+def external_datasets(folder: Path, make_topic, partitions: int, trigger_s: float):  # type: ignore[no-untyped-def]
+    """One dataset per coordination partition, each with its own 2-partition topic, in an external catalog:
+    (names, {name: topic}, catalog path, lake, {name: Dataset})."""
+    from ingest_platform.lake.tables import LakeLocation
+
+    names = distinct_shard_names(partitions, partitions)
+    topics = {name: make_topic(partitions=2) for name in names}
+    catalog = external_catalog(folder, topics, trigger_s=trigger_s)
+    datasets = {name: json_dataset(topic, name=name) for name, topic in topics.items()}
+    return names, topics, catalog, LakeLocation(str(folder / "lake")), datasets
+
+
 def test_a_shard_group_serves_only_external_stream_groups(tmp_path):
     """``--shard-group`` takes the continuous datasets whose stream group has ``stream_runner: external`` (the
     Dagster supervisor runs the others); none: a message that says what to set."""
@@ -250,14 +262,9 @@ def test_scaling_workers_1_2_3_1_hands_datasets_over_exactly_once(kafka, kafka_b
     equals its topic (no offset missing or twice), and each table's commits come from one worker at a time —
     every commit lies in its worker's serving interval, and two workers' intervals never overlap."""
     from ingest_platform.lake.commit import run_metadata_of
-    from ingest_platform.lake.tables import LakeLocation
 
     partitions, session_timeout = 6, 6.0
-    names = distinct_shard_names(6, partitions)
-    topics = {name: make_topic(partitions=2) for name in names}
-    catalog = external_catalog(tmp_path, topics, trigger_s=0.5)
-    lake = LakeLocation(str(tmp_path / "lake"))
-    datasets = {name: json_dataset(topic, name=name) for name, topic in topics.items()}
+    names, topics, catalog, lake, datasets = external_datasets(tmp_path, make_topic, partitions, 0.5)
     group = f"scale{uuid.uuid4().hex[:6]}"
     workers: dict[str, Worker] = {}
 
@@ -339,14 +346,8 @@ def test_a_paused_worker_is_fenced_and_never_writes_between_the_new_owners_commi
     session timeout. When a resumes, the ledger guard refuses its commits (or the coordinator tells it the
     assignment is lost); it stops those datasets instead of re-planning, and none of its commits lands between
     b's until the group gives it datasets again. Every record once."""
-    from ingest_platform.lake.tables import LakeLocation
-
     partitions, session_timeout = 2, 6.0
-    names = distinct_shard_names(2, partitions)
-    topics = {name: make_topic(partitions=2) for name in names}
-    catalog = external_catalog(tmp_path, topics, trigger_s=1)
-    lake = LakeLocation(str(tmp_path / "lake"))
-    datasets = {name: json_dataset(topic, name=name) for name, topic in topics.items()}
+    names, topics, catalog, lake, datasets = external_datasets(tmp_path, make_topic, partitions, 1)
     group = f"zombie{uuid.uuid4().hex[:6]}"
 
     def worker(name: str) -> Worker:
