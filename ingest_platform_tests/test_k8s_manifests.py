@@ -1,6 +1,7 @@
-"""deploy/k8s/: rendered by kubectl's kustomize, validated against the Kubernetes OpenAPI schemas
-(kubernetes-validate, KUBERNETES_VERSION) and prometheus-operator's CRD schemas; generated files agree with
-their one source; the stream workload keeps its contract (DESIGN §10-11); no secret in any file."""
+"""deploy/k8s/: rendered by the pinned kustomize (deploy/local/kustomize/install.sh), validated against the
+Kubernetes OpenAPI schemas (kubernetes-validate, KUBERNETES_VERSION) and prometheus-operator's CRD schemas;
+generated files agree with their one source; the stream workload keeps its contract (DESIGN §10-11, §12);
+no secret in any file."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ingest_platform_tests.deploy_tools import (
     crd_errors,
     kubernetes_errors,
     kustomize,
+    kustomize_command,
     yaml_documents,
 )
 
@@ -51,6 +53,17 @@ def test_every_object_is_valid_for_the_stated_kubernetes_version(rendered):
     component = yaml_documents((DEPLOY / "k8s" / "components" / "stream-autoscaling").glob("hpa.yaml"))
     assert [d["kind"] for d in component] == ["HorizontalPodAutoscaler"]
     assert kubernetes_errors([*rendered, *pod_templates(rendered), *component]) == []
+
+
+def test_the_pinned_kustomize_renders_what_kubectl_applies(rendered):
+    """The tests' renderer (the pinned kustomize, built with Go) and kubectl's built-in kustomize (what
+    ``kubectl apply -k`` uses) produce the same objects."""
+    if kustomize_command()[0] == shutil.which("kubectl"):
+        pytest.skip("no Go on this machine: the manifests are rendered by kubectl's kustomize itself")
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed: nothing to compare the pinned kustomize with")
+    assert kustomize(OVERLAY, [kubectl, "kustomize"]) == rendered
 
 
 def test_schema_validation_catches_a_wrong_field(rendered):
