@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: venv system-deps demo dev dev-stop test test-fast checks-demo lint bench clean deploy-render image-check
+.PHONY: venv system-deps kustomize demo dev dev-stop test test-fast checks-demo lint bench clean deploy-render image-check
 
 venv: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 system-deps:
 	deploy/local/install-debian-packages.sh
 
+# The pinned kustomize that renders deploy/k8s in the tests, built by `go install` from the Go module proxy
+# into ~/.cache/ingest_platform (deploy/local/kustomize/install.sh; the tests also call it on first use).
+kustomize:
+	deploy/local/kustomize/install.sh
+
 demo: venv
 	$(BIN)/ingest-platform demo
 
@@ -33,7 +38,7 @@ dev: venv
 dev-stop:
 	$(BIN)/ingest-platform dev down
 
-test: venv system-deps
+test: venv system-deps kustomize
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/python -m pytest
 	$(MAKE) checks-demo

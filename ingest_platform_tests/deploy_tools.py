@@ -1,6 +1,7 @@
 """The real tools that consume the deployment files, for the tests: promtool (Debian's prometheus package),
-kubectl's kustomize, kubernetes-validate (PyPI) and prometheus-operator's CRD schemas (npm). Each helper skips
-the calling test by name, with the reason, when its tool is missing — never silently passes."""
+kustomize (pinned, built from the Go module proxy; kubectl's as a fallback), kubernetes-validate (PyPI) and
+prometheus-operator's CRD schemas (npm). Each helper skips the calling test by name, with the reason, when its
+tool is missing — never silently passes."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ KUBERNETES_VERSION = "1.33.0"
 CRD_SCHEMA_PACKAGE = "@kubernetes-models/prometheus-operator@6.0.0"
 CRD_KINDS = ("PodMonitor", "ServiceMonitor", "PrometheusRule")
 CRD_VALIDATOR = Path(__file__).parent / "tools" / "validate_crds.mjs"
+#: Installs the pinned kustomize from the Go module proxy and prints its path (docs/DEPLOY.md).
+KUSTOMIZE_INSTALL = DEPLOY / "local" / "kustomize" / "install.sh"
 
 
 def tool(name: str) -> str:
@@ -37,10 +40,30 @@ def run(cmd: list[str], timeout_s: float = 120, **kwargs: Any) -> subprocess.Com
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, **kwargs)
 
 
-def kustomize(directory: Path) -> list[dict[str, Any]]:
-    """``kubectl kustomize DIR`` (kustomize built into kubectl): the objects an ``apply -k`` would send."""
-    done = run([tool("kubectl"), "kustomize", str(directory)])
-    assert done.returncode == 0, f"kubectl kustomize {directory} failed:\n{done.stderr}"
+def kustomize_command() -> list[str]:
+    """The pinned kustomize of deploy/local/kustomize/install.sh (``go install`` from the Go module proxy into the
+    project's cache on first use, under a lock), else kubectl's built-in kustomize; the test is skipped, by name,
+    only when there is neither Go nor kubectl."""
+    cache = Path(os.environ.get("INGEST_CACHE_DIR") or Path.home() / ".cache" / "ingest_platform")
+    cache.mkdir(parents=True, exist_ok=True)
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").is_file() else None)
+    if go is not None:
+        with open(cache / "kustomize.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            done = run([str(KUSTOMIZE_INSTALL)], timeout_s=960)
+        assert done.returncode == 0, f"{KUSTOMIZE_INSTALL} failed:\n{done.stderr[-3000:]}"
+        return [done.stdout.strip().splitlines()[-1], "build"]
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip(f"no kustomize: install Go >= 1.22 ({KUSTOMIZE_INSTALL} builds the pinned kustomize) or kubectl")
+    return [kubectl, "kustomize"]
+
+
+def kustomize(directory: Path, command: list[str] | None = None) -> list[dict[str, Any]]:
+    """``kustomize build DIR``: the objects an ``kubectl apply -k`` would send."""
+    command = command or kustomize_command()
+    done = run([*command, str(directory)])
+    assert done.returncode == 0, f"{' '.join(command)} {directory} failed:\n{done.stderr}"
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ingest_platform.catalog import Dataset
 from ingest_platform.dev.demo_data import records
@@ -67,26 +67,33 @@ def assert_exactly_once(lake: LakeLocation, dataset: Dataset, expected: int, id_
 
 
 class SteadyProducer(threading.Thread):
-    """Produces ``batch`` records every ``every_s`` until stopped; ``produced`` counts the acknowledged ones."""
+    """Produces ``batch`` records to each topic every ``every_s`` until stopped; ``produced`` counts the
+    acknowledged ones (``by_topic`` per topic). Ids (``order_id``) are unique within a topic."""
 
-    def __init__(self, kafka, topic: str, batch: int = 40, every_s: float = 0.1):
+    def __init__(self, kafka, topics: str | Sequence[str], batch: int = 40, every_s: float = 0.1):
         super().__init__(daemon=True)
-        self.kafka, self.topic, self.batch, self.every_s = kafka, topic, batch, every_s
-        self.produced = 0
+        self.kafka, self.batch, self.every_s = kafka, batch, every_s
+        self.topics = [topics] if isinstance(topics, str) else list(topics)
+        self.by_topic = dict.fromkeys(self.topics, 0)
         self.halt = threading.Event()
+
+    @property
+    def produced(self) -> int:
+        return sum(self.by_topic.values())
 
     def run(self) -> None:
         from confluent_kafka import Producer
 
-        def delivered(error, _message) -> None:
+        def delivered(error, message) -> None:
             if error is None:
-                self.produced += 1  # acknowledged records only
+                self.by_topic[message.topic()] += 1  # acknowledged records only
 
         producer = Producer(self.kafka.producer_config())
         sent = 0
         while not self.halt.is_set():
-            for key, value in records("orders", self.batch, seed=sent, start=sent):
-                producer.produce(self.topic, value=value, key=key, on_delivery=delivered)
+            for topic in self.topics:
+                for key, value in records("orders", self.batch, seed=sent, start=sent):
+                    producer.produce(topic, value=value, key=key, on_delivery=delivered)
             sent += self.batch
             producer.flush(30)
             self.halt.wait(self.every_s)

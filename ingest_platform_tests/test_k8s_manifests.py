@@ -1,6 +1,7 @@
-"""deploy/k8s/: rendered by kubectl's kustomize, validated against the Kubernetes OpenAPI schemas
-(kubernetes-validate, KUBERNETES_VERSION) and prometheus-operator's CRD schemas; generated files agree with
-their one source; the stream workload keeps its contract (DESIGN §10-11); no secret in any file."""
+"""deploy/k8s/: rendered by the pinned kustomize (deploy/local/kustomize/install.sh), validated against the
+Kubernetes OpenAPI schemas (kubernetes-validate, KUBERNETES_VERSION) and prometheus-operator's CRD schemas;
+generated files agree with their one source; the stream workload keeps its contract (DESIGN §10-11, §12);
+no secret in any file."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ingest_platform_tests.deploy_tools import (
     crd_errors,
     kubernetes_errors,
     kustomize,
+    kustomize_command,
     yaml_documents,
 )
 
@@ -51,6 +53,17 @@ def test_every_object_is_valid_for_the_stated_kubernetes_version(rendered):
     component = yaml_documents((DEPLOY / "k8s" / "components" / "stream-autoscaling").glob("hpa.yaml"))
     assert [d["kind"] for d in component] == ["HorizontalPodAutoscaler"]
     assert kubernetes_errors([*rendered, *pod_templates(rendered), *component]) == []
+
+
+def test_the_pinned_kustomize_renders_what_kubectl_applies(rendered):
+    """The tests' renderer (the pinned kustomize, built with Go) and kubectl's built-in kustomize (what
+    ``kubectl apply -k`` uses) produce the same objects."""
+    if kustomize_command()[0] == shutil.which("kubectl"):
+        pytest.skip("no Go on this machine: the manifests are rendered by kubectl's kustomize itself")
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed: nothing to compare the pinned kustomize with")
+    assert kustomize(OVERLAY, [kubectl, "kustomize"]) == rendered
 
 
 def test_schema_validation_catches_a_wrong_field(rendered):
@@ -172,7 +185,11 @@ def test_stream_workers_keep_the_stream_contract(rendered):
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert set(container["resources"]["requests"]) == set(container["resources"]["limits"]) == {"cpu", "memory"}
     assert pod["terminationGracePeriodSeconds"] > 2 * DEFAULT_TRIGGER_INTERVAL_S
-    assert spec["replicas"] == 1  # until the sharding of DESIGN §12: every replica serves every dataset
+    assert "replicas" not in spec  # the production overlay's HPA owns the count (see the test below)
+    # the replicas are one shard group's workers (DESIGN §12), never N copies of --all-continuous
+    args = container["args"]
+    assert "--shard-group" in args and "--all-continuous" not in args and not ({"--group", "--duration"} & set(args))
+    assert int(args[args.index("--shard-session-timeout") + 1]) < pod["terminationGracePeriodSeconds"]
     labels = spec["template"]["metadata"]["labels"]
     (pdb,) = by_kind(rendered, "PodDisruptionBudget", "ingest-stream")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items() and pdb["spec"]["maxUnavailable"] == 1
@@ -182,11 +199,25 @@ def test_stream_workers_keep_the_stream_contract(rendered):
     assert pod["securityContext"]["runAsNonRoot"] is True
 
 
-def test_the_guide_hpa_targets_the_stream_workers():
-    (hpa,) = yaml_documents([DEPLOY / "k8s" / "components" / "stream-autoscaling" / "hpa.yaml"])
+def test_the_guide_hpa_scales_the_sharded_stream_workers_in_production(rendered):
+    """The production overlay renders the guide's HPA on the stream StatefulSet; its bounds fit the shard group
+    (at least 2, below the coordination partitions), and scale-down is slow and one pod at a time (each step a
+    drain and a rebalance, DESIGN §12), like the PDB's voluntary evictions."""
+    (hpa,) = by_kind(rendered, "HorizontalPodAutoscaler", "ingest-stream")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "ingest-stream"}
     targets = {m["resource"]["name"]: m["resource"]["target"]["averageUtilization"] for m in hpa["spec"]["metrics"]}
     assert targets == {"cpu": 70, "memory": 80}
+    (statefulset,) = by_kind(rendered, "StatefulSet", "ingest-stream")
+    args = statefulset["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"] <= int(
+        args[args.index("--shard-partitions") + 1])  # fmt: skip
+    down = hpa["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] >= 300
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
+    (pdb,) = by_kind(rendered, "PodDisruptionBudget", "ingest-stream")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    (base,) = by_kind(kustomize(DEPLOY / "k8s" / "base"), "StatefulSet", "ingest-stream")
+    assert base["spec"]["replicas"] >= 2  # without the HPA: a fixed shard group
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -157,3 +157,35 @@ def test_dashboard_and_rules_use_only_contract_metrics():
         n for e in rule_exprs() for n in series_names(e)}
     assert {n for n in used if n not in contract | recorded and histogram_family(n) not in contract} == set()
     assert series_names("max by (pipeline) (ingestion_typo_total)") == {"ingestion_typo_total"}
+
+
+def test_the_local_prometheus_transform_changes_only_for_and_the_named_comparisons():
+    """The end-to-end alert test's rules (ingest_platform/dev/local_prometheus.py): every alert's ``for:`` and
+    the named comparisons change, nothing else; a comparison that is not exactly once in the expression, or an
+    alert that does not exist, is refused."""
+    from ingest_platform.dev.local_prometheus import LocalPrometheus, LocalPrometheusError
+
+    source = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "ingest-platform.rules.yaml").read_text())
+    server = LocalPrometheus(alert_for_s=3, thresholds={"IngestTableStale": {"> 900": "> 3"}})
+    try:
+        home = server.prepare()
+        changed = yaml.safe_load((home / "rules" / "ingest-platform.rules.yaml").read_text())
+    finally:
+        server.stop()
+    for group, original in zip(changed["groups"], source["groups"], strict=True):
+        for rule, before in zip(group["rules"], original["rules"], strict=True):
+            expected = dict(before)
+            if "alert" in before:
+                expected["for"] = "3s"
+            if before.get("alert") == "IngestTableStale":
+                expected["expr"] = before["expr"].replace("> 900", "> 3")
+                assert expected["expr"] != before["expr"]
+            assert rule == expected
+    for thresholds in ({"IngestTableStale": {"max by": "min by"}}, {"IngestTableStale": {"> 901": "> 3"}},
+                       {"NoSuchAlert": {"> 1": "> 2"}}):  # fmt: skip
+        server = LocalPrometheus(thresholds=thresholds)
+        try:
+            with pytest.raises(LocalPrometheusError, match="not once|not in"):
+                server.prepare()
+        finally:
+            server.stop()

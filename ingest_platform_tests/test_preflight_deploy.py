@@ -101,3 +101,20 @@ def test_run_pod_defaults_without_limits_fail(deploy_copy):
     assert items["infrastructure.resource_limits"]["status"] == "fail"
     assert "Dagster run pods): resources without limits.cpu, limits.memory" in items[
         "infrastructure.resource_limits"]["reason"]
+
+
+def test_scaling_stream_workers_that_do_not_shard_fails(deploy_copy):
+    """An HPA on (or replicas > 1 of) stream workers without --shard-group: two writers of every table."""
+    statefulset = deploy_copy / "k8s" / "base" / "stream" / "statefulset.yaml"
+
+    def unshard(document: dict) -> None:
+        container = stream_container(document)
+        container["args"] = ["ingest-platform", "stream", "--all-continuous", "--metrics-port", "9400"]
+
+    edit_yaml(statefulset, unshard)
+    items = preflight(deploy_copy)
+    autoscaling = items["infrastructure.autoscaling"]
+    assert autoscaling["status"] == "fail"
+    assert "HPA scales StatefulSet/ingest-stream, whose `ingest-platform stream` has no --shard-group" in autoscaling[
+        "reason"]  # fmt: skip
+    assert "2 replicas of `ingest-platform stream` without --shard-group" in autoscaling["reason"]

@@ -267,7 +267,11 @@ def test_an_unreachable_lake_is_reported_and_the_stream_resumes_exactly_once(kaf
 @pytest.mark.skipif(__import__("shutil").which("prometheus") is None, reason="prometheus not installed")
 def test_a_real_prometheus_scrapes_the_stream_and_the_exporter(kafka, lake, make_topic):
     """The repository's Prometheus config and rules (ingest_platform/dev/local_prometheus.py) scraping a running
-    stream process and the lag exporter: the series equal the table, every dashboard panel returns series."""
+    stream process and the lag exporter: the series equal the table, ``rate(...[1m])`` sees the records, every
+    dashboard panel returns series. Then the stream stops with a backlog building: the lag and stale-table alerts
+    go pending, then firing, through ``/api/v1/alerts`` — the repository's rules with ``for:`` 3 s and the lag and
+    staleness thresholds lowered (LocalPrometheus's documented transform; promtool's tests prove the real ones),
+    while the critical lag alert (threshold above the backlog) stays inactive."""
     from prometheus_client import CollectorRegistry
 
     from ingest_platform.dev.local_prometheus import LocalPrometheus
@@ -277,7 +281,10 @@ def test_a_real_prometheus_scrapes_the_stream_and_the_exporter(kafka, lake, make
     topic = make_topic(partitions=2)
     dataset = json_dataset(topic, max_dlq_ratio=0.5)
     settings = StreamSettings(trigger_interval_s=0.3, upkeep=None, memory_limit_bytes=2**31)
-    server = LocalPrometheus(scrape_interval_s=1, evaluation_interval_s=1, startup_timeout_s=60)
+    thresholds = {"IngestConsumerLagWarning": {"> 100000": "> 500"},
+                  "IngestConsumerLagCritical": {"> 1000000": "> 5000"}, "IngestTableStale": {"> 900": "> 3"}}
+    server = LocalPrometheus(scrape_interval_s=1, evaluation_interval_s=1, startup_timeout_s=60, alert_for_s=3,
+                             thresholds=thresholds)  # fmt: skip
     exporter = LagExporter([dataset], kafka, lake)
     registry = CollectorRegistry()
     registry.register(exporter)
@@ -290,6 +297,8 @@ def test_a_real_prometheus_scrapes_the_stream_and_the_exporter(kafka, lake, make
             server.add_targets("stream", "test", [f"127.0.0.1:{endpoints.port}"])
             server.add_targets("exporter", "test", [f"127.0.0.1:{exported.port}"])
             server.start()
+            server.wait_for(lambda: server.query(f'ingestion_records_processed_total{{dataset="{dataset.name}"}}'),
+                            timeout_s=60)  # a first sample at 0: the rate below sees the increase
             produce(kafka, topic, records("orders", 300, seed=1))
             produce(kafka, topic, iter([(b"x", b"{broken")]))
             wait_for(lambda: table_rows(lake, dataset) == 300, what="every row")
@@ -304,9 +313,34 @@ def test_a_real_prometheus_scrapes_the_stream_and_the_exporter(kafka, lake, make
             server.wait_for(lambda: scraped(lag) == [0.0], timeout_s=60)
             version = float(lake.open_table(dataset.table_path).version())  # the stream's and the exporter's:
             server.wait_for(lambda: scraped(f"ingestion_last_commit_version{selector}") == [version] * 2, timeout_s=60)
+            rate = f"rate(ingestion_records_processed_total{selector}[1m])"
+            assert server.wait_for(lambda: [v for v in scraped(rate) if v > 0], timeout_s=30)
             server.wait_for(lambda: all(server.query(expr) for _, expr, _ in dashboard_targets()), timeout_s=60)
+            assert not [a for a in server.alerts() if a["labels"].get("dataset") == dataset.name], server.alerts()
+
+            assert stream.stop().clean  # the stall: the worker is gone (its series go stale), records keep coming
+            endpoints.stop()
+            produce(kafka, topic, records("orders", 1000, seed=2, start=300))
+            seen: dict[str, list[str]] = {}
+
+            def firing() -> bool:
+                exporter.refresh()  # `ingest-platform metrics` reads on its interval; here on each poll
+                for alert in server.alerts():
+                    if alert["labels"].get("dataset") == dataset.name:
+                        states = seen.setdefault(alert["labels"]["alertname"], [])
+                        if not states or states[-1] != alert["state"]:
+                            states.append(alert["state"])
+                return all(seen.get(name, [""])[-1] == "firing" for name in ("IngestConsumerLagWarning",
+                                                                               "IngestTableStale"))  # fmt: skip
+
+            server.wait_for(firing, timeout_s=60, poll_s=0.3)
+            assert seen["IngestConsumerLagWarning"] == ["pending", "firing"], seen
+            assert seen["IngestTableStale"] == ["pending", "firing"], seen
+            assert "IngestConsumerLagCritical" not in seen, seen  # 1,000 behind: under its (lowered) threshold
+            lag_alert = next(a for a in server.alerts() if a["labels"]["alertname"] == "IngestConsumerLagWarning")
+            assert lag_alert["labels"]["severity"] == "warning" and float(lag_alert["value"]) == 1000.0, lag_alert
         finally:
             endpoints.stop()
             exported.stop()
             server.stop()
-    assert stream.stop().clean
+            stream.stop()

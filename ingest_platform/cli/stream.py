@@ -13,6 +13,7 @@ import click
 
 from ingest_platform.catalog import Catalog, CatalogError, Dataset, load_catalog
 from ingest_platform.settings import Settings, normalize_lake_root
+from ingest_platform.streaming.shard_map import DEFAULT_PARTITIONS, DEFAULT_SESSION_TIMEOUT_S
 
 
 def _load(catalog_path: str | None) -> Catalog:
@@ -53,6 +54,21 @@ def select_stream_datasets(catalog: Catalog, names: tuple[str, ...], all_continu
     return chosen
 
 
+def select_external_datasets(catalog: Catalog, group: str | None) -> list[Dataset]:
+    """A shard group's datasets: the continuous ones of the stream groups with ``stream_runner: external`` (the
+    Dagster supervisor stands down for those), of one stream group with ``group``."""
+    chosen = [d for d in catalog.datasets if d.continuous and d.stream_runner == "external"
+              and (group is None or d.pipeline == group)]  # fmt: skip
+    if not chosen:
+        groups = sorted({d.pipeline for d in catalog.datasets if d.continuous and d.stream_runner == "external"})
+        raise click.ClickException(
+            f"no continuous dataset with stream_runner: external{f' in stream group {group!r}' if group else ''} "
+            f"in the catalog (external stream groups: {', '.join(groups) or 'none'}); a shard group serves only "
+            "those: set stream_runner: external on the stream group's continuous datasets"
+        )
+    return chosen
+
+
 _BYTES = click.INT
 
 
@@ -77,6 +93,15 @@ _BYTES = click.INT
 @click.option("--spark-checkpoint-root", help="Local folder of the engine: spark datasets' query checkpoints "
                                               "[default: <cache>/spark-stream-checkpoints]; never the source of "
                                               "truth: the ledger is (docs/DESIGN.md §10.10).")
+@click.option("--shard-group", metavar="NAME", help="Run as one worker of the shard group NAME (DESIGN §12): the "
+                                                    "group's workers share the continuous datasets with "
+                                                    "stream_runner: external (narrow with --group), each served by "
+                                                    "one worker; scale by starting or stopping workers.")
+@click.option("--shard-partitions", type=click.IntRange(1, 10_000), default=DEFAULT_PARTITIONS, show_default=True,
+              help="Coordination partitions of the shard group: the same in every worker, above the most workers "
+                   "ever run.")
+@click.option("--shard-session-timeout", type=click.FloatRange(6, 1800), default=DEFAULT_SESSION_TIMEOUT_S,
+              show_default=True, help="Seconds after which a killed worker's datasets move to the others.")
 @click.option("--catalog", "catalog_path", help="Catalog file or folder (default: $INGEST_CATALOG).")
 @click.option("--lake-root", help="Lake root (default: $INGEST_LAKE_ROOT or ./lake).")
 @click.option("--bootstrap", help="Kafka bootstrap servers (default: $INGEST_KAFKA_BOOTSTRAP).")
@@ -85,18 +110,26 @@ _BYTES = click.INT
               "materialization_interval_s) and each dataset's health as its 'stream' check (docs/DESIGN.md §10.8).")
 @click.option("-v", "--verbose", is_flag=True, help="Log each Delta commit.")
 def stream(datasets, all_continuous, group, trigger_interval, metrics_port, metrics_host, duration, max_buffer_bytes,
-           memory_limit, commit_threads, no_upkeep, spark_checkpoint_root, catalog_path, lake_root, bootstrap,
-           report_to_dagster,
-           verbose) -> None:  # fmt: skip
+           memory_limit, commit_threads, no_upkeep, spark_checkpoint_root, shard_group, shard_partitions,
+           shard_session_timeout, catalog_path, lake_root, bootstrap, report_to_dagster, verbose) -> None:  # fmt: skip
     from ingest_platform.streaming.endpoints import Endpoints
     from ingest_platform.streaming.health import Readiness
     from ingest_platform.streaming.process import StreamProcess, StreamSettings
+    from ingest_platform.streaming.shard_map import ShardSettings
+    from ingest_platform.streaming.sharding import ShardedStream, ShardError
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")  # fmt: skip
     if trigger_interval is not None and trigger_interval <= 0:
         raise click.UsageError("--trigger-interval must be > 0")
-    selected = select_stream_datasets(_load(catalog_path), datasets, all_continuous, group)
+    if shard_group is not None and datasets:
+        raise click.UsageError("--shard-group serves the continuous datasets the group assigns to this worker; "
+                               "do not name datasets (narrow with --group)")  # fmt: skip
+    catalog = _load(catalog_path)
+    if shard_group is not None:
+        selected = select_external_datasets(catalog, group)
+    else:
+        selected = select_stream_datasets(catalog, datasets, all_continuous, group)
     kafka, lake = _places(lake_root, bootstrap)
     settings = StreamSettings(trigger_interval_s=trigger_interval, max_buffer_bytes=max_buffer_bytes,
                               memory_limit_bytes=memory_limit, commit_threads=commit_threads,
@@ -104,20 +137,31 @@ def stream(datasets, all_continuous, group, trigger_interval, metrics_port, metr
                               spark_checkpoint_root=spark_checkpoint_root)  # fmt: skip
     log = logging.getLogger("ingest_platform.stream")
     reporter = _dagster_reporter(selected, lake, log) if report_to_dagster else None
-    process = StreamProcess(selected, kafka, lake, settings, log=log,
-                            on_commit=reporter.on_commit if reporter else None,
-                            on_state=reporter.on_state if reporter else None)  # fmt: skip
+    on_commit, on_state = (reporter.on_commit, reporter.on_state) if reporter else (None, None)
+    if shard_group is not None:
+        try:
+            shard = ShardSettings(shard_group, shard_partitions, shard_session_timeout)
+        except ValueError as error:
+            raise click.UsageError(f"--shard-group: {error}") from None
+        runner = ShardedStream(selected, kafka, lake, settings, shard, on_commit, on_state, log=log)
+        process, healthz = runner.process, runner.healthz
+        what = (f"shard group {shard_group}: worker session {runner.session}, {len(selected)} dataset(s) shared "
+                f"through {shard.topic}")  # fmt: skip
+    else:
+        runner = process = StreamProcess(selected, kafka, lake, settings, on_commit, on_state, log=log)
+        healthz = process.healthz
+        what = f"streaming {len(selected)} dataset(s): {', '.join(d.name for d in selected)}"
     endpoints = None
     if metrics_port is not None:
         readiness = Readiness(kafka, lake)
-        endpoints = Endpoints(process.metrics.registry, process.healthz, readiness.check, metrics_port,
-                              metrics_host).start()  # fmt: skip
-    click.echo(f"streaming {len(selected)} dataset(s): {', '.join(d.name for d in selected)}"
-               + (f"; metrics on port {endpoints.port}" if endpoints else ""), err=True)  # fmt: skip
+        endpoints = Endpoints(process.metrics.registry, healthz, readiness.check, metrics_port, metrics_host).start()
+    click.echo(what + (f"; metrics on port {endpoints.port}" if endpoints else ""), err=True)
     if reporter is not None:
         reporter.start()
     try:
-        outcome = process.run(duration_s=duration)
+        outcome = runner.run(duration_s=duration)
+    except ShardError as error:
+        raise click.ClickException(str(error)) from None
     finally:
         if endpoints is not None:
             endpoints.stop()

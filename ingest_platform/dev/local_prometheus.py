@@ -8,8 +8,12 @@ temporary folder, on a free loopback port, with its own data directory, and dies
         prom.wait_for(lambda: prom.query("up") != [], timeout_s=30)
         prom.alerts()                                                # /api/v1/alerts
 
-The only change to the repository's files: ``scrape_interval_s``/``evaluation_interval_s`` replace the global
-intervals and every rule group's ``interval`` (tests cannot wait 30 s per evaluation). ``backfill`` loads
+The changes to the repository's files, all optional: ``scrape_interval_s``/``evaluation_interval_s`` replace the
+global intervals and every rule group's ``interval`` (tests cannot wait 30 s per evaluation); ``alert_for_s``
+replaces every alert's ``for:``; ``thresholds`` = ``{alert: {"> 100000": "> 500"}}`` replaces a comparison in that
+alert's expression — each text must occur exactly once in it, so names, labels and the rest of every expression
+stay the repository's (an end-to-end test can see an alert go pending and firing in seconds; the exact
+thresholds and durations are proven by ``promtool test rules``, deploy/prometheus/tests/). ``backfill`` loads
 OpenMetrics samples with ``promtool tsdb create-blocks-from openmetrics`` before the server starts.
 Every HTTP call has a deadline; start and stop have deadlines; the data folder is removed on stop.
 No dagster import (DESIGN §1).
@@ -54,12 +58,16 @@ class LocalPrometheus:
         evaluation_interval_s: float | None = None,
         startup_timeout_s: float = 30.0,
         binary: str | None = None,
+        alert_for_s: float | None = None,
+        thresholds: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.config, self.rules_dir = Path(config), Path(rules_dir)
         self.scrape_interval_s, self.evaluation_interval_s = scrape_interval_s, evaluation_interval_s
         self.startup_timeout_s = startup_timeout_s
+        self.alert_for_s, self.thresholds = alert_for_s, {k: dict(v) for k, v in (thresholds or {}).items()}
         self.binary = binary or shutil.which("prometheus") or "/usr/bin/prometheus"
         self.home: Path | None = None
+        self._transformed: set[str] = set()
         self.port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -93,11 +101,29 @@ class LocalPrometheus:
             (self.home / "rules").mkdir()
             for path in sorted(self.rules_dir.glob("*.yaml")):
                 rules = yaml.safe_load(path.read_text(encoding="utf-8"))
-                if self.evaluation_interval_s:
-                    for group in rules.get("groups", []):
+                for group in rules.get("groups", []):
+                    if self.evaluation_interval_s:
                         group["interval"] = _duration(self.evaluation_interval_s)
+                    for rule in group.get("rules", []):
+                        self._transform(rule, path)
                 (self.home / "rules" / path.name).write_text(yaml.safe_dump(rules, sort_keys=False))
+        unknown = set(self.thresholds) - self._transformed
+        if unknown:
+            raise LocalPrometheusError(f"thresholds for alert(s) not in {self.rules_dir}: {', '.join(sorted(unknown))}")
         return self.home
+
+    def _transform(self, rule: dict[str, Any], path: Path) -> None:
+        """``alert_for_s`` and ``thresholds`` applied to one rule (alerts only)."""
+        if "alert" not in rule:
+            return
+        if self.alert_for_s is not None and "for" in rule:
+            rule["for"] = _duration(self.alert_for_s)
+        for old, new in self.thresholds.get(rule["alert"], {}).items():
+            if rule["expr"].count(old) != 1:
+                raise LocalPrometheusError(f"{path.name}: alert {rule['alert']}: {old!r} occurs "
+                                           f"{rule['expr'].count(old)} times in its expression, not once")
+            rule["expr"] = rule["expr"].replace(old, new)
+            self._transformed.add(rule["alert"])
 
     def backfill(self, openmetrics: str, timeout_s: float = 120) -> None:
         """Samples in OpenMetrics text (ending with ``# EOF``) into the data folder, before ``start``."""

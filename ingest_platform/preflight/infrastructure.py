@@ -107,18 +107,43 @@ def _k8s_na() -> list[Finding]:
     return [Finding("deploy/k8s", NA, "no Kubernetes manifests under deploy/k8s/")]
 
 
+def _unsharded_streams(docs: list[tuple[str, Mapping[str, Any]]]) -> dict[tuple[str, str], str]:
+    """``{(kind, name): file}`` of the long-running workloads whose container runs ``ingest-platform stream``
+    without ``--shard-group``: each replica would serve, and write, every one of its datasets (DESIGN §12)."""
+    found = {}
+    for name, doc in docs:
+        if doc.get("kind") in LONG_RUNNING:
+            for container in _containers(doc):
+                command = [str(a) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
+                if "stream" in command and "--shard-group" not in command:
+                    found[(str(doc["kind"]), str((doc.get("metadata") or {}).get("name", "?")))] = name
+    return found
+
+
 def check_autoscaling(ctx: PreflightContext) -> list[Finding]:
     docs = _manifests(ctx)
+    unsharded = _unsharded_streams(docs)
     findings = []
     for name, doc in docs:
         if doc.get("kind") == "HorizontalPodAutoscaler":
             spec = doc.get("spec") or {}
             title = f"{name}: {(doc.get('metadata') or {}).get('name', '?')}"
-            if spec.get("maxReplicas") and spec.get("metrics"):
+            target = spec.get("scaleTargetRef") or {}
+            if (target.get("kind"), target.get("name")) in unsharded:
+                findings.append(Finding(title, FAIL, f"HPA scales {target['kind']}/{target['name']}, whose "
+                                                     "`ingest-platform stream` has no --shard-group: every replica "
+                                                     "would write every table (DESIGN §12)"))
+            elif spec.get("maxReplicas") and spec.get("metrics"):
                 findings.append(Finding(title, PASS, f"HPA {spec.get('minReplicas', 1)}-{spec['maxReplicas']} "
                                                      f"replicas on {len(spec['metrics'])} metric(s)"))
             else:
                 findings.append(Finding(title, FAIL, "HPA without maxReplicas or metrics"))
+    for name, doc in docs:
+        key = (str(doc.get("kind")), str((doc.get("metadata") or {}).get("name", "?")))
+        if key in unsharded and int((doc.get("spec") or {}).get("replicas", 1) or 1) > 1:
+            findings.append(Finding(f"{name}: {key[0]}/{key[1]}", FAIL, f"{doc['spec']['replicas']} replicas of "
+                                    "`ingest-platform stream` without --shard-group: each would write every table; "
+                                    "shard them (DESIGN §12) or run one replica"))  # fmt: skip
     for p in ctx.spark_profiles():
         if not p.error and not p.local and p.conf.get("spark.dynamicAllocation.enabled") == "true":
             findings.append(Finding(p.name, PASS, "Spark dynamic allocation scales executors"))

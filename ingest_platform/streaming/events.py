@@ -9,6 +9,9 @@ from datetime import datetime
 #: Dataset states: starting (planning its positions), running, stopped (cleanly: stop, removal, duration),
 #: failed (an error that retrying cannot fix; the message says what and what to do).
 STARTING, RUNNING, STOPPED, FAILED = "starting", "running", "stopped", "failed"
+#: ``error_kind`` of a dataset STOPPED (not failed) because another writer moved its ledger, in sharded workers
+#: that stop on a conflict instead of re-planning (docs/DESIGN.md §12).
+CONFLICT = "conflict"
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,8 @@ class CommitEvent:
 class DatasetState:
     dataset: str
     status: str  # STARTING, RUNNING, STOPPED or FAILED
-    error: str | None = None  # FAILED: what failed and what to do
-    error_kind: str | None = None  # the ingestion_errors_total kind of the fatal error
+    error: str | None = None  # FAILED: what failed and what to do; STOPPED by a conflict: the conflict
+    error_kind: str | None = None  # the ingestion_errors_total kind of the fatal error, or CONFLICT
 
 
 @dataclass(frozen=True)

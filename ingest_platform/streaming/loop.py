@@ -34,7 +34,7 @@ from ingest_platform.lake.ledger import read_ledger
 from ingest_platform.lake.tables import LakeAccessError, LakeLocation
 from ingest_platform.streaming.budget import BufferBudget
 from ingest_platform.streaming.commit_pool import CommitPool
-from ingest_platform.streaming.events import FAILED, RUNNING, STARTING, STOPPED, CommitEvent, DatasetState
+from ingest_platform.streaming.events import CONFLICT, FAILED, RUNNING, STARTING, STOPPED, CommitEvent, DatasetState
 from ingest_platform.streaming.latency import batch_latency
 from ingest_platform.streaming.metrics import StreamMetrics, labels_of
 from ingest_platform.streaming.retry import Backoff, RetryPolicy
@@ -57,6 +57,10 @@ class StreamFailure(RuntimeError):
         self.kind = kind
 
 
+class LedgerConflict(RuntimeError):
+    """Another writer moved the ledger and the loop was told to stop, not re-plan (sharded workers, DESIGN §12)."""
+
+
 @dataclass(frozen=True)
 class LoopSettings:
     """What one loop needs from the process's settings (``process.StreamSettings``)."""
@@ -67,6 +71,7 @@ class LoopSettings:
     retry: RetryPolicy
     stuck_after_s: float  # liveness: no poll (or retry) for longer than this
     commit_stuck_after_s: float  # liveness: one commit in flight for longer than this
+    stop_on_conflict: bool = False  # a ledger conflict stops the loop instead of re-planning (DESIGN §12)
 
 
 @dataclass
@@ -121,6 +126,9 @@ class LoopLife:
         try:
             serve()
             self._set_state(STOPPED)
+        except LedgerConflict as conflict:  # sharded: another worker owns the dataset now (DESIGN §12)
+            self.log.warning(f"{name}: stopped: {conflict}")
+            self._set_state(STOPPED, str(conflict), CONFLICT)
         except StreamFailure as failure:
             self.metrics.error(self.dataset, failure.kind)
             self.log.error(f"{name}: the stream stopped: {failure}")
@@ -522,6 +530,9 @@ class DatasetLoop(LoopLife):
             self._update_lag()
         elif outcome.kind == "conflict":
             self.metrics.error(self.dataset, "lake")
+            if self.settings.stop_on_conflict:
+                raise LedgerConflict(f"{(outcome.error or '').rstrip('.')}. Sharded: this worker may no longer own "
+                                     "the dataset, so it stops it instead of re-planning (DESIGN §12)")  # fmt: skip
             self.log.warning(f"{(outcome.error or '').rstrip('.')}. The stream re-reads its positions from the ledger "
                              "and goes on.")
             if not self._stop.is_set():

@@ -47,6 +47,10 @@ class LatencyHistogram(Collector):
             totals[0] += sample.count
             totals[1] += sample.total_s
 
+    def forget(self, labels: tuple[str, ...]) -> None:
+        with self._lock:
+            self._series.pop(labels, None)
+
     def describe(self) -> Iterator[HistogramMetricFamily]:
         yield HistogramMetricFamily(self.NAME, self.HELP, labels=LABELS)
 
@@ -126,6 +130,19 @@ class StreamMetrics:
         self.last_commit_version.labels(*labels).set(version)
         self.batch_duration.labels(*labels).observe(duration_s)
         self.latency.add(labels, latency)
+    def forget_dataset(self, dataset: Dataset) -> None:
+        """Drop the dataset's series: a sharded worker that handed the dataset over must not keep exporting its
+        last lag, last commit and ``up`` next to the new owner's (DESIGN §12). Counters restart at 0 if the
+        dataset comes back, which ``rate()`` reads as a counter reset."""
+        labels = labels_of(dataset)
+        for metric in (self.records, self.bytes, self.dead_letters, self.commits, self.files, self.batch_duration,
+                       self.lag, self.last_commit_time, self.last_commit_version, self.up):  # fmt: skip
+            metric.remove(*labels)  # a label set never created is ignored
+        for outcome in ("committed", "failed"):
+            self.batches.remove(*labels, outcome)
+        for kind in ERROR_KINDS:
+            self.errors.remove(*labels, kind)
+        self.latency.forget(labels)
 
     def error(self, dataset: Dataset, kind: str) -> None:
         self.errors.labels(*labels_of(dataset), kind).inc()

@@ -50,6 +50,7 @@ class StreamSettings:
     stop_timeout_s: float | None = None  # drain deadline after stop; default 2 × the largest trigger - 0.5 s
     upkeep: UpkeepSettings | None = field(default_factory=UpkeepSettings)
     spark_checkpoint_root: str | None = None  # engine: spark datasets' query checkpoints; default the cache folder
+    stop_on_conflict: bool = False  # sharded workers: a ledger conflict stops the dataset, no re-plan (§12)
 
 
 #: Liveness floor: a loop may spend a request deadline (10 s) plus a backoff wait (up to 30 s) between polls.
@@ -137,6 +138,7 @@ class StreamProcess:
                 retry=self.settings.retry,
                 stuck_after_s=self.settings.stuck_after_s or max(3 * trigger, MIN_STUCK_S),
                 commit_stuck_after_s=self.settings.commit_stuck_after_s,
+                stop_on_conflict=self.settings.stop_on_conflict,
             )
             loop: DatasetLoop | SparkStreamLoop
             if dataset.engine == "spark":  # a Structured Streaming query (§10.10); auto and embedded stream here
@@ -157,20 +159,34 @@ class StreamProcess:
 
     def remove(self, name: str, timeout_s: float | None = None) -> DatasetState:
         """Stop serving ``name``: its in-flight commit (and open batch, if there is time) is drained first."""
+        return self.remove_many([name], timeout_s)[name]
+
+    def remove_many(self, names: Iterable[str], timeout_s: float | None = None) -> dict[str, DatasetState]:
+        """Stop serving ``names`` together: every loop drains at once, within one deadline (``timeout_s``,
+        default the stop deadline), so handing over many datasets takes one drain, not one per dataset."""
+        names = list(dict.fromkeys(names))
         with self._lock:
-            loop = self._loops.pop(name, None)
-        if loop is None:
-            raise KeyError(f"dataset '{name}' is not served by this stream process")
+            missing = [name for name in names if name not in self._loops]
+            if missing:
+                raise KeyError(f"dataset(s) {', '.join(map(repr, missing))} not served by this stream process")
+            loops = [self._loops.pop(name) for name in names]
         if self.upkeep is not None:
-            self.upkeep.remove(name)
-        timeout = timeout_s if timeout_s is not None else self._stop_timeout([loop])
-        if loop.thread.is_alive() or loop.thread.ident is None:
-            loop.request_stop(time.monotonic() + timeout)
+            for name in names:
+                self.upkeep.remove(name)
+        timeout = timeout_s if timeout_s is not None else self._stop_timeout(loops)
+        deadline = time.monotonic() + timeout
+        draining = [loop for loop in loops if loop.thread.is_alive() or loop.thread.ident is None]
+        for loop in draining:
+            loop.request_stop(deadline)
+        for loop in draining:
             if loop.thread.ident is not None:
-                loop.join(timeout + 1)
-        state = loop.state if loop.state.status == FAILED else DatasetState(name, STOPPED)
-        self._ended[name] = state
-        return state
+                loop.join(max(0.0, deadline - time.monotonic()) + 1)
+        ended = {}
+        for loop in loops:
+            state = loop.state if loop.state.status == FAILED or loop.state.error_kind else DatasetState(
+                loop.dataset.name, STOPPED)  # fmt: skip
+            self._ended[loop.dataset.name] = ended[loop.dataset.name] = state
+        return ended
 
     def states(self) -> dict[str, DatasetState]:
         with self._lock:
@@ -196,12 +212,12 @@ class StreamProcess:
     def run(self, stop_event: threading.Event | None = None, duration_s: float | None = None,
             keep_alive: bool = False) -> StreamOutcome:  # fmt: skip
         """Serve until stopped; ``keep_alive`` keeps serving (for ``add``) when no dataset is left running."""
-        restore = self._install_signal_handlers()
-        self._running = True
+        restore = stop_on_signals(self._stop, self.log)
         started = time.monotonic()
         reason = "stopped"
         try:
-            with self._lock:
+            with self._lock:  # with the snapshot: a dataset added meanwhile is started by add(), never twice
+                self._running = True
                 loops = list(self._loops.values())
             for loop in loops:
                 loop.start()
@@ -247,9 +263,20 @@ class StreamProcess:
     def _stop_timeout(self, loops: list[DatasetLoop | SparkStreamLoop]) -> float:
         if self.settings.stop_timeout_s is not None:
             return self.settings.stop_timeout_s
-        largest = max((loop.trigger_s for loop in loops), default=1.0)
         spark = max((loop.drain_s for loop in loops if isinstance(loop, SparkStreamLoop)), default=0.0)
-        return max(0.5, 2 * largest - 0.5, spark)
+        return max(self.stop_timeout([loop.trigger_s for loop in loops]), spark)
+
+    def stop_timeout(self, triggers: Iterable[float]) -> float:
+        """The drain deadline for loops with these trigger intervals: ``stop_timeout_s``, else 2 × the largest
+        trigger - 0.5 s (at least 0.5 s). A Spark query's loop may need more (its ``drain_s``)."""
+        if self.settings.stop_timeout_s is not None:
+            return self.settings.stop_timeout_s
+        return max(0.5, 2 * max(triggers, default=1.0) - 0.5)
+
+    def served(self) -> set[str]:
+        """The datasets this process holds a loop for (running, or ended and not removed)."""
+        with self._lock:
+            return set(self._loops)
 
     def _pool(self) -> CommitPool:
         if self.pool is None:
@@ -284,21 +311,23 @@ class StreamProcess:
         if self.on_commit is not None:
             self.on_commit(event)
 
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        """SIGTERM/SIGINT stop the process gracefully, only when it owns the main thread (not in a Dagster op)."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
-        def handle(signum, _frame) -> None:
-            self.log.info(f"stream: {signal.Signals(signum).name} received; finishing in-flight commits")
-            self._stop.set()
+def stop_on_signals(stop: threading.Event, log: logging.Logger) -> Callable[[], None]:
+    """SIGTERM/SIGINT set ``stop`` (a graceful stop), only on the main thread (never inside a Dagster op);
+    returns the function that restores the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
-        for sig in previous:
-            signal.signal(sig, handle)
+    def handle(signum, _frame) -> None:
+        log.info(f"stream: {signal.Signals(signum).name} received; finishing in-flight commits")
+        stop.set()
 
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    for sig in previous:
+        signal.signal(sig, handle)
 
-        return restore
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
