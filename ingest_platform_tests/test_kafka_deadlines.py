@@ -150,5 +150,8 @@ def test_the_monitoring_group_commit_gives_up_at_its_deadline(running):
     assert not thread.is_alive() and box["result"]  # handing over never waits for the broker
     thread, box = _in_thread(committer.close)
     assert not thread.is_alive() and box["result"] is False  # gave up at its deadline
-    assert "monitoring commit to the consumer group g.deadline got no answer within 4 s" in warnings[-1]
-    assert "Connection refused" in warnings[-1] and "the table is correct" in warnings[-1].lower()
+    # Given up by the attempt at its deadline ("failed (...)") or by close() while one was still out ("got no
+    # answer within 4 s"), whichever came first on a loaded machine; either way the cause is named.
+    gave_up = [w for w in warnings if "monitoring commit to the consumer group" in w]
+    assert gave_up and any("Connection refused" in w for w in gave_up), warnings
+    assert all("the table is correct" in w.lower() for w in gave_up)
