@@ -168,8 +168,18 @@ def test_the_asset_page_shows_columns_metadata_and_plots(page, materialized_from
     asset.get_by_text("records_per_s", exact=True).first.wait_for()
     asset.get_by_text("rows_written", exact=True).first.wait_for()
 
-    events = page("/assets/lake/shop/orders?view=events")  # the lag sensor's latest observation: how old it is
-    events.get_by_text("ingest_lag_sensor tick (every 30 s)", exact=True).first.wait_for(timeout=90_000)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    # The lag sensor's latest observation (how old it is) is the newest event once a tick followed the UI's
+    # materialization; the events list does not refresh by itself, so reload it until a tick has come (≤ 30 s).
+    events = page("/assets/lake/shop/orders?view=events")
+    for _ in range(8):
+        try:
+            events.get_by_text("ingest_lag_sensor tick (every 30 s)", exact=True).first.wait_for(timeout=12_000)
+            break
+        except PlaywrightTimeoutError:
+            events.reload()
+    events.get_by_text("ingest_lag_sensor tick (every 30 s)", exact=True).first.wait_for(timeout=12_000)
     events.get_by_text("observed_at", exact=True).first.wait_for()
 
 

@@ -8,6 +8,7 @@ does not fail the others. docs/DESIGN.md §7.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -93,18 +94,29 @@ def _topic_ids(admin: AdminClient, topics: list[str], timeout_s: float) -> dict[
 def _list_offsets(
     admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec, timeout_s: float
 ) -> tuple[dict[tuple[str, int], int], dict[str, str]]:
+    """The offsets of ``partitions``; retriable errors (a leader not elected yet right after a topic is created,
+    a leader moving) are asked again until ``timeout_s``, then reported per topic."""
     offsets: dict[tuple[str, int], int] = {}
     errors: dict[str, str] = {}
-    if not partitions:
-        return offsets, errors
-    futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout_s)
-    for tp, future in futures.items():
-        try:
-            offsets[(tp.topic, tp.partition)] = int(future.result(timeout=timeout_s).offset)
-        except KafkaException as error:
-            errors.setdefault(tp.topic, f"cannot read the offsets of {tp.topic}[{tp.partition}]: {error.args[0].str()}")
-        except Exception as error:  # noqa: BLE001 - timeouts surface as concurrent.futures errors
-            errors.setdefault(tp.topic, f"cannot read the offsets of {tp.topic}[{tp.partition}]: {error!r}")
+    deadline = time.monotonic() + timeout_s
+    while partitions:
+        left = max(0.1, deadline - time.monotonic())
+        futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=left)
+        retry: list[TopicPartition] = []
+        for tp, future in futures.items():
+            try:
+                offsets[(tp.topic, tp.partition)] = int(future.result(timeout=left).offset)
+            except KafkaException as error:
+                if error.args[0].retriable() and time.monotonic() + 0.2 < deadline:
+                    retry.append(tp)
+                    continue
+                cause = error.args[0].str()
+                errors.setdefault(tp.topic, f"cannot read the offsets of {tp.topic}[{tp.partition}]: {cause}")
+            except Exception as error:  # noqa: BLE001 - timeouts surface as concurrent.futures errors
+                errors.setdefault(tp.topic, f"cannot read the offsets of {tp.topic}[{tp.partition}]: {error!r}")
+        partitions = retry
+        if retry:
+            time.sleep(0.2)
     return offsets, errors
 
 

@@ -142,8 +142,8 @@ class DeltaTransaction:
             if "Concurrent" in names:
                 first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise ConcurrentWriterError(
-                    f"{self.what}: the commit to {self.path} lost to a concurrent writer ({first[:300]}); nothing of "
-                    "this batch was committed. Only one run per dataset may write at a time."
+                    f"{self.what}: the commit to {self.path} lost to a concurrent writer ({first[:300]}); another "
+                    "writer is ingesting this dataset. Nothing of this batch was committed."
                 ) from None
             raise
 
