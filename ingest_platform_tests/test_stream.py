@@ -37,6 +37,21 @@ def test_streams_micro_batches_exactly_once_and_idle_topics_make_no_commits(kafk
     assert all(e.latency_p99_s is not None and e.latency_p99_s >= 0 for e in events)
 
 
+def test_a_batch_closes_early_by_what_commits_take_so_its_first_record_lands_within_the_trigger(kafka, lake,
+                                                                                               make_topic):
+    topic = make_topic(partitions=1)
+    dataset = json_dataset(topic)
+    produce(kafka, topic, records("orders", 200, seed=4))
+    with StreamThread([dataset], kafka, lake) as stream:
+        wait_for(lambda: table_rows(lake, dataset) == 200, what="the records")
+        loop = stream.process._loops[dataset.name]
+        wait_for(lambda: loop.commits >= 1, what="the loop to collect its commit")
+        assert loop.commit_estimate_s > 0
+        expected = max(loop.trigger_s / 2, loop.trigger_s - loop.commit_estimate_s)
+        assert loop.open_for_s() == pytest.approx(expected)
+        assert loop.trigger_s / 2 <= loop.open_for_s() < loop.trigger_s
+
+
 def test_new_partitions_are_picked_up_without_a_restart(kafka, kafka_broker, lake, make_topic):
     from confluent_kafka.admin import AdminClient, NewPartitions
 

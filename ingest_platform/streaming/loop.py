@@ -3,7 +3,8 @@
 A loop owns one Kafka consumer (assigned partitions, no group membership) and one ``BatchWriter`` (the
 embedded engine's commit path). Start positions come from the table's ledger exactly as a run's steps 1
 and 4 (``engines/run_plan.py``). A micro-batch opens with its first record and closes ``trigger_interval_s``
-later or at ``max_batch_bytes``; closing hands it to the process's shared commit pool, where it becomes one
+later less what a commit takes (so the first record lands about one interval after it arrived), or at
+``max_batch_bytes``; closing hands it to the process's shared commit pool, where it becomes one
 Delta commit (dead letters first, then append or MERGE with every covered partition's ``txn``, the ledger
 compared first), followed by the monitoring-only, asynchronous group commit. One commit is in flight per
 dataset; the loop keeps polling meanwhile (and pauses its partitions while its next batch is full or the
@@ -190,6 +191,7 @@ class DatasetLoop(LoopLife):
         self.commits = 0
         self.pauses = 0  # times the loop paused its partitions (next batch full, or the budget exhausted)
         self.last_commit_s = 0.0  # how long the last commit took (to judge whether a drain has time for one)
+        self.commit_estimate_s = 0.0  # recent commits' duration (EWMA): taken off a batch's open time
         self._stop = threading.Event()  # stop polling, drain
         self._abandon = threading.Event()  # the drain deadline passed: stop retrying the in-flight commit
         self._drain_deadline = float("inf")
@@ -390,13 +392,13 @@ class DatasetLoop(LoopLife):
             self._refresh_partitions()
         batch = self._batch
         if batch is not None and self._inflight is None:
-            if now >= self._batch_opened + self.trigger_s or batch.nbytes >= self.dataset.max_batch_bytes:
+            if now >= self._batch_opened + self.open_for_s() or batch.nbytes >= self.dataset.max_batch_bytes:
                 self._hand_off()
         full = self._batch is not None and self._batch.nbytes >= self.dataset.max_batch_bytes
         self._set_paused(full or self.budget.exhausted)
         timeout = POLL_S
         if self._batch is not None:
-            timeout = min(timeout, max(0.01, self._batch_opened + self.trigger_s - now))
+            timeout = min(timeout, max(0.01, self._batch_opened + self.open_for_s() - now))
         if self._inflight is not None:
             timeout = min(timeout, 0.05)
         try:
@@ -408,6 +410,11 @@ class DatasetLoop(LoopLife):
         self.last_activity = time.monotonic()
         if messages:
             self._add(messages)
+
+    def open_for_s(self) -> float:
+        """How long a batch stays open: the trigger interval less what a commit takes, so that its first record is
+        in the table about one trigger interval after it arrived (never less than half the interval)."""
+        return max(self.trigger_s / 2, self.trigger_s - self.commit_estimate_s)
 
     def _set_paused(self, paused: bool) -> None:
         if paused == self._paused or self._consumer is None:
@@ -596,6 +603,7 @@ class DatasetLoop(LoopLife):
             return  # nothing to write (null values only): re-read after a restart, harmless
         duration = time.monotonic() - closed
         self.last_commit_s = duration
+        self.commit_estimate_s = duration if not self.commits else 0.7 * self.commit_estimate_s + 0.3 * duration
         self.commits += 1
         committed_ms = int(done.committed_at.timestamp() * 1000)
         sample = batch_latency(batch.timestamps, committed_ms)
