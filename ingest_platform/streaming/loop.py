@@ -74,6 +74,21 @@ class LoopSettings:
     stop_on_conflict: bool = False  # a ledger conflict stops the loop instead of re-planning (DESIGN §12)
 
 
+@dataclass(frozen=True)
+class LoopParts:
+    """What every dataset loop gets from its stream process (``process.StreamProcess.add``)."""
+
+    dataset: Dataset
+    kafka: KafkaConnection
+    lake: LakeLocation
+    settings: LoopSettings
+    metrics: StreamMetrics
+    session: str
+    on_commit: Callable[[CommitEvent], None] | None = None
+    on_state: Callable[[DatasetState], None] | None = None
+    log: logging.Logger | None = None
+
+
 @dataclass
 class _Outcome:
     kind: str  # "ok", "conflict", "fatal", "abandoned"
@@ -95,29 +110,18 @@ class LoopLife:
     its fields, its state and ``on_state``, the thread body that turns failures into states and metrics,
     rate-limited warnings. Subclasses define ``_main`` (the thread's body)."""
 
-    def __init__(
-        self,
-        dataset: Dataset,
-        kafka: KafkaConnection,
-        lake: LakeLocation,
-        settings: LoopSettings,
-        metrics: StreamMetrics,
-        session: str,
-        on_commit: Callable[[CommitEvent], None] | None,
-        on_state: Callable[[DatasetState], None] | None,
-        log: logging.Logger,
-        thread_name: str,
-    ):
+    def __init__(self, parts: LoopParts, thread_name: str, default_log: logging.Logger):
+        dataset = parts.dataset
         self.dataset = dataset
-        self.kafka = kafka
-        self.lake = lake
-        self.settings = settings
-        self.trigger_s = settings.trigger_interval_s
-        self.metrics = metrics
-        self.session = session
-        self.on_commit = on_commit
-        self.on_state = on_state
-        self.log = log
+        self.kafka = parts.kafka
+        self.lake = parts.lake
+        self.settings = parts.settings
+        self.trigger_s = parts.settings.trigger_interval_s
+        self.metrics = parts.metrics
+        self.session = parts.session
+        self.on_commit = parts.on_commit
+        self.on_state = parts.on_state
+        self.log = parts.log or default_log
         self.labels = labels_of(dataset)
         self.state = DatasetState(dataset.name, STARTING)
         self.last_activity = time.monotonic()  # last poll, retry or commit (liveness)
@@ -184,22 +188,8 @@ class LoopLife:
 
 
 class DatasetLoop(LoopLife):
-    def __init__(
-        self,
-        dataset: Dataset,
-        kafka: KafkaConnection,
-        lake: LakeLocation,
-        settings: LoopSettings,
-        budget: BufferBudget,
-        pool: CommitPool,
-        metrics: StreamMetrics,
-        session: str,
-        on_commit: Callable[[CommitEvent], None] | None = None,
-        on_state: Callable[[DatasetState], None] | None = None,
-        log: logging.Logger | None = None,
-    ):
-        super().__init__(dataset, kafka, lake, settings, metrics, session, on_commit, on_state,
-                         log or logging.getLogger(__name__), "stream")  # fmt: skip
+    def __init__(self, parts: LoopParts, budget: BufferBudget, pool: CommitPool):
+        super().__init__(parts, "stream", logging.getLogger(__name__))
         self.budget = budget
         self.pool = pool
         self.pauses = 0  # times the loop paused its partitions (next batch full, or the budget exhausted)

@@ -22,16 +22,14 @@ from pathlib import Path
 from confluent_kafka import Consumer
 from deltalake.exceptions import DeltaError
 
-from ingest_platform.catalog import Dataset
 from ingest_platform.engines.offset_ranges import OffsetRangeError
 from ingest_platform.engines.run_plan import IngestError, plan_run
-from ingest_platform.kafka.client import GroupOffsetCommitter, KafkaConnection, KafkaReadError, watermarks
+from ingest_platform.kafka.client import GroupOffsetCommitter, KafkaReadError, watermarks
 from ingest_platform.lake.commit import ConcurrentWriterError, LakeSchemaError, LakeWriteError
-from ingest_platform.lake.tables import LakeAccessError, LakeLocation
-from ingest_platform.streaming.events import RUNNING, CommitEvent, DatasetState
+from ingest_platform.lake.tables import LakeAccessError
+from ingest_platform.streaming.events import RUNNING, CommitEvent
 from ingest_platform.streaming.latency import batch_latency
-from ingest_platform.streaming.loop import REQUEST_TIMEOUT_S, LoopLife, LoopSettings, StreamFailure
-from ingest_platform.streaming.metrics import StreamMetrics
+from ingest_platform.streaming.loop import REQUEST_TIMEOUT_S, LoopLife, LoopParts, StreamFailure
 from ingest_platform.streaming.retry import Backoff
 from ingest_platform.streaming.spark_checkpoint import checkpoint_dir, disagreement, discard, resume_offsets
 
@@ -47,24 +45,11 @@ _session_lock = threading.Lock()
 
 
 class SparkStreamLoop(LoopLife):
-    def __init__(
-        self,
-        dataset: Dataset,
-        kafka: KafkaConnection,
-        lake: LakeLocation,
-        settings: LoopSettings,
-        metrics: StreamMetrics,
-        session: str,
-        spark_session: Callable[[], object],
-        checkpoint_root: str | Path,
-        on_commit: Callable[[CommitEvent], None] | None = None,
-        on_state: Callable[[DatasetState], None] | None = None,
-        log: logging.Logger | None = None,
-    ):
-        super().__init__(dataset, kafka, lake, settings, metrics, session, on_commit, on_state,
-                         log or logging.getLogger(__name__), "spark-stream")  # fmt: skip
+    def __init__(self, parts: LoopParts, spark_session: Callable[[], object], checkpoint_root: str | Path):
+        super().__init__(parts, "spark-stream", logging.getLogger(__name__))
+        dataset = parts.dataset
         self.spark_session = spark_session
-        self.uri = lake.table_uri(dataset.table_path)
+        self.uri = parts.lake.table_uri(dataset.table_path)
         self.checkpoint = checkpoint_dir(checkpoint_root, dataset.table_path, self.uri)
         self.last_batch_s = 0.0  # how long the last micro-batch commit took
         self.queries = 0  # queries started (1 + restarts after failures or a rewound ledger)
