@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ingest_platform.dev.local_process import CACHE_ENV, default_cache_dir  # noqa: F401 - CACHE_ENV is API
+from ingest_platform.dev.local_process import CACHE_ENV, default_cache_dir, terminate  # noqa: F401 - CACHE_ENV is API
 from ingest_platform.dev.local_process import file_lock as _file_lock
 from ingest_platform.dev.local_process import now_iso as _now_iso
 from ingest_platform.dev.local_process import run_captured as _run_captured
@@ -471,12 +471,8 @@ class LocalKafka:
         t0 = time.monotonic()
         pid = self._pid
         if pid is not None:
-            _signal_group(pid, signal.SIGTERM)
-            if not self._wait_exit(pid, timeout_s):
-                _log.warning("local Kafka pid %s ignored SIGTERM for %.0f s; sending SIGKILL", pid, timeout_s)
-                _signal_group(pid, signal.SIGKILL)
-                if not self._wait_exit(pid, 10):
-                    raise LocalKafkaError(f"local Kafka pid {pid} survived SIGKILL")
+            if not terminate(pid, "local Kafka", timeout_s, lambda seconds: self._wait_exit(pid, seconds)):
+                raise LocalKafkaError(f"local Kafka pid {pid} survived SIGKILL")
         self._proc = None
         self._pid = None
         if pid is not None and self._state_dir is not None:  # never touch a dir we did not run a broker in

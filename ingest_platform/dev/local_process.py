@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 CACHE_ENV = "INGEST_CACHE_DIR"
@@ -79,6 +79,17 @@ def stop_child(proc: subprocess.Popen[bytes] | None, timeout_s: float, what: str
     signal_group(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(10)
+
+
+def terminate(pid: int, what: str, timeout_s: float, gone: Callable[[float], bool]) -> bool:
+    """SIGTERM the process group of ``pid``, SIGKILL after ``timeout_s``; ``gone(seconds)`` waits for it to end.
+    False when it survived SIGKILL for 10 s more (also for processes this one did not start, found by pid)."""
+    signal_group(pid, signal.SIGTERM)
+    if gone(timeout_s):
+        return True
+    _log.warning("%s (pid %s) ignored SIGTERM for %.0f s; sending SIGKILL", what, pid, timeout_s)
+    signal_group(pid, signal.SIGKILL)
+    return gone(10)
 
 
 class ChildService:
