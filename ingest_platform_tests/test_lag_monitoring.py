@@ -128,3 +128,29 @@ def test_on_data_loss_skip_starts_at_the_earliest_offset_and_returns_the_gap():
         start_offsets("d", "t", {0: 9}, {0: (15, 30)}, "fail", {})
     with pytest.raises(OffsetRangeError, match="behind the table's offset ledger"):
         start_offsets("d", "t", {0: 99}, {0: (0, 3)}, "skip", {})  # a recreated topic fails whatever the policy
+
+
+def test_offsets_nobody_answers_for_are_reported_with_the_deadline_the_cause_and_what_to_check():
+    """An offsets listing that times out names the partition, the deadline, librdkafka's cause and what to check
+    (it used to say only ``TimeoutError()``); it ends by its deadline."""
+    import socket
+    import time
+
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    from ingest_platform.kafka.client import KafkaConnection
+    from ingest_platform.monitoring.offsets import _list_offsets
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    admin = KafkaConnection(bootstrap_servers=f"127.0.0.1:{port}").admin(2.0)
+    started = time.monotonic()
+    offsets, errors = _list_offsets(admin, [TopicPartition("orders", 0)], OffsetSpec.latest(), 2.0)
+    assert time.monotonic() - started < 10
+    assert offsets == {}
+    message = errors["orders"]
+    assert message.startswith("cannot read the offsets of orders[0]: no answer from the brokers within 2 s")
+    assert "Connection refused" in message and "check that Kafka is up and reachable" in message
+    assert "TimeoutError" not in message

@@ -11,22 +11,12 @@ from pathlib import Path
 
 import click
 
+from ingest_platform.cli.local_service import add_down_command, state_dir_option
 from ingest_platform.dev import local_kafka
 from ingest_platform.dev.local_kafka import LocalKafkaError
 
-_STATE_DIR_HELP = (
-    "Directory holding the broker's config, data, logs and broker.json "
-    f"[default: ${local_kafka.STATE_DIR_ENV} or ~/.cache/ingest_platform/local-kafka]."
-)
-
-
-def _state_dir_option(fn):  # type: ignore[no-untyped-def]
-    return click.option(
-        "--state-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help=_STATE_DIR_HELP,
-    )(fn)
+_state_dir_option = state_dir_option("the broker's config, data, logs and broker.json", local_kafka.STATE_DIR_ENV,
+                                     "local-kafka")
 
 
 @click.group(
@@ -74,18 +64,8 @@ def up(state_dir: Path | None, heap: str, timeout: float) -> None:
     click.echo(broker.bootstrap)
 
 
-@kafka.command(help="Stop the local broker (SIGTERM, then SIGKILL after --timeout seconds).")
-@_state_dir_option
-@click.option(
-    "--timeout", type=float, default=20.0, show_default=True, help="Seconds to wait before SIGKILL."
-)
-def down(state_dir: Path | None, timeout: float) -> None:
-    state = state_dir or local_kafka.default_state_dir()
-    try:
-        stopped = local_kafka.down(state_dir, timeout_s=timeout)
-    except LocalKafkaError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"stopped the broker in {state}" if stopped else f"no broker running in {state}")
+add_down_command(kafka, local_kafka, LocalKafkaError, "broker",
+                 "Stop the local broker (SIGTERM, then SIGKILL after --timeout seconds).", _state_dir_option)
 
 
 @kafka.command(help="Show the local broker's state. Exit code 0 if it is running and answering, 1 otherwise.")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ingest_platform.cli.local_service import add_down_command, state_dir_option
 from ingest_platform.dev import local_spark
 from ingest_platform.dev.local_spark import LocalSparkError
 
@@ -29,12 +30,8 @@ def cluster() -> None:
     pass
 
 
-def _state_dir_option(fn):  # type: ignore[no-untyped-def]
-    return click.option(
-        "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-        help=("Directory holding the cluster's conf, logs, work dirs and cluster.json "
-              f"[default: ${local_spark.STATE_DIR_ENV} or ~/.cache/ingest_platform/local-spark]."),
-    )(fn)  # fmt: skip
+_state_dir_option = state_dir_option("the cluster's conf, logs, work dirs and cluster.json", local_spark.STATE_DIR_ENV,
+                                     "local-spark")
 
 
 @cluster.command(
@@ -65,16 +62,9 @@ def up(state_dir: Path | None, workers: int, worker_cores: int, worker_memory: s
     click.echo(running.master_url)
 
 
-@cluster.command(help="Stop the cluster: workers and their executors, then the master (SIGTERM, then SIGKILL).")
-@_state_dir_option
-@click.option("--timeout", type=float, default=20.0, show_default=True, help="Seconds to wait before SIGKILL.")
-def down(state_dir: Path | None, timeout: float) -> None:
-    state = state_dir or local_spark.default_state_dir()
-    try:
-        stopped = local_spark.down(state_dir, timeout_s=timeout)
-    except LocalSparkError as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(f"stopped the cluster in {state}" if stopped else f"no cluster running in {state}")
+add_down_command(cluster, local_spark, LocalSparkError, "cluster",
+                 "Stop the cluster: workers and their executors, then the master (SIGTERM, then SIGKILL).",
+                 _state_dir_option)
 
 
 @cluster.command(help="Show the cluster's state. Exit code 0 if its master answers with every worker alive.")

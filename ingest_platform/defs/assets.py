@@ -58,11 +58,9 @@ def build_ingest_asset(dataset: Dataset) -> dg.AssetsDefinition:
             spark_session=lambda profile: spark.session(profile, s3=is_s3(location.root)), spark_profile=spark.profile,
         )  # fmt: skip
         table = location.open_table(dataset.table_path)
-        metadata = materialization_metadata(report, table.count() if table else 0)
-        if table is not None:
-            columns = table_columns(table.schema().to_json(), table.metadata().partition_columns,
-                                    dataset.column_descriptions)  # fmt: skip
-            metadata["dagster/column_schema"] = column_schema(columns)
+        schema = (table.schema().to_json(), table.metadata().partition_columns) if table is not None else None
+        metadata = {**table_metadata(dataset, report.table_uri, table.count() if table else 0, schema),
+                    **materialization_metadata(report)}  # fmt: skip
         return dg.MaterializeResult(metadata=metadata)
 
     return _ingest
@@ -71,6 +69,23 @@ def build_ingest_asset(dataset: Dataset) -> dg.AssetsDefinition:
 def table_name(dataset: Dataset) -> str:
     """The table's name as the UI shows it: ``lake.<source>.<name>``, like its asset key."""
     return ".".join(dataset.asset_path)
+
+
+def table_metadata(dataset: Dataset, uri: str, row_count: int | None,
+                   schema: tuple[str, list[str]] | None) -> dict[str, dg.MetadataValue]:  # fmt: skip
+    """The standard ``dagster/*`` metadata of a materialization of ``dataset``'s table (batch run or stream
+    summary): its location and name, the row count and the column schema (from ``schema``: the Delta schema
+    JSON and partition columns) when known."""
+    metadata: dict[str, dg.MetadataValue] = {
+        "dagster/uri": dg.MetadataValue.path(uri),
+        "dagster/table_name": dg.MetadataValue.text(table_name(dataset)),
+    }
+    if row_count is not None:
+        metadata["dagster/row_count"] = dg.MetadataValue.int(row_count)
+    if schema is not None:
+        columns = table_columns(schema[0], schema[1], dataset.column_descriptions)
+        metadata["dagster/column_schema"] = dg.MetadataValue.table_schema(column_schema(columns))
+    return metadata
 
 
 def column_schema(columns: list[Column]) -> dg.TableSchema:
@@ -90,7 +105,7 @@ _NOT_NULL = dg.TableColumnConstraints(nullable=False)
 _PARTITION = {"partition": ""}
 
 
-def materialization_metadata(report: RunReport, table_rows: int) -> dict[str, object]:
+def materialization_metadata(report: RunReport) -> dict[str, object]:
     """Plain numbers where the UI should plot them over time."""
     upsert_metadata = {
         name: dg.MetadataValue.int(getattr(report, name))
@@ -100,8 +115,6 @@ def materialization_metadata(report: RunReport, table_rows: int) -> dict[str, ob
     if report.dlq_commits:
         upsert_metadata["dlq_commits"] = dg.MetadataValue.json(report.dlq_commits)
     return {
-        "dagster/row_count": dg.MetadataValue.int(table_rows),
-        "dagster/uri": dg.MetadataValue.path(report.table_uri),
         "records": dg.MetadataValue.int(report.records),
         "rows_written": dg.MetadataValue.int(report.rows_written),
         "skipped": dg.MetadataValue.int(report.skipped),

@@ -18,8 +18,7 @@ from collections.abc import Iterable
 import dagster as dg
 
 from ingest_platform.catalog import Dataset
-from ingest_platform.defs.assets import column_schema, table_name
-from ingest_platform.engines.columns import table_columns
+from ingest_platform.defs.assets import table_metadata
 from ingest_platform.lake.tables import LakeLocation, TableRowCount
 from ingest_platform.streaming.events import FAILED, RUNNING, CommitEvent, DatasetState
 from ingest_platform.streaming.summaries import CommitSummary, MaterializationSummaries
@@ -38,8 +37,7 @@ def summary_materialization(dataset: Dataset, summary: CommitSummary, row_count:
     versions = (f"{summary.first_version}" if summary.commits == 1
                 else f"{summary.first_version}–{summary.last_version}")  # fmt: skip
     metadata: dict[str, dg.MetadataValue] = {
-        "dagster/uri": dg.MetadataValue.path(summary.table_uri),
-        "dagster/table_name": dg.MetadataValue.text(table_name(dataset)),
+        **table_metadata(dataset, summary.table_uri, row_count, schema),
         "commits": dg.MetadataValue.int(summary.commits),
         "delta_versions": dg.MetadataValue.text(versions),
         "last_version": dg.MetadataValue.int(summary.last_version),
@@ -59,11 +57,6 @@ def summary_materialization(dataset: Dataset, summary: CommitSummary, row_count:
         "stream_group": dg.MetadataValue.text(summary.pipeline),
         "stream_runner": dg.MetadataValue.text(runner),
     }
-    if row_count is not None:
-        metadata["dagster/row_count"] = dg.MetadataValue.int(row_count)
-    if schema is not None:
-        columns = table_columns(schema[0], schema[1], dataset.column_descriptions)
-        metadata["dagster/column_schema"] = dg.MetadataValue.table_schema(column_schema(columns))
     for name, value in (("latency_p50_s", summary.latency_p50_s), ("latency_p99_s", summary.latency_p99_s)):
         if value is not None:
             metadata[name] = dg.MetadataValue.float(round(value, 3))

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from ingest_platform.engines.spark.profiles import SparkProfileError, read_profile
+
 #: deploy/ in the source tree (installed editable), or ``$INGEST_DEPLOY_DIR`` (the image copies deploy/ there).
 DEPLOY_DIR = Path(os.environ.get("INGEST_DEPLOY_DIR") or Path(__file__).resolve().parents[2] / "deploy")
 
@@ -63,11 +65,11 @@ class RenderError(ValueError):
 
 def load_spark_profile(deploy_dir: Path = DEPLOY_DIR, name: str = "k8s") -> tuple[str, dict[str, str]]:
     """``(master, conf)`` of a Spark profile with ``${VAR}`` placeholders kept (nothing read from the env)."""
-    path = deploy_dir / SPARK_PROFILE.with_name(f"{name}.yaml")
-    raw = _load_yaml(path)
-    if not isinstance(raw, Mapping) or "master" not in raw or not isinstance(raw.get("conf"), Mapping):
-        raise RenderError(f"{path}: expected 'master' and a 'conf' mapping of spark.* settings")
-    return str(raw["master"]), {str(k): _spark_value(v) for k, v in raw["conf"].items()}
+    try:
+        profile = read_profile(deploy_dir / SPARK_PROFILE.with_name(f"{name}.yaml"), name)
+    except SparkProfileError as error:
+        raise RenderError(str(error)) from None
+    return profile.master, dict(profile.conf)
 
 
 def load_rules(deploy_dir: Path = DEPLOY_DIR) -> dict[str, Any]:
@@ -263,12 +265,6 @@ def _config_map(name: str, component: str, data: Mapping[str, str]) -> dict[str,
 
 def _env_refs(value: str) -> str:
     return _VARIABLE.sub(lambda m: "${env:" + m.group(1) + "}", value)
-
-
-def _spark_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value).strip()
 
 
 def _load_yaml(path: Path) -> Any:

@@ -32,9 +32,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ingest_platform.dev.local_kafka import _free_ports, _java_executable, spawn, stop_child
+from ingest_platform.dev.local_kafka import _free_ports, _java_executable, spawn
 from ingest_platform.dev.local_mariadb import LocalMariaDB
-from ingest_platform.dev.local_process import tail_text
+from ingest_platform.dev.local_process import ChildService, tail_text
 from ingest_platform.dev.maven_jars import resolve_jars
 
 _log = logging.getLogger(__name__)
@@ -99,11 +99,13 @@ def mariadb_connector(name: str, db: LocalMariaDB, database: str, *, topic_prefi
     return config
 
 
-class LocalConnect:
+class LocalConnect(ChildService):
     """One standalone Connect worker running ``connectors``; a context manager (start on enter, stop on exit).
 
     ``connectors`` are configuration mappings (``mariadb_connector``); a value may use ``${state_dir}``.
     """
+
+    WHAT = "the local Kafka Connect worker"  # stop(): SIGTERM stops the connectors and flushes their offsets
 
     def __init__(self, bootstrap: str, connectors: Sequence[Mapping[str, str]], *, heap: str = "512m",
                  startup_timeout_s: float = 120.0, die_with_parent: bool = True,
@@ -261,19 +263,3 @@ class LocalConnect:
                 parts.append(f"== {path} (tail) ==\n{tail_text(text, 20)}")
         return LocalConnectError(problem + ("\n" + "\n".join(parts) if parts else ""))
 
-    # -- stop -------------------------------------------------------------------------------------------------
-
-    def stop(self, timeout_s: float = 30) -> None:
-        """SIGTERM the worker (connectors stop, offsets flush), SIGKILL after ``timeout_s``; delete its
-        directory. Idempotent."""
-        t0 = time.monotonic()
-        stop_child(self._proc, timeout_s, "the local Kafka Connect worker")
-        self._proc = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-        self.timings["stop_s"] = time.monotonic() - t0
-
-    def _kill_now(self) -> None:
-        stop_child(self._proc, 0, "the local Kafka Connect worker")
-        self._proc = None

@@ -22,8 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ingest_platform.dev.local_kafka import spawn, stop_child
-from ingest_platform.dev.local_process import tail_text
+from ingest_platform.dev.local_kafka import spawn
+from ingest_platform.dev.local_process import stop_child, tail_text
 
 REPO = Path(__file__).resolve().parents[2]
 DAGSTER = str(Path(sys.executable).parent / "dagster")

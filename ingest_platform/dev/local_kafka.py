@@ -47,10 +47,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ingest_platform.dev.local_process import CACHE_ENV, default_cache_dir  # noqa: F401 - CACHE_ENV is API
+from ingest_platform.dev.local_process import CACHE_ENV, default_cache_dir, terminate  # noqa: F401 - CACHE_ENV is API
 from ingest_platform.dev.local_process import file_lock as _file_lock
 from ingest_platform.dev.local_process import now_iso as _now_iso
 from ingest_platform.dev.local_process import run_captured as _run_captured
+from ingest_platform.dev.local_process import signal_group as _signal_group
 from ingest_platform.dev.local_process import tail_text as _tail_text
 from ingest_platform.dev.maven_jars import MavenJarsError, jar_cache_dir, pom_property, resolve_jars
 from ingest_platform.processes import process_started_at
@@ -470,12 +471,8 @@ class LocalKafka:
         t0 = time.monotonic()
         pid = self._pid
         if pid is not None:
-            _signal_group(pid, signal.SIGTERM)
-            if not self._wait_exit(pid, timeout_s):
-                _log.warning("local Kafka pid %s ignored SIGTERM for %.0f s; sending SIGKILL", pid, timeout_s)
-                _signal_group(pid, signal.SIGKILL)
-                if not self._wait_exit(pid, 10):
-                    raise LocalKafkaError(f"local Kafka pid {pid} survived SIGKILL")
+            if not terminate(pid, "local Kafka", timeout_s, lambda seconds: self._wait_exit(pid, seconds)):
+                raise LocalKafkaError(f"local Kafka pid {pid} survived SIGKILL")
         self._proc = None
         self._pid = None
         if pid is not None and self._state_dir is not None:  # never touch a dir we did not run a broker in
@@ -817,33 +814,6 @@ def spawn(cmd: list[str], kwargs: dict[str, Any], die_with_parent: bool) -> subp
     if die_with_parent and sys.platform.startswith("linux"):
         return _spawn_dying_with_parent(cmd, kwargs)
     return subprocess.Popen(cmd, **kwargs)
-
-
-def stop_child(proc: subprocess.Popen[bytes] | None, timeout_s: float, what: str) -> None:
-    """SIGTERM the process group of ``proc`` (started with ``start_new_session``), SIGKILL after ``timeout_s``."""
-    if proc is None or proc.poll() is not None:
-        return
-    _signal_group(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-        return
-    except subprocess.TimeoutExpired:
-        if timeout_s > 0:
-            _log.warning("%s (pid %s) ignored SIGTERM for %.0f s; sending SIGKILL", what, proc.pid, timeout_s)
-    _signal_group(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(10)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    """Signal the broker's process group (pgid == pid: it was started with start_new_session)."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _pid_alive(pid: int) -> bool:

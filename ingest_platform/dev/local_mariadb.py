@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ingest_platform.dev.local_kafka import _free_ports, spawn, stop_child
-from ingest_platform.dev.local_process import run_captured, tail_text
+from ingest_platform.dev.local_kafka import _free_ports, spawn
+from ingest_platform.dev.local_process import ChildService, run_captured, tail_text
 
 _log = logging.getLogger(__name__)
 
@@ -53,13 +53,15 @@ def _binary(name: str) -> str:
     return found
 
 
-class LocalMariaDB:
+class LocalMariaDB(ChildService):
     """One private ``mariadbd``; a context manager (``start()`` on enter, ``stop()`` on exit).
 
     The datadir lives in a fresh temporary directory that ``stop()`` deletes. ``user``/``password`` is one
     account for Debezium and the tests, over TCP: all privileges, which include what the connector needs to
     snapshot and read the binlog (SELECT, RELOAD, SHOW DATABASES, REPLICATION SLAVE/CLIENT, LOCK TABLES).
     """
+
+    WHAT = "local MariaDB"  # stop(): SIGTERM is a clean InnoDB shutdown
 
     def __init__(self, *, startup_timeout_s: float = 60.0, die_with_parent: bool = True,
                  buffer_pool: str = "64M") -> None:  # fmt: skip
@@ -218,22 +220,6 @@ class LocalMariaDB:
                 "database": database, "charset": "utf8mb4", "connect_timeout": 10, "read_timeout": 60,
                 "write_timeout": 60}  # fmt: skip
 
-    # -- stop -------------------------------------------------------------------------------------------------
-
-    def stop(self, timeout_s: float = 30) -> None:
-        """Shut the server down (SIGTERM: a clean InnoDB shutdown; SIGKILL after ``timeout_s``), delete its
-        directory. Idempotent."""
-        t0 = time.monotonic()
-        stop_child(self._proc, timeout_s, "local MariaDB")
-        self._proc = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-        self.timings["stop_s"] = time.monotonic() - t0
-
-    def _kill_now(self) -> None:
-        stop_child(self._proc, 0, "local MariaDB")
-        self._proc = None
 
     def _error_tail(self) -> str:
         try:

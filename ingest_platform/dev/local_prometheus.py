@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -37,7 +36,8 @@ from typing import Any
 
 import yaml
 
-from ingest_platform.dev.local_kafka import _free_ports, _signal_group, _spawn_dying_with_parent, _wait_pid_gone
+from ingest_platform.dev.local_kafka import _free_ports, _spawn_dying_with_parent
+from ingest_platform.dev.local_process import stop_child
 
 #: deploy/prometheus in the source tree (installed editable), or ``$INGEST_DEPLOY_DIR``/prometheus.
 PROMETHEUS_DIR = Path(os.environ.get("INGEST_DEPLOY_DIR") or Path(__file__).resolve().parents[2] / "deploy") / (
@@ -166,12 +166,8 @@ class LocalPrometheus:
             time.sleep(0.2)
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        if self._process is not None:
-            _signal_group(self._process.pid, signal.SIGTERM)
-            if not _wait_pid_gone(self._process.pid, timeout_s):
-                _signal_group(self._process.pid, signal.SIGKILL)
-                _wait_pid_gone(self._process.pid, 5)
-            self._process = None
+        stop_child(self._process, timeout_s, "local Prometheus")
+        self._process = None
         if self.home is not None:
             shutil.rmtree(self.home, ignore_errors=True)
             self.home = None

@@ -59,7 +59,7 @@ from ingest_platform.dev.local_kafka import (
     _spawn_dying_with_parent,
     _wait_pid_gone,
 )
-from ingest_platform.dev.local_process import default_cache_dir, file_lock, now_iso, tail_text
+from ingest_platform.dev.local_process import default_cache_dir, file_lock, now_iso, tail_text, terminate
 
 _log = logging.getLogger(__name__)
 
@@ -369,13 +369,9 @@ class LocalSparkCluster:
         Removes ``cluster.json``, and the whole state dir when it was a temporary one."""
         started = time.monotonic()
         for daemon in [*self.worker_daemons.values(), *([self.master] if self.master else [])]:
-            _signal_group(daemon.pid, signal.SIGTERM)
-            if not self._reap(daemon, timeout_s):
-                _log.warning("Spark %s (pid %s) ignored SIGTERM for %.0f s; sending SIGKILL", daemon.name,
-                             daemon.pid, timeout_s)  # fmt: skip
-                _signal_group(daemon.pid, signal.SIGKILL)
-                if not self._reap(daemon, 10):
-                    raise LocalSparkError(f"Spark {daemon.name} (pid {daemon.pid}) survived SIGKILL")
+            if not terminate(daemon.pid, f"Spark {daemon.name}", timeout_s,
+                             lambda seconds, d=daemon: self._reap(d, seconds)):  # fmt: skip
+                raise LocalSparkError(f"Spark {daemon.name} (pid {daemon.pid}) survived SIGKILL")
         if self.master is not None and self._state_dir is not None:
             with contextlib.suppress(FileNotFoundError):
                 (self._state_dir / "cluster.json").unlink()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException, TopicCollection, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from ingest_platform.kafka.client import KafkaConnection, describe_failure
@@ -110,14 +111,29 @@ def _list_offsets(
                 if error.args[0].retriable() and time.monotonic() + 0.2 < deadline:
                     retry.append(tp)
                     continue
-                cause = error.args[0].str()
+                kafka_error = error.args[0]
+                cause = (_no_answer(admin, timeout_s, kafka_error) if kafka_error.code() == KafkaError._TIMED_OUT
+                         else describe_failure(kafka_error, admin))  # fmt: skip
                 errors.setdefault(tp.topic, f"cannot read the offsets of {tp.topic}[{tp.partition}]: {cause}")
-            except Exception as error:  # noqa: BLE001 - timeouts surface as concurrent.futures errors
+            except FutureTimeout:
+                errors.setdefault(tp.topic, f"cannot read the offsets of {tp.topic}[{tp.partition}]: "
+                                            f"{_no_answer(admin, timeout_s)}")  # fmt: skip
+            except Exception as error:  # noqa: BLE001 - reported per topic, never raised
                 errors.setdefault(tp.topic, f"cannot read the offsets of {tp.topic}[{tp.partition}]: {error!r}")
         partitions = retry
         if retry:
             time.sleep(0.2)
     return offsets, errors
+
+
+def _no_answer(admin: AdminClient, timeout_s: float, error: KafkaError | None = None) -> str:
+    """A listing that got no answer by its deadline: the deadline, librdkafka's reported cause, what to check."""
+    cause = describe_failure(error, admin) if error is not None else None
+    if cause is None and getattr(admin, "problems", None) is not None:
+        admin.problems.serve(admin)
+        cause = admin.problems.cause()
+    return (f"no answer from the brokers within {timeout_s:.0f} s" + (f" ({cause})" if cause else "")
+            + "; check that Kafka is up and reachable from here")  # fmt: skip
 
 
 def records_waiting(kafka: KafkaConnection, topic: str, dataset: str, table, timeout_s: float = DEFAULT_TIMEOUT_S

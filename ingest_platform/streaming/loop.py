@@ -75,6 +75,21 @@ class LoopSettings:
     stop_on_conflict: bool = False  # a ledger conflict stops the loop instead of re-planning (DESIGN §12)
 
 
+@dataclass(frozen=True)
+class LoopParts:
+    """What every dataset loop gets from its stream process (``process.StreamProcess.add``)."""
+
+    dataset: Dataset
+    kafka: KafkaConnection
+    lake: LakeLocation
+    settings: LoopSettings
+    metrics: StreamMetrics
+    session: str
+    on_commit: Callable[[CommitEvent], None] | None = None
+    on_state: Callable[[DatasetState], None] | None = None
+    log: logging.Logger | None = None
+
+
 @dataclass
 class _Outcome:
     kind: str  # "ok", "conflict", "fatal", "abandoned"
@@ -93,19 +108,34 @@ class _InFlight:
 
 class LoopLife:
     """What every dataset loop of a stream process shares (this module's consumer loop, ``spark_loop``'s query):
-    its state and ``on_state``, the thread body that turns failures into states and metrics, rate-limited
-    warnings. Subclasses set the attributes below."""
+    its fields, its state and ``on_state``, the thread body that turns failures into states and metrics,
+    rate-limited warnings. Subclasses define ``_main`` (the thread's body)."""
 
-    dataset: Dataset
-    metrics: StreamMetrics
-    log: logging.Logger
-    labels: tuple[str, str, str]
-    on_state: Callable[[DatasetState], None] | None
-    state: DatasetState
-    _logged_at: dict[str, float]
-    thread: threading.Thread
-    _stop: threading.Event
-    _drain_deadline: float
+    def __init__(self, parts: LoopParts, thread_name: str, default_log: logging.Logger):
+        dataset = parts.dataset
+        self.dataset = dataset
+        self.kafka = parts.kafka
+        self.lake = parts.lake
+        self.settings = parts.settings
+        self.trigger_s = parts.settings.trigger_interval_s
+        self.metrics = parts.metrics
+        self.session = parts.session
+        self.on_commit = parts.on_commit
+        self.on_state = parts.on_state
+        self.log = parts.log or default_log
+        self.labels = labels_of(dataset)
+        self.state = DatasetState(dataset.name, STARTING)
+        self.last_activity = time.monotonic()  # last poll, retry or commit (liveness)
+        self.commits = 0
+        self._stop = threading.Event()  # stop serving, drain
+        self._drain_deadline = float("inf")
+        self._seq = 0
+        self._logged_at: dict[str, float] = {}
+        self._consumer: Consumer | None = None
+        self.thread = threading.Thread(target=self._main, name=f"{thread_name}-{dataset.name}", daemon=True)
+
+    def _main(self) -> None:
+        raise NotImplementedError
 
     def start(self) -> None:
         self.metrics.register_dataset(self.dataset)
@@ -159,43 +189,14 @@ class LoopLife:
 
 
 class DatasetLoop(LoopLife):
-    def __init__(
-        self,
-        dataset: Dataset,
-        kafka: KafkaConnection,
-        lake: LakeLocation,
-        settings: LoopSettings,
-        budget: BufferBudget,
-        pool: CommitPool,
-        metrics: StreamMetrics,
-        session: str,
-        on_commit: Callable[[CommitEvent], None] | None = None,
-        on_state: Callable[[DatasetState], None] | None = None,
-        log: logging.Logger | None = None,
-    ):
-        self.dataset = dataset
-        self.kafka = kafka
-        self.lake = lake
-        self.settings = settings
-        self.trigger_s = settings.trigger_interval_s
+    def __init__(self, parts: LoopParts, budget: BufferBudget, pool: CommitPool):
+        super().__init__(parts, "stream", logging.getLogger(__name__))
         self.budget = budget
         self.pool = pool
-        self.metrics = metrics
-        self.session = session
-        self.on_commit = on_commit
-        self.on_state = on_state
-        self.log = log or logging.getLogger(__name__)
-        self.labels = labels_of(dataset)
-        self.state = DatasetState(dataset.name, STARTING)
-        self.last_activity = time.monotonic()  # last poll, retry or commit (liveness)
-        self.commits = 0
         self.pauses = 0  # times the loop paused its partitions (next batch full, or the budget exhausted)
         self.last_commit_s = 0.0  # how long the last commit took (to judge whether a drain has time for one)
         self.commit_estimate_s = 0.0  # recent commits' duration (EWMA): taken off a batch's open time
-        self._stop = threading.Event()  # stop polling, drain
         self._abandon = threading.Event()  # the drain deadline passed: stop retrying the in-flight commit
-        self._drain_deadline = float("inf")
-        self._consumer: Consumer | None = None
         self._writer: BatchWriter | None = None
         self._positions: dict[int, int] = {}  # partition -> next offset to read
         self._batch: RecordBatch | None = None
@@ -203,11 +204,8 @@ class DatasetLoop(LoopLife):
         self._batch_opened_at = datetime.now(timezone.utc)
         self._inflight: _InFlight | None = None
         self._paused = False
-        self._seq = 0
         self._next_refresh = 0.0
-        self._logged_at: dict[str, float] = {}
         self._dlq_window = DeadLetterWindow()  # max_dlq_ratio over the last records, kept across re-plans
-        self.thread = threading.Thread(target=self._main, name=f"stream-{dataset.name}", daemon=True)
 
     # -- control (any thread) ------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from ingest_platform.streaming.budget import BufferBudget
 from ingest_platform.streaming.commit_pool import CommitPool
 from ingest_platform.streaming.events import FAILED, STOPPED, CommitEvent, DatasetState, StreamOutcome
 from ingest_platform.streaming.health import liveness
-from ingest_platform.streaming.loop import DatasetLoop, LoopSettings
+from ingest_platform.streaming.loop import DatasetLoop, LoopParts, LoopSettings
 from ingest_platform.streaming.metrics import StreamMetrics
 from ingest_platform.streaming.retry import RetryPolicy
 from ingest_platform.streaming.spark_checkpoint import CHECKPOINT_FOLDER
@@ -140,14 +140,13 @@ class StreamProcess:
                 commit_stuck_after_s=self.settings.commit_stuck_after_s,
                 stop_on_conflict=self.settings.stop_on_conflict,
             )
+            parts = LoopParts(dataset, self.kafka, self.lake, loop_settings, self.metrics, self.session,
+                              self._commit_hook, self.on_state, self.log)  # fmt: skip
             loop: DatasetLoop | SparkStreamLoop
             if dataset.engine == "spark":  # a Structured Streaming query (§10.10); auto and embedded stream here
-                loop = SparkStreamLoop(dataset, self.kafka, self.lake, loop_settings, self.metrics, self.session,
-                                       self._spark_for(dataset), self._checkpoint_root(), self._commit_hook,
-                                       self.on_state, self.log)  # fmt: skip
+                loop = SparkStreamLoop(parts, self._spark_for(dataset), self._checkpoint_root())
             else:
-                loop = DatasetLoop(dataset, self.kafka, self.lake, loop_settings, self.budget, self._pool(),
-                                   self.metrics, self.session, self._commit_hook, self.on_state, self.log)  # fmt: skip
+                loop = DatasetLoop(parts, self.budget, self._pool())
             self._loops[dataset.name] = loop
             self._ended.pop(dataset.name, None)
             if self.memory_limit:

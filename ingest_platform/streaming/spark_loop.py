@@ -22,16 +22,14 @@ from pathlib import Path
 from confluent_kafka import Consumer
 from deltalake.exceptions import DeltaError
 
-from ingest_platform.catalog import Dataset
 from ingest_platform.engines.offset_ranges import OffsetRangeError
 from ingest_platform.engines.run_plan import IngestError, plan_run
-from ingest_platform.kafka.client import GroupOffsetCommitter, KafkaConnection, KafkaReadError, watermarks
+from ingest_platform.kafka.client import GroupOffsetCommitter, KafkaReadError, watermarks
 from ingest_platform.lake.commit import ConcurrentWriterError, LakeSchemaError, LakeWriteError
-from ingest_platform.lake.tables import LakeAccessError, LakeLocation
-from ingest_platform.streaming.events import RUNNING, STARTING, CommitEvent, DatasetState
+from ingest_platform.lake.tables import LakeAccessError
+from ingest_platform.streaming.events import RUNNING, CommitEvent
 from ingest_platform.streaming.latency import batch_latency
-from ingest_platform.streaming.loop import REQUEST_TIMEOUT_S, LoopLife, LoopSettings, StreamFailure
-from ingest_platform.streaming.metrics import StreamMetrics, labels_of
+from ingest_platform.streaming.loop import REQUEST_TIMEOUT_S, LoopLife, LoopParts, StreamFailure
 from ingest_platform.streaming.retry import Backoff
 from ingest_platform.streaming.spark_checkpoint import checkpoint_dir, disagreement, discard, resume_offsets
 
@@ -47,59 +45,28 @@ _session_lock = threading.Lock()
 
 
 class SparkStreamLoop(LoopLife):
-    def __init__(
-        self,
-        dataset: Dataset,
-        kafka: KafkaConnection,
-        lake: LakeLocation,
-        settings: LoopSettings,
-        metrics: StreamMetrics,
-        session: str,
-        spark_session: Callable[[], object],
-        checkpoint_root: str | Path,
-        on_commit: Callable[[CommitEvent], None] | None = None,
-        on_state: Callable[[DatasetState], None] | None = None,
-        log: logging.Logger | None = None,
-    ):
-        self.dataset = dataset
-        self.kafka = kafka
-        self.lake = lake
-        self.settings = settings
-        self.trigger_s = settings.trigger_interval_s
-        self.metrics = metrics
-        self.session = session
+    def __init__(self, parts: LoopParts, spark_session: Callable[[], object], checkpoint_root: str | Path):
+        super().__init__(parts, "spark-stream", logging.getLogger(__name__))
+        dataset = parts.dataset
         self.spark_session = spark_session
-        self.uri = lake.table_uri(dataset.table_path)
+        self.uri = parts.lake.table_uri(dataset.table_path)
         self.checkpoint = checkpoint_dir(checkpoint_root, dataset.table_path, self.uri)
-        self.on_commit = on_commit
-        self.on_state = on_state
-        self.log = log or logging.getLogger(__name__)
-        self.labels = labels_of(dataset)
-        self.state = DatasetState(dataset.name, STARTING)
-        self.last_activity = time.monotonic()
-        self.commits = 0
         self.last_batch_s = 0.0  # how long the last micro-batch commit took
         self.queries = 0  # queries started (1 + restarts after failures or a rewound ledger)
         self.resumed = False  # the last query started on the checkpoint (it agreed with the ledger)
         self._starting_session = False
-        self._stop = threading.Event()
         self._stopping = threading.Event()  # no micro-batch commits any more (set before the query is stopped)
         self._batch_lock = threading.Lock()  # held by the micro-batch being committed
         self._batch_started: float | None = None
         self._batch_error: BaseException | None = None
-        self._drain_deadline = float("inf")
         self._seen: dict[int, int] = {}  # partition -> last offset committed or found in the table
         self._committed: dict[int, int] = {}  # partition -> last offset, for the monitoring group commit
         self._group_due = False
-        self._seq = 0
         self._engine = None
         self._backoff: Backoff | None = None
         self._partitions: list[int] = []
         self._data_loss: dict[int, tuple[int, int]] = {}  # skipped by on_data_loss: skip, until a commit records it
-        self._logged_at: dict[str, float] = {}
-        self._consumer: Consumer | None = None
         self._group: GroupOffsetCommitter | None = None  # monitoring-only group commits, never blocking (§2)
-        self.thread = threading.Thread(target=self._main, name=f"spark-stream-{dataset.name}", daemon=True)
 
     # -- control (any thread) ------------------------------------------------------------------------------------
 

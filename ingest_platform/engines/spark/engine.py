@@ -35,7 +35,7 @@ from ingest_platform.engines.run_plan import IngestError, RunPlan, plan_run
 from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.spark.merge import SparkUpsert
 from ingest_platform.engines.spark.new_fields import UNKNOWN_FIELDS, UNKNOWN_KEY_FIELDS, collected_names, unknown_names
-from ingest_platform.engines.spark.transaction import DeltaTransaction
+from ingest_platform.engines.spark.transaction import DeltaTransaction, is_conflict
 from ingest_platform.kafka.client import CONSUMER_TUNING, LIBRDKAFKA_ONLY, GroupOffsetCommitter, KafkaConnection
 from ingest_platform.lake.commit import LakeWriteError
 from ingest_platform.lake.dead_letters import BadRecord, write_dead_letters
@@ -706,7 +706,7 @@ class _SparkRun(SparkUpsert):
                 builder.execute()
                 return
             except Exception as error:  # py4j: a concurrent creator wrote version 0 first (ProtocolChanged...)
-                if not _is_concurrent(error) or self.engine.lake.open_table(dataset.table_path) is None:
+                if not is_conflict(error) or self.engine.lake.open_table(dataset.table_path) is None:
                     raise
             # Another writer created the table: go on as for an existing table; the guarded commit decides.
         if self.plan.table is not None:
@@ -863,12 +863,6 @@ def _parse_event_time(raw, dtype, location, name: str):
     problem = F.lit(f": field '{name}' is not an ISO-8601 timestamp: ")
     failure = F.raise_error(F.concat(F.lit("INGEST_PLATFORM_ERROR:"), location, problem, text))
     return F.when(text.isNotNull() & parsed.isNull(), failure).otherwise(parsed)
-
-
-def _is_concurrent(error: Exception) -> bool:
-    """Whether delta-spark refused a commit because another writer committed first (its conflict check)."""
-    text = f"{type(error).__name__}: {error}"
-    return any(name in text for name in ("Concurrent", "ProtocolChangedException", "MetadataChangedException"))
 
 
 def _commit_group(kafka: KafkaConnection, dataset: Dataset, plan: RunPlan, log) -> None:

@@ -64,15 +64,29 @@ def load_profile(
         raise SparkProfileError(
             f"Spark profile '{name}' not found: no {path} (available: {', '.join(available_profiles()) or 'none'})"
         )
+    profile = read_profile(path, name)
+    return resolve_profile(profile, environ, missing_ok) if resolve else profile
+
+
+def read_profile(path: Path, name: str) -> SparkProfile:
+    """The profile file at ``path`` as written, ``${VAR}`` placeholders kept (also the deployment renderer's
+    source of the k8s Spark settings); YAML booleans become Spark's ``true``/``false``."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise SparkProfileError(f"{path}: unreadable: {error}") from None
     except yaml.YAMLError as error:
         raise SparkProfileError(f"{path}: unreadable YAML: {error}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("conf", {}), dict) or "master" not in raw:
         raise SparkProfileError(f"{path}: expected 'master' and a 'conf' mapping of spark.* settings")
-    conf = {str(k): str(v) for k, v in (raw.get("conf") or {}).items()}
-    profile = SparkProfile(name=name, master=str(raw["master"]), conf=conf, path=str(path))
-    return resolve_profile(profile, environ, missing_ok) if resolve else profile
+    conf = {str(k): _conf_value(v) for k, v in (raw.get("conf") or {}).items()}
+    return SparkProfile(name=name, master=str(raw["master"]), conf=conf, path=str(path))
+
+
+def _conf_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).strip()
 
 
 def resolve_profile(

@@ -35,6 +35,19 @@ class LedgerMovedError(ConcurrentWriterError):
     """The table's ledger is not where the run expected it: another writer ingests the dataset."""
 
 
+#: What delta-spark's conflict check raises when another writer committed first: ``Concurrent*Exception``,
+#: ``ProtocolChangedException`` (e.g. two creators of version 0), ``MetadataChangedException``.
+_CONFLICTS = ("Concurrent", "ProtocolChangedException", "MetadataChangedException")
+
+
+def is_conflict(error: Exception) -> bool:
+    """Whether delta-spark refused a commit because another writer committed first (its conflict check), from
+    the Python class, the Java class (py4j) or the message."""
+    java = getattr(error, "java_exception", None)
+    text = f"{type(error).__name__}: {error}" + (f" {java.getClass().getName()}" if java is not None else "")
+    return any(name in text for name in _CONFLICTS)
+
+
 def scala_none(jvm):
     """Scala's ``None``, for JVM calls that take an ``Option``."""
     return getattr(getattr(jvm.scala, "None$"), "MODULE$")
@@ -136,10 +149,8 @@ class DeltaTransaction:
             merge = operation.apply(scala_none(jvm), nothing, nothing, nothing)
             to_map = jvm.org.apache.spark.api.python.PythonUtils.toScalaMap
             return int(self.txn.commit(scala_seq(jvm, actions), merge, to_map(tags)))
-        except Exception as error:  # delta-spark raises its conflicts as delta.exceptions.Concurrent*Exception
-            java = getattr(error, "java_exception", None)
-            names = type(error).__name__ + (str(java.getClass().getName()) if java is not None else "")
-            if "Concurrent" in names:
+        except Exception as error:
+            if is_conflict(error):
                 first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise ConcurrentWriterError(
                     f"{self.what}: the commit to {self.path} lost to a concurrent writer ({first[:300]}); another "
