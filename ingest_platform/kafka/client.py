@@ -49,8 +49,7 @@ CONSUMER_TUNING: dict[str, Any] = {
 #: snappy response is decompressed into one buffer per producer batch (~64 KiB: below the mmap threshold,
 #: so from malloc's arenas), ~4x its size here: with 16 MiB responses a run waiting on its commit held
 #: ~120 MiB of them, and the arenas kept the space once freed (benchmarks/memory_bench.py). 4 MiB responses
-#: hold a quarter of that at the same records/s; the queue stays at 16 MiB, the overlap of fetching with
-#: decoding.
+#: hold a quarter of that; the queue stays at 16 MiB (the records fetched ahead while a batch is decoded).
 LIBRDKAFKA_PREFETCH: dict[str, Any] = {
     "queued.max.messages.kbytes": 16_384,
     "fetch.max.bytes": 4_194_304,
