@@ -38,15 +38,22 @@ CONSUMER_TUNING: dict[str, Any] = {
     "socket.send.buffer.bytes": 1_048_576,
     "socket.timeout.ms": 60_000,  # the guide's request.timeout.ms
     "session.timeout.ms": 30_000,
-    # Prefetch, bounded (docs/DESIGN.md §2 "Memory"): librdkafka queues up to queued.max.messages.kbytes of
-    # fetched records for the consumer (default 64 MiB) and holds up to fetch.max.bytes per fetch response
-    # (default 50 MiB); 16 MiB each keep a run's Kafka buffers far below one batch, whatever the backlog.
-    "queued.max.messages.kbytes": 16_384,
+    # The most one fetch response carries (the Java client's default is 50 MiB); spark-sql-kafka's consumers
+    # take this value, confluent-kafka's take LIBRDKAFKA_PREFETCH's.
     "fetch.max.bytes": 16_777_216,
 }
 
-#: Consumer settings the Java client (spark-sql-kafka) does not have.
-LIBRDKAFKA_ONLY = frozenset({"queued.max.messages.kbytes"})
+#: librdkafka's prefetch, bounded (docs/DESIGN.md §2 "Memory"); confluent-kafka consumers only (the Java
+#: client has no such queue). librdkafka queues up to queued.max.messages.kbytes of fetched records (default
+#: 64 MiB) and, below that, fetches again: one response of up to fetch.max.bytes, counted compressed. A
+#: snappy response is decompressed into one buffer per producer batch (~64 KiB: below the mmap threshold,
+#: so from malloc's arenas), ~4x its size here: with 16 MiB responses a run waiting on its commit held
+#: ~120 MiB of them, and the arenas kept the space once freed (benchmarks/memory_bench.py). 4 MiB responses
+#: hold a quarter of that; the queue stays at 16 MiB (the records fetched ahead while a batch is decoded).
+LIBRDKAFKA_PREFETCH: dict[str, Any] = {
+    "queued.max.messages.kbytes": 16_384,
+    "fetch.max.bytes": 4_194_304,
+}
 
 #: Producer batching from the guide ("High-Throughput Producer Settings"). The guide's acks=1 cannot be
 #: combined with enable.idempotence (librdkafka refuses it), so idempotent producers use acks=all.
@@ -136,6 +143,7 @@ class KafkaConnection:
         return {
             **self.base_config(),
             **CONSUMER_TUNING,
+            **LIBRDKAFKA_PREFETCH,
             "group.id": group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,

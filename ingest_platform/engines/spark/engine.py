@@ -36,7 +36,7 @@ from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.spark.merge import SparkUpsert
 from ingest_platform.engines.spark.new_fields import UNKNOWN_FIELDS, UNKNOWN_KEY_FIELDS, collected_names, unknown_names
 from ingest_platform.engines.spark.transaction import DeltaTransaction, is_conflict
-from ingest_platform.kafka.client import CONSUMER_TUNING, LIBRDKAFKA_ONLY, GroupOffsetCommitter, KafkaConnection
+from ingest_platform.kafka.client import CONSUMER_TUNING, GroupOffsetCommitter, KafkaConnection
 from ingest_platform.lake.commit import LakeWriteError
 from ingest_platform.lake.dead_letters import BadRecord, write_dead_letters
 from ingest_platform.lake.ledger import app_id
@@ -60,9 +60,8 @@ def kafka_source_options(kafka: KafkaConnection) -> dict[str, str]:
     options = {f"kafka.{key}": str(value) for key, value in kafka.security.items()}
     options["kafka.bootstrap.servers"] = kafka.bootstrap_servers
     names = {"fetch.wait.max.ms": "fetch.max.wait.ms", "socket.timeout.ms": "request.timeout.ms"}  # Java names
-    for key, value in CONSUMER_TUNING.items():
-        if key not in LIBRDKAFKA_ONLY:
-            options[f"kafka.{names.get(key, key)}"] = str(value)
+    for key, value in CONSUMER_TUNING.items():  # LIBRDKAFKA_PREFETCH is librdkafka's alone
+        options[f"kafka.{names.get(key, key)}"] = str(value)
     options["kafka.isolation.level"] = "read_committed"
     options["failOnDataLoss"] = "true"
     return options
