@@ -63,6 +63,10 @@ def kafka_source_options(kafka: KafkaConnection) -> dict[str, str]:
     for key, value in CONSUMER_TUNING.items():
         if key not in LIBRDKAFKA_ONLY:
             options[f"kafka.{names.get(key, key)}"] = str(value)
+    # spark-sql-kafka reads a fixed offset range per partition, one consumer per partition task, and the records
+    # are already in the log: the guide's fetch.min.bytes (1 MiB) would only make each partition's last fetch
+    # wait fetch.max.wait.ms (a fixed cost per Kafka partition; docs/DESIGN.md §5).
+    options["kafka.fetch.min.bytes"] = "1"
     options["kafka.isolation.level"] = "read_committed"
     options["failOnDataLoss"] = "true"
     return options
