@@ -6,8 +6,9 @@ ranges capped by ``max_records_per_run``); a batch read of exactly those offsets
 (JSON objects, or Debezium row images); records that cannot be applied go to ``<name>_dlq`` within
 ``max_dlq_ratio``, before the main commit. Appends are ONE Delta commit holding the data files and one ``txn``
 action per partition, written through delta-spark's ``OptimisticTransaction``. Upserts reduce the batch to the
-last change per key and MERGE it one Kafka partition per commit, because delta-spark's MERGE records one
-``txn`` per commit. The consumer group is committed afterwards, for monitoring only.
+last change per key and MERGE it copy-on-write in ONE commit with every partition's ``txn`` (``merge.py``;
+delta-spark's MERGE command records one ``txn`` per commit). The consumer group is committed afterwards,
+for monitoring only.
 """
 
 from __future__ import annotations
