@@ -194,7 +194,8 @@ def main() -> int:
     result = {
         "benchmark": "cdc_bench",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},  # a shared machine: say so
         "kafka_version": broker.kafka_version,
         "partitions": args.partitions,
         "snapshot_rows": args.keys,
@@ -258,7 +259,9 @@ def markdown(r: dict) -> str:
         f"# cdc_bench — Debezium MySQL, {r['snapshot_rows']:,} snapshot rows + {r['changes']:,} changes, "
         f"{r['partitions']} partitions",
         "",
-        f"{r['date']}, {r['machine']['cores']} cores, Kafka {r['kafka_version']}, Python {r['machine']['python']}; "
+        f"{r['date']}, {r['machine']['cores']} cores (load average at the end "
+        f"{r['machine'].get('load_average_at_end', '?')}), Kafka {r['kafka_version']}, "
+        f"Python {r['machine']['python']}; "
         f"{r['events']:,} records ({ops}; {r['tombstones']:,} tombstones), {r['mean_event_bytes']:.0f} B per event",
         "",
         "| stage | records | seconds | records/s | ratio |",

@@ -4,6 +4,7 @@ the source of truth: deleting it, racing a batch run or killing the driver loses
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -242,3 +243,35 @@ def _no_thread_leak():
     yield
     leaked = [t.name for t in set(threading.enumerate()) - before if t.name.startswith("spark-stream-")]
     assert not leaked, f"stream loops still running: {leaked}"
+
+
+def test_a_spark_cdc_stream_upserts_each_micro_batch_in_one_merge_commit(kafka, make_topic, tmp_path, spark):
+    """A continuous ``engine: spark`` upsert dataset: every micro-batch is ONE commit (the first creates the table,
+    later ones are copy-on-write MERGEs) carrying each partition's txn, and the table ends as the source's last
+    state (updates, deletes, re-inserts of the same keys across micro-batches)."""
+    from ingest_platform.dev import cdc_data
+    from ingest_platform_tests.cdc_helpers import cdc_dataset, expected_rows, table_state
+
+    topic = make_topic(partitions=3)
+    dataset = cdc_dataset(topic, name="users_streamed", engine="spark", continuous=True, trigger_interval_s=1.0)
+    events = cdc_data.mysql_events(cdc_data.scenario(keys=30, changes=60, seed=23), topic=topic)
+    first = next(i for i, e in enumerate(events) if e.value is None or json.loads(e.value)["op"] != "r")
+    lake = LakeLocation(str(tmp_path / "lake"))
+    cdc_data.produce_events(kafka, topic, events[:first])  # the snapshot: the first micro-batch creates the table
+    with StreamThread([dataset], kafka, lake, settings(tmp_path), spark_session=lambda _profile: spark) as stream:
+        wait_for(lambda: sum(e.records for e in stream.events) >= first, timeout_s=180, what="the snapshot")
+        cdc_data.produce_events(kafka, topic, events[first:])  # the changes of those keys: MERGEs
+        wait_for(lambda: sum(e.records for e in stream.events) >= len(events), timeout_s=180, what="the changes")
+        outcome = stream.stop(timeout_s=120)
+    assert outcome.clean, outcome.failed
+    batches = stream.events
+    assert sum(e.records for e in batches) == len(events) and len(batches) >= 2
+    assert table_state(lake, dataset) == expected_rows(events)
+    table = lake.open_table(dataset.table_path)
+    history = {entry["version"]: entry for entry in table.history()}
+    streamed = {v: m for v, m in ((v, run_metadata_of(e)) for v, e in history.items()) if m and "spark_batch_id" in m}
+    assert sorted(streamed) == sorted(e.version for e in batches)  # one commit per micro-batch, nothing else
+    merges = [e for e in batches if history[e.version]["operation"] == "MERGE"]
+    assert merges and all(e.rows_updated + e.rows_inserted + e.rows_deleted > 0 for e in merges)
+    ledger = {p: table.transaction_version(app_id(dataset.name, p)) for p in range(3)}
+    assert ledger == {p: max(last for e in batches for q, (_, last) in e.ranges.items() if q == p) for p in range(3)}

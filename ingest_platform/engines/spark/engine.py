@@ -6,8 +6,9 @@ ranges capped by ``max_records_per_run``); a batch read of exactly those offsets
 (JSON objects, or Debezium row images); records that cannot be applied go to ``<name>_dlq`` within
 ``max_dlq_ratio``, before the main commit. Appends are ONE Delta commit holding the data files and one ``txn``
 action per partition, written through delta-spark's ``OptimisticTransaction``. Upserts reduce the batch to the
-last change per key and MERGE it one Kafka partition per commit, because delta-spark's MERGE records one
-``txn`` per commit. The consumer group is committed afterwards, for monitoring only.
+last change per key and MERGE it copy-on-write in ONE commit with every partition's ``txn`` (``merge.py``;
+delta-spark's MERGE command records one ``txn`` per commit). The consumer group is committed afterwards,
+for monitoring only.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def kafka_source_options(kafka: KafkaConnection) -> dict[str, str]:
     names = {"fetch.wait.max.ms": "fetch.max.wait.ms", "socket.timeout.ms": "request.timeout.ms"}  # Java names
     for key, value in CONSUMER_TUNING.items():  # LIBRDKAFKA_PREFETCH is librdkafka's alone
         options[f"kafka.{names.get(key, key)}"] = str(value)
+    # spark-sql-kafka reads a fixed offset range per partition, one consumer per partition task, and the records
+    # are already in the log: the guide's fetch.min.bytes (1 MiB) would only make each partition's last fetch
+    # wait fetch.max.wait.ms (a fixed cost per Kafka partition; docs/DESIGN.md §5).
+    options["kafka.fetch.min.bytes"] = "1"
     options["kafka.isolation.level"] = "read_committed"
     options["failOnDataLoss"] = "true"
     return options

@@ -43,8 +43,12 @@ class SparkUpsert:
     def _execute_upsert(self) -> None:
         from pyspark import StorageLevel
 
-        # Several passes read the batch (figures, bad records, the touched files, the MERGE): read Kafka once.
-        source = self._source().persist(StorageLevel.MEMORY_AND_DISK)
+        # Several passes read the batch (figures, bad records, the touched files, the MERGE): read Kafka once,
+        # into as many Spark partitions as the cluster runs tasks at once, not one per Kafka partition, so that
+        # each later pass costs the same whatever the topic's partition count (docs/DESIGN.md §9.2 "Cost").
+        source = self._source()
+        tasks = min(len(self._read_ranges), self.spark.sparkContext.defaultParallelism)
+        source = source.coalesce(max(1, tasks)).persist(StorageLevel.MEMORY_AND_DISK)
         reduced = decoded = None
         try:
             prepared = self._prepared(source)
