@@ -27,17 +27,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest_bench import bench_arguments, make_values  # noqa: E402
-from spark_bench import PRIMING_RECORDS, bench_spark, dataset, streaming_job, warm_up  # noqa: E402
+from ingest_bench import bench_arguments  # noqa: E402
+from spark_bench import (  # noqa: E402
+    PRIMING_RECORDS,
+    bench_spark,
+    dataset,
+    prepared_topic,
+    profile_argument,
+    streaming_job,
+)
 
 from ingest_platform.catalog import RESERVED_COLUMNS  # noqa: E402
-from ingest_platform.dev.demo_data import produce  # noqa: E402
-from ingest_platform.dev.local_kafka import LocalKafka, create_topic  # noqa: E402
+from ingest_platform.dev.local_kafka import LocalKafka  # noqa: E402
 from ingest_platform.engines.spark import engine as spark_engine  # noqa: E402
 from ingest_platform.engines.spark.engine import SparkEngine  # noqa: E402
 from ingest_platform.engines.spark.transaction import DeltaTransaction  # noqa: E402
-from ingest_platform.kafka.client import KafkaConnection  # noqa: E402
-from ingest_platform.lake.tables import LakeLocation  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -157,18 +161,13 @@ def measure(spark, label: str, work) -> dict:
 
 
 def main() -> int:
-    args = bench_arguments(__doc__, RESULTS, lambda parser: parser.add_argument(
-        "--profile", choices=("local", "standalone"), default="local", help="where Spark runs"))
+    args = bench_arguments(__doc__, RESULTS, profile_argument)
     n = args.records
     work_dir = Path(tempfile.mkdtemp(prefix="spark-cost-"))
     rows = []
     with LocalKafka(heap="1g") as broker, bench_spark(args.profile) as (spark, _session_s, where):
-        kafka = KafkaConnection(broker.bootstrap)
         topic = "bench.spark-cost"
-        create_topic(broker.bootstrap, topic, args.partitions, {"compression.type": "snappy"})
-        produce(kafka, topic, iter(make_values(n, args.record_bytes)))
-        lake = LakeLocation(str(work_dir / "lake"))
-        warm_up(spark, kafka, broker.bootstrap, lake, work_dir, args)
+        kafka, lake = prepared_topic(spark, broker, args, topic, work_dir)
 
         def plain():
             streaming_job(spark, kafka, topic, work_dir / "plain")

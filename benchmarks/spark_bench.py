@@ -111,19 +111,14 @@ def bench_spark(profile: str):
 
 
 def main() -> int:
-    args = bench_arguments(__doc__, RESULTS, lambda parser: parser.add_argument(
-        "--profile", choices=("local", "standalone"), default="local", help="where Spark runs"))
+    args = bench_arguments(__doc__, RESULTS, profile_argument)
     n = args.records
 
     work = Path(tempfile.mkdtemp(prefix="spark-bench-"))
     try:
         with LocalKafka(heap="2g") as broker, bench_spark(args.profile) as (spark, session_s, where):
-            kafka = KafkaConnection(broker.bootstrap)
             topic = "bench.spark"
-            create_topic(broker.bootstrap, topic, args.partitions, {"compression.type": "snappy"})
-            produce(kafka, topic, iter(make_values(n, args.record_bytes)))
-            lake = LakeLocation(str(work / "lake"))
-            warm_up(spark, kafka, broker.bootstrap, lake, work, args)
+            kafka, lake = prepared_topic(spark, broker, args, topic, work)
 
             plain_s = streaming_job(spark, kafka, topic, work / "plain")
             plain_rows = spark.read.format("delta").load(str(work / "plain" / "table")).count()
@@ -192,6 +187,20 @@ def main() -> int:
     (args.out / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
+
+
+def profile_argument(parser) -> None:
+    parser.add_argument("--profile", choices=("local", "standalone"), default="local", help="where Spark runs")
+
+
+def prepared_topic(spark, broker: LocalKafka, args, topic: str, work: Path) -> tuple[KafkaConnection, LakeLocation]:
+    """``topic`` with ``args.records`` records, a lake under ``work``, and both Spark paths warmed up."""
+    kafka = KafkaConnection(broker.bootstrap)
+    create_topic(broker.bootstrap, topic, args.partitions, {"compression.type": "snappy"})
+    produce(kafka, topic, iter(make_values(args.records, args.record_bytes)))
+    lake = LakeLocation(str(work / "lake"))
+    warm_up(spark, kafka, broker.bootstrap, lake, work, args)
+    return kafka, lake
 
 
 WARM_UP_RECORDS = 20_000

@@ -9,17 +9,9 @@ from deltalake import DeltaTable, write_deltalake
 
 from ingest_platform.engines.spark.transaction import DeltaTransaction, LedgerMovedError, write_batch
 from ingest_platform.lake.commit import ConcurrentWriterError
+from ingest_platform_tests.helpers import spark_jobs_of
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
-
-
-def jobs_during(spark, group: str, run):
-    spark.sparkContext.setJobGroup(group, group)
-    try:
-        result = run()
-    finally:
-        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    return result, len(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
 
 
 def test_the_ledger_check_reads_the_checksum_and_a_concurrent_txn_still_fails_the_commit(spark, tmp_path):
@@ -30,7 +22,7 @@ def test_the_ledger_check_reads_the_checksum_and_a_concurrent_txn_still_fails_th
 
     txn = DeltaTransaction(spark, path, "test")
     assert txn.recorded_from_checksum(["t-0", "t-1", "t-2"]) == {"t-0": 1, "t-1": 0, "t-2": -1}
-    _, jobs = jobs_during(spark, "ledger-check", lambda: txn.check_ledger({"t-0": 1, "t-1": 0}))
+    _, jobs = spark_jobs_of(spark, "ledger-check", lambda: txn.check_ledger({"t-0": 1, "t-1": 0}))
     assert jobs == 0  # no log replay
     with pytest.raises(LedgerMovedError, match="moved from 0 to 1 for t-0"):
         txn.check_ledger({"t-0": 0})
