@@ -114,6 +114,7 @@ def main() -> int:
     args = bench_arguments(__doc__, RESULTS, profile_argument)
     n = args.records
 
+    load_at_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="spark-bench-"))
     try:
         with LocalKafka(heap="2g") as broker, bench_spark(args.profile) as (spark, session_s, where):
@@ -161,6 +162,7 @@ def main() -> int:
         "partitions": args.partitions,
         "record_bytes": args.record_bytes,
         "spark_session_start_s": round(session_s, 2),
+        "load_average_start_end": [round(load_at_start[0], 2), round(os.getloadavg()[0], 2)],  # 1-minute
         "plain_structured_streaming_s": round(plain_s, 2),
         "plain_with_from_json_s": round(decoded_s, 2),
         "ratio_spark_engine_steady_to_plain_with_from_json_per_record": round(
@@ -237,7 +239,7 @@ def markdown(r: dict) -> str:
         "",
         f"{r['date']}, {r['machine']['cores']} cores, {r.get('spark', 'Spark local profile')} "
         f"(session start {r['spark_session_start_s']} s, not counted; both Spark paths warmed up on a small topic "
-        "first)",
+        f"first); 1-minute load average at start / end: {' / '.join(map(str, r.get('load_average_start_end', [])))}",
         "",
         "| job | seconds | records/s | time per record / plain |",
         "|---|---:|---:|---:|",
