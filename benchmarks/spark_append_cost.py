@@ -183,7 +183,7 @@ def main() -> int:
             if not detect:
                 from pyspark.sql import functions as F
 
-                spark_engine.unknown_names = lambda column, known: F.lit(None).cast("array<string>")
+                spark_engine.unknown_names = lambda column, known, filled=(): F.lit(None).cast("array<string>")
             patches = contextlib.ExitStack()
             if replay:  # the ledger check as before: Snapshot.transactions (a log replay in Spark jobs)
                 patches.enter_context(patched(DeltaTransaction, "recorded_from_checksum", lambda self, apps: None))
