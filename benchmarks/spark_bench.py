@@ -111,19 +111,15 @@ def bench_spark(profile: str):
 
 
 def main() -> int:
-    args = bench_arguments(__doc__, RESULTS, lambda parser: parser.add_argument(
-        "--profile", choices=("local", "standalone"), default="local", help="where Spark runs"))
+    args = bench_arguments(__doc__, RESULTS, profile_argument)
     n = args.records
 
+    load_at_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="spark-bench-"))
     try:
         with LocalKafka(heap="2g") as broker, bench_spark(args.profile) as (spark, session_s, where):
-            kafka = KafkaConnection(broker.bootstrap)
             topic = "bench.spark"
-            create_topic(broker.bootstrap, topic, args.partitions, {"compression.type": "snappy"})
-            produce(kafka, topic, iter(make_values(n, args.record_bytes)))
-            lake = LakeLocation(str(work / "lake"))
-            warm_up(spark, kafka, broker.bootstrap, lake, work, args)
+            kafka, lake = prepared_topic(spark, broker, args, topic, work)
 
             plain_s = streaming_job(spark, kafka, topic, work / "plain")
             plain_rows = spark.read.format("delta").load(str(work / "plain" / "table")).count()
@@ -166,6 +162,7 @@ def main() -> int:
         "partitions": args.partitions,
         "record_bytes": args.record_bytes,
         "spark_session_start_s": round(session_s, 2),
+        "load_average_start_end": [round(load_at_start[0], 2), round(os.getloadavg()[0], 2)],  # 1-minute
         "plain_structured_streaming_s": round(plain_s, 2),
         "plain_with_from_json_s": round(decoded_s, 2),
         "ratio_spark_engine_steady_to_plain_with_from_json_per_record": round(
@@ -192,6 +189,20 @@ def main() -> int:
     (args.out / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
+
+
+def profile_argument(parser) -> None:
+    parser.add_argument("--profile", choices=("local", "standalone"), default="local", help="where Spark runs")
+
+
+def prepared_topic(spark, broker: LocalKafka, args, topic: str, work: Path) -> tuple[KafkaConnection, LakeLocation]:
+    """``topic`` with ``args.records`` records, a lake under ``work``, and both Spark paths warmed up."""
+    kafka = KafkaConnection(broker.bootstrap)
+    create_topic(broker.bootstrap, topic, args.partitions, {"compression.type": "snappy"})
+    produce(kafka, topic, iter(make_values(args.records, args.record_bytes)))
+    lake = LakeLocation(str(work / "lake"))
+    warm_up(spark, kafka, broker.bootstrap, lake, work, args)
+    return kafka, lake
 
 
 WARM_UP_RECORDS = 20_000
@@ -228,7 +239,7 @@ def markdown(r: dict) -> str:
         "",
         f"{r['date']}, {r['machine']['cores']} cores, {r.get('spark', 'Spark local profile')} "
         f"(session start {r['spark_session_start_s']} s, not counted; both Spark paths warmed up on a small topic "
-        "first)",
+        f"first); 1-minute load average at start / end: {' / '.join(map(str, r.get('load_average_start_end', [])))}",
         "",
         "| job | seconds | records/s | time per record / plain |",
         "|---|---:|---:|---:|",

@@ -24,3 +24,13 @@ def json_dataset(topic: str, name: str = "events", **extra: object) -> Dataset:
 def read_table(path: str) -> pl.DataFrame:
     """The table as an independent reader (polars) sees it."""
     return pl.read_delta(path)
+
+
+def spark_jobs_of(spark, group: str, run):
+    """(run()'s result, the number of Spark jobs it started), counted by a job group."""
+    spark.sparkContext.setJobGroup(group, group)
+    try:
+        result = run()
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    return result, len(spark.sparkContext.statusTracker().getJobIdsForGroup(group))

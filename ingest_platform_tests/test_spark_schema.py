@@ -9,19 +9,9 @@ import pytest
 
 from ingest_platform.dev.demo_data import produce, records
 from ingest_platform.engines.spark.engine import SparkEngine
-from ingest_platform_tests.helpers import dataset_from_yaml, json_dataset, read_table
+from ingest_platform_tests.helpers import dataset_from_yaml, json_dataset, read_table, spark_jobs_of
 
 pytestmark = [pytest.mark.spark, pytest.mark.kafka, pytest.mark.slow]
-
-
-def jobs_of(spark, group: str, run):
-    """(run()'s result, the number of Spark jobs it started)."""
-    spark.sparkContext.setJobGroup(group, group)
-    try:
-        result = run()
-    finally:
-        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    return result, len(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
 
 
 def test_a_new_field_in_one_record_of_a_large_batch_is_never_lost(kafka, lake, make_topic, spark):
@@ -48,6 +38,26 @@ def test_a_new_field_in_one_record_of_a_large_batch_is_never_lost(kafka, lake, m
     assert "city" in frame["shipping"].struct.fields  # the nested one is still there
 
 
+def test_a_steady_state_append_is_one_spark_job(kafka, lake, make_topic, spark):
+    """Schema known, table there: the run is the one job that reads Kafka, decodes, looks for new fields and writes
+    (no count, no collect, no log replay for the ledger check); a new field then costs the second write."""
+    topic = make_topic(partitions=3)
+    dataset = json_dataset(topic, name="one_job")
+    engine = SparkEngine(kafka, lake, spark)
+    produce(kafka, topic, records("padded400", 300, seed=1))
+    engine.run(dataset)
+    produce(kafka, topic, records("padded400", 3_000, seed=2, start=300))
+    report, jobs = spark_jobs_of(spark, "steady", lambda: engine.run(dataset))
+    assert report.records == 3_000 and len(report.commits) == 1
+    assert jobs == 1
+    key, raw = next(iter(records("padded400", 1, seed=3, start=3_300)))
+    produce(kafka, topic, [(key, json.dumps({**json.loads(raw), "gift_wrap": "X1"}).encode())])
+    report, jobs = spark_jobs_of(spark, "new-field", lambda: engine.run(dataset))
+    assert report.records == 1
+    assert read_table(lake.table_uri(dataset.table_path))["gift_wrap"].drop_nulls().to_list() == ["X1"]
+    assert jobs > 1  # the batch written again, with the new column (its type inferred)
+
+
 def test_a_first_run_with_a_declared_schema_reads_the_batch_once(kafka, lake, make_topic, spark):
     topic = make_topic(partitions=2)
     produce(kafka, topic, [(None, json.dumps({"id": i, "name": f"n{i}", "score": i / 2}).encode()) for i in range(500)])
@@ -61,8 +71,8 @@ def test_a_first_run_with_a_declared_schema_reads_the_batch_once(kafka, lake, ma
     engine = SparkEngine(kafka, lake, spark)
     declared = dataset("declared", ", schema: {id: long, name: string, score: double}")
     inferred = dataset("inferred", "")
-    first, declared_jobs = jobs_of(spark, "declared", lambda: engine.run(declared))
-    second, inferred_jobs = jobs_of(spark, "inferred", lambda: engine.run(inferred))
+    first, declared_jobs = spark_jobs_of(spark, "declared", lambda: engine.run(declared))
+    second, inferred_jobs = spark_jobs_of(spark, "inferred", lambda: engine.run(inferred))
     assert first.records == second.records == 500
     assert declared_jobs < inferred_jobs  # no inference pass over the batch
     assert read_table(lake.table_uri(declared.table_path)).sort("id").select("id", "name", "score").to_dicts() == [
@@ -95,8 +105,8 @@ def test_a_first_upsert_with_a_declared_schema_infers_nothing_and_still_finds_ne
     engine = SparkEngine(kafka, lake, spark)
     declared = dataset("declared_upsert", ", schema: {id: long, name: string, score: double}")
     inferred = dataset("inferred_upsert", "")
-    first, declared_jobs = jobs_of(spark, "declared-upsert", lambda: engine.run(declared))
-    second, inferred_jobs = jobs_of(spark, "inferred-upsert", lambda: engine.run(inferred))
+    first, declared_jobs = spark_jobs_of(spark, "declared-upsert", lambda: engine.run(declared))
+    second, inferred_jobs = spark_jobs_of(spark, "inferred-upsert", lambda: engine.run(inferred))
     assert first.records == second.records == 600
     assert declared_jobs < inferred_jobs  # no inference pass over the batch
     rows = read_table(lake.table_uri(declared.table_path)).sort("id").select("id", "name", "score").to_dicts()

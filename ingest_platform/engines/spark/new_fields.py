@@ -9,6 +9,7 @@ field named like one nested in a struct column is found too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ingest_platform.engines.spark import changes as sc
@@ -22,14 +23,25 @@ UNKNOWN_FIELDS = "_kafka_unknown_fields"
 UNKNOWN_KEY_FIELDS = "_kafka_unknown_key_fields"
 
 
-def unknown_names(column: str, known: dict) -> Column:
+def unknown_names(column: str, known: dict, filled: Sequence[str] = ()) -> Column:
     """The top-level field names of the JSON object in ``column`` that are not in ``known``, or null when there
-    are none (or the record is bad): reading the object's keys is a second, shallow parse of each record."""
+    are none (or the record is bad): reading the object's keys is a second, shallow parse of each record.
+
+    ``filled``: the columns decoded from the same object (one per known field, non-null only when the object has
+    that key with a value). When the object has exactly as many keys as those columns hold values, every key is
+    a known one (each non-null column stands for a distinct known key), so the comparison with the known names
+    (``array_except``, a hash set per record) is skipped; any other record — a new key, a known key with null, a
+    key twice — takes it. Not for columns filled from elsewhere too (Debezium's message key)."""
     from pyspark.sql import functions as F
 
     names = F.array(*[F.lit(name) for name in known]) if known else F.array().cast("array<string>")
-    unknown = F.array_except(F.json_object_keys(F.col(column)), names)
-    return F.when(F.col(sc.ERROR).isNull() & (F.size(unknown) > 0), unknown)
+    keys = F.json_object_keys(F.col(column))
+    unknown = F.array_except(keys, names)
+    found = F.when(F.col(sc.ERROR).isNull() & (F.size(unknown) > 0), unknown)
+    if not filled:
+        return found
+    values = sum((F.col(f"`{name}`").isNotNull().cast("int") for name in filled), F.lit(0))
+    return F.when(F.size(keys) == values, F.lit(None).cast("array<string>")).otherwise(found)
 
 
 def collected_names(columns) -> list[Column]:
