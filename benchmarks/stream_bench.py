@@ -647,18 +647,20 @@ def markdown(r: dict) -> str:
         u = r["upkeep"]
         lines += [f"Upkeep: {u['commits']:,} commits of {u['rows_per_commit']} rows through the stream's commit path "
                   f"(`BatchWriter`), table partitioned by date:", "",
-                  "| variant | commits/s | s per 1,000 commits, first → last | files | checkpoints | open s "
+                  "| variant | commits | commits/s | s per 1,000 commits, first → last | files | checkpoints | open s "
                   "| open + full read s |",
-                  "|---|---:|---|---:|---:|---:|---:|"]
+                  "|---|---:|---:|---|---:|---:|---:|---:|"]
         for variant in ("without_upkeep", "with_upkeep"):
             v = u[variant]
             laps = v.get("seconds_per_1000_commits") or []
             shown = laps if len(laps) <= 10 else [*laps[:3], "…", *laps[-3:]]
             curve = " → ".join(str(x) for x in shown)
-            lines.append(f"| {variant.replace('_', ' ')} | {v['commits_per_s']} | {curve or '—'} | {v['files']} "
+            lines.append(f"| {variant.replace('_', ' ')} | {v.get('commits_done', u['commits']):,} "
+                         f"| {v['commits_per_s']} | {curve or '—'} | {v['files']} "
                          f"| {v['checkpoints']} | {v['open_s']} | {v['open_and_read_s']} |")
         lines += ["", f"Read time without upkeep / with upkeep: {u['read_ratio_without_to_with']}x. deltalake writes a "
-                  "checkpoint every 100 versions by itself in both variants; the difference is compaction.", ""]
+                  "checkpoint every 100 versions by itself in both variants; the difference is compaction.",
+                  *([f"Note: {u['note']}"] if u.get("note") else []), ""]
     return "\n".join(lines)
 
 
