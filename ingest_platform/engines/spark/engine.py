@@ -422,28 +422,36 @@ class _SparkRun(SparkUpsert):
         )
 
     def _prepared(self, source: DataFrame) -> DataFrame:
-        """Records with a value (tombstones are only counted), with their JSON text and envelope columns."""
+        """Records with a value (tombstones are only counted), with their JSON text and envelope columns.
+        ``source``: the Kafka rows, or a batch already prepared (an upsert's persisted one, ``sc.prepare``):
+        then only the tombstones are left out."""
         from pyspark.sql import functions as F
 
         if self._types_source is None:
             self._types_source = source  # the batch whose Connect schemas type its columns
+        if is_prepared(source):
+            return source.where(F.col("value").isNotNull())
         return sc.prepare(source.where(F.col("value").isNotNull()), self.dataset)
 
-    def _field_types(self) -> dict[str, FieldType]:
+    def _field_types(self, connect_schemas: list[str] | None = None) -> dict[str, FieldType]:
         """Declared column types: the row types of the batch's Connect schemas (Debezium with the wrapper:
-        each distinct schema text is collected once and mapped), overridden by the catalog's ``schema:``."""
+        each distinct schema text is collected once and mapped), overridden by the catalog's ``schema:``.
+        ``connect_schemas``: those texts, already collected by a pass that had other work (an upsert's figures);
+        else a pass of their own collects them."""
         from pyspark.sql import functions as F
 
         if self._types is not None:
             return self._types
         connect: dict[str, FieldType] = {}
-        if self.dataset.format == "debezium" and self._types_source is not None:
+        if connect_schemas is None and self.dataset.format == "debezium" and self._types_source is not None:
             column = F.col(sc.CONNECT_SCHEMA)
-            texts = (self._prepared(self._types_source).where(column.isNotNull())
-                     .groupBy(F.xxhash64(column)).agg(F.first(column).alias("schema")).collect())  # fmt: skip
+            rows = (self._prepared(self._types_source).where(column.isNotNull())
+                    .groupBy(F.xxhash64(column)).agg(F.first(column).alias("schema")).collect())  # fmt: skip
+            connect_schemas = [row["schema"] for row in rows]
+        if connect_schemas:
             cache = connect_schema.SchemaCache()
             try:
-                for text in sorted((row["schema"] for row in texts), key=len):
+                for text in sorted(connect_schemas, key=len):
                     connect.update(cache.image_types(text.encode()))
             except connect_schema.ConnectSchemaError as error:
                 raise IngestError(f"dataset '{self.dataset.name}', records {self.plan.describe(self.dataset.topic)}: "
@@ -825,6 +833,11 @@ class _SparkRun(SparkUpsert):
 #: Signs of a record Spark could not decode (FAILFAST from_json, a cast of a value); other failures are the
 #: job's (a lost executor beyond its retries, an unreachable store).
 _DECODING_FAILURES = ("MALFORMED_RECORD", "Malformed records", "CANNOT_PARSE_JSON", "CAST_INVALID_INPUT")
+
+
+def is_prepared(frame: DataFrame) -> bool:
+    """Whether ``frame`` is a batch ``sc.prepare`` already gave its text and error columns."""
+    return sc.ERROR in frame.columns
 
 
 def _struct(fields: dict):

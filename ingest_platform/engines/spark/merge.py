@@ -46,18 +46,21 @@ class SparkUpsert:
         # Several passes read the batch (figures, bad records, the touched files, the MERGE): read Kafka once,
         # into as many Spark partitions as the cluster runs tasks at once, not one per Kafka partition, so that
         # each later pass costs the same whatever the topic's partition count (docs/DESIGN.md §9.2 "Cost").
-        source = self._source()
+        # What is persisted is the batch with its envelope parsed (``sc.prepare``: row image, op, position,
+        # Connect schema, error): the figures, the Connect types, schema inference and the decoding all read it,
+        # instead of each parsing every envelope again.
         tasks = min(len(self._read_ranges), self.spark.sparkContext.defaultParallelism)
-        source = source.coalesce(max(1, tasks)).persist(StorageLevel.MEMORY_AND_DISK)
+        batch = sc.prepare(self._source().coalesce(max(1, tasks)), self.dataset)
+        batch = batch.persist(StorageLevel.MEMORY_AND_DISK)
         reduced = decoded = None
         try:
-            prepared = self._prepared(source)
-            key, known = self._key_and_fields(source, prepared)
-            # Cached: later filters on the decoded rows would otherwise be pushed below the envelope parsing
-            # and copy its from_json calls into the filter (hundreds per row); the first pass fills the cache.
+            prepared = self._prepared(batch)
+            key, known = self._key_and_fields(batch, prepared)
+            # Cached: later filters on the decoded rows would otherwise be pushed below the decoding and copy its
+            # from_json calls into the filter; the first pass fills the cache.
             decoded = self._decoded(prepared, known, key).persist(StorageLevel.MEMORY_AND_DISK)
             self._count_bad(decoded, prepared)
-            self._check_schema_policy(source, known, key)  # strict: a changed type fails before any commit
+            self._check_schema_policy(batch, known, key)  # strict: a changed type fails before any commit
             self._dead_letters(lambda: decoded, known)
             reduced = sc.last_change_per_key(self._table_rows(decoded), key, order_column(self.dataset))
             reduced = reduced.persist(StorageLevel.MEMORY_AND_DISK)
@@ -66,14 +69,13 @@ class SparkUpsert:
             else:
                 self._merge_batch(reduced, key)
         finally:
-            source.unpersist()
-            for frame in (decoded, reduced):
+            for frame in (batch, decoded, reduced):
                 if frame is not None:
                     frame.unpersist()
 
-    def _key_and_fields(self, source: DataFrame, prepared: DataFrame) -> tuple[list[str], dict]:
+    def _key_and_fields(self, batch: DataFrame, prepared: DataFrame) -> tuple[list[str], dict]:
         """The batch's figures, its key columns, and the record fields under the schema policy (no commit)."""
-        self._count(source, self._known_fields())
+        self._count(batch)
         key = list(self.dataset.key) or self.counts.key_fields
         if not key and self.counts.total > self.counts.tombstones:
             raise IngestError(
@@ -83,8 +85,8 @@ class SparkUpsert:
         known, ignored = self._known_fields(), set()
         if not self.table_existed and not self.dataset.fields:  # a declared schema is the first run's (§4)
             known, ignored = self._learn_fields(self._texts(prepared, key), known, None)
-        self._check_schema_policy(source, known, key)  # strict: a new field fails before any commit
-        learned = self._evolve(source, known, ignored, key)
+        self._check_schema_policy(batch, known, key)  # strict: a new field fails before any commit
+        learned = self._evolve(batch, known, ignored, key)
         return key, learned[0] if learned else known
 
     def _count_bad(self, decoded: DataFrame, prepared: DataFrame) -> None:
@@ -98,22 +100,31 @@ class SparkUpsert:
         except Exception as error:  # py4j wraps Spark's failure (FAILFAST decoding, event-time parsing)
             raise IngestError(self._explain_failure(error, prepared.where(F.col(sc.ERROR).isNull()))) from None
 
-    def _count(self, source: DataFrame, known: dict) -> None:
-        """Records, tombstones, bytes per partition, the record fields ``known`` lacks and the field names of the
-        message keys (one job; tombstones have no JSON text, and a Debezium tombstone is no envelope, so they add
-        no field)."""
+    def _count(self, batch: DataFrame) -> None:
+        """Records, tombstones, bytes per partition, the record fields the table lacks, the field names of the
+        message keys and the distinct Connect schemas (which declare column types, docs/DESIGN.md §9.5): one
+        job over the prepared ``batch``. Tombstones have no JSON text, and a Debezium tombstone is no envelope,
+        so they add no field. A field a Connect schema declares is known: found here before those types are,
+        it is not counted as new."""
         from pyspark.sql import functions as F
 
-        prepared = sc.prepare(source, self.dataset)
+        connect = self.dataset.format == "debezium" and sc.CONNECT_SCHEMA in batch.columns
+        declared = {name: sc.spark_type(kind) for name, kind in self.dataset.fields.items()}
+        known = self._known_fields() if not connect else {**self._table_record_fields(), **declared}
         names = [F.array_distinct(F.flatten(F.collect_set(unknown_names(sc.TEXT, known)))).alias("fields")]
-        if sc.KEY_TEXT in prepared.columns:
+        if sc.KEY_TEXT in batch.columns:
             names.append(sc.field_names(sc.KEY_TEXT).alias("key_fields"))
-        self._read_metrics(prepared.agg(
+        if connect:
+            names.append(F.collect_set(F.col(sc.CONNECT_SCHEMA)).alias("connect_schemas"))
+        values = batch.agg(
             F.sum(F.coalesce(F.length("value"), F.lit(0)) + F.coalesce(F.length("key"), F.lit(0))).alias("bytes"),
             F.unix_micros(F.min("timestamp")).alias("oldest_micros"),
             *self._source_counts(),
             *names,
-        ).first().asDict())  # fmt: skip
+        ).first().asDict()  # fmt: skip
+        self._read_metrics(values)
+        if connect:
+            self.counts.fields -= set(self._field_types(list(values["connect_schemas"] or [])))
 
     def _create_from_first_batch(self, reduced: DataFrame, key: list[str]) -> None:
         """A missing table is created by an append of the reduced batch (hard deletes dropped), one commit."""
