@@ -73,13 +73,21 @@ def dataset(topic: str, name: str, mode: str):
 
 
 def timed_run(kafka: KafkaConnection, lake: LakeLocation, target, spark=None) -> dict:
+    spark_jobs = {}
     if spark is None:
         report = EmbeddedEngine(kafka, lake).run(target)
     else:
+        from spark_append_cost import JobCounter
+
         from ingest_platform.engines.spark.engine import SparkEngine
 
-        report = SparkEngine(kafka, lake, spark).run(target)
+        with JobCounter(spark) as counter:  # the run's Spark jobs and their executor CPU (Spark's status store)
+            report = SparkEngine(kafka, lake, spark).run(target)
+        summary = counter.summary()
+        spark_jobs = {"spark_jobs": summary["jobs"], "executor_cpu_s": summary["executor_cpu_s"],
+                      "load_average": round(os.getloadavg()[0], 1)}  # fmt: skip
     return {
+        **spark_jobs,
         "records": report.records,
         "seconds": round(report.duration_s, 3),
         "records_per_s": round(report.records_per_s),
@@ -234,6 +242,13 @@ def main() -> int:
     return 0
 
 
+def _spark_cost(run: dict) -> str:
+    if "spark_jobs" not in run:
+        return ""
+    return (f"{run['spark_jobs']} Spark jobs, executor CPU {run['executor_cpu_s']} s, load average "
+            f"{run['load_average']} after the run")  # fmt: skip
+
+
 def markdown(r: dict) -> str:
     b, c, da, du = r["b_changelog_append"], r["c_upsert"], r["d_changelog_append"], r["d_upsert"]
     a = r["a_raw_consume_records_per_s"]
@@ -250,9 +265,10 @@ def markdown(r: dict) -> str:
         e = r["e_spark"]
         rows += [
             ("(e) Spark engine: upsert of the same records", e["upsert"]["records"], e["upsert"]["seconds"],
-             e["upsert"]["records_per_s"], f"{r['ratio_e_to_c']:.3f} of (c)"),
+             e["upsert"]["records_per_s"], f"{r['ratio_e_to_c']:.3f} of (c); {_spark_cost(e['upsert'])}"),
             ("(e) Spark engine: steady updates", e["steady_upsert"]["records"], e["steady_upsert"]["seconds"],
-             e["steady_upsert"]["records_per_s"], f"{e['steady_upsert']['commits']} MERGE commit(s)"),
+             e["steady_upsert"]["records_per_s"],
+             f"{e['steady_upsert']['commits']} MERGE commit(s); {_spark_cost(e['steady_upsert'])}"),
         ]  # fmt: skip
     ops = ", ".join(f"{op} {count:,}" for op, count in sorted(r["by_op"].items()))
     lines = [
@@ -282,10 +298,12 @@ def markdown(r: dict) -> str:
             "(f) the Spark engine's one MERGE commit per run as the partition count grows (steady updates of "
             "existing keys; commit = the OptimisticTransaction commit call):",
             "",
-            "| partitions | records | run s | records/s | commits | commit s | txn actions | table rows |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| partitions | records | run s | records/s | commits | commit s | txn actions | table rows | Spark jobs "
+            "| load |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             *[f"| {c['partitions']} | {c['records']:,} | {c['seconds']:.2f} | {c['records_per_s']:,} | "
-              f"{c['commits']} | {c['commit_s']:.3f} | {c['txn_actions']} | {c['table_rows']:,} |"
+              f"{c['commits']} | {c['commit_s']:.3f} | {c['txn_actions']} | {c['table_rows']:,} | "
+              f"{c.get('spark_jobs', '')} | {c.get('load_average', '')} |"
               for c in r["e_spark"]["commit_cost"]],  # fmt: skip
             "",
         ]
