@@ -105,7 +105,7 @@ class SparkUpsert:
         from pyspark.sql import functions as F
 
         prepared = sc.prepare(source, self.dataset)
-        names = [F.array_distinct(F.flatten(F.collect_set(unknown_names(sc.TEXT, known)))).alias("fields")]
+        names = [F.array_distinct(F.flatten(F.collect_set(unknown_names(prepared, sc.TEXT, known)))).alias("fields")]
         if sc.KEY_TEXT in prepared.columns:
             names.append(sc.field_names(sc.KEY_TEXT).alias("key_fields"))
         self._read_metrics(prepared.agg(

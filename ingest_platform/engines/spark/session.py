@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ingest_platform.engines.spark.jvm_functions import with_platform_jar
+
 if TYPE_CHECKING:  # pyspark is an optional dependency (extra "spark")
     from pyspark.sql import DataFrame, SparkSession
 
@@ -364,6 +366,7 @@ def start_session(profile_name: str, conf: Mapping[str, Any]) -> SparkSession:
     from pyspark.sql import SparkSession
 
     Path(str(conf.get("spark.jars.ivy") or default_ivy_dir())).mkdir(parents=True, exist_ok=True)
+    conf = with_platform_jar(dict(conf), cache_dir())
     builder = SparkSession.builder
     for key, value in conf.items():
         builder = builder.config(key, str(value))
