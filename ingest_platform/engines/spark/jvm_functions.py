@@ -1,6 +1,8 @@
 """The platform's own JVM functions for Spark (docs/DESIGN.md §4): Java sources shipped in ``jvm/``, compiled
-once per source/Spark/Java version with the JDK's ``javac`` into ``<cache_dir>/jvm/`` and put on the session's
-``spark.jars`` (a standalone cluster's executors fetch it from the driver like the Maven Central jars).
+once per source/Spark/Java version with the JDK's ``javac`` into ``<cache_dir>/jvm/``, put on the driver's class
+path (``spark.driver.extraClassPath``, read when the driver JVM starts) and given to the executors with
+``SparkContext.addJar`` (a standalone cluster's executors fetch it from the driver). Not ``spark.jars``: the
+session's conf would replace the list Spark builds from ``spark.jars.packages`` (the Kafka and Delta jars).
 
 Today one function: :class:`UnknownKeys`, the new-field check of every decoded record (one forward scan of
 the text, where Spark's own ``array_except(json_object_keys(...))`` is a second full parse). Without a JDK
@@ -78,15 +80,26 @@ def platform_jar(cache: Path) -> Path | None:
     return jar
 
 
+DRIVER_CLASS_PATH = "spark.driver.extraClassPath"
+
+
 def with_platform_jar(conf: dict[str, str], cache: Path) -> dict[str, str]:
-    """``conf`` plus the platform jar on ``spark.jars`` (local and standalone masters, when it can be built)."""
+    """``conf`` plus the platform jar on the driver's class path (local and standalone masters, when it can be
+    built); :func:`share_platform_jar` gives it to the executors once the session runs."""
     if not enabled() or str(conf.get("spark.master", "")).startswith("k8s://"):
         return conf
     jar = platform_jar(cache)
     if jar is None:
         return conf
-    jars = [j for j in str(conf.get("spark.jars", "")).split(",") if j]
-    return {**conf, "spark.jars": ",".join([*jars, str(jar)])}
+    paths = [p for p in str(conf.get(DRIVER_CLASS_PATH, "")).split(os.pathsep) if p]
+    return {**conf, DRIVER_CLASS_PATH: os.pathsep.join([*paths, str(jar)])}
+
+
+def share_platform_jar(spark: SparkSession) -> None:
+    """The executors get the platform jar that the driver's class path has (``addJar``: fetched per executor)."""
+    for path in spark.sparkContext.getConf().get(DRIVER_CLASS_PATH, "").split(os.pathsep):
+        if Path(path).name.startswith("ingest-platform-spark-"):
+            spark.sparkContext._jsc.sc().addJar(path)  # pyspark has no addJar of its own
 
 
 def unknown_keys(spark: SparkSession, column: str, known) -> Column | None:

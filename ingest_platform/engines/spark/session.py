@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ingest_platform.engines.spark.jvm_functions import with_platform_jar
+from ingest_platform.engines.spark.jvm_functions import share_platform_jar, with_platform_jar
 
 if TYPE_CHECKING:  # pyspark is an optional dependency (extra "spark")
     from pyspark.sql import DataFrame, SparkSession
@@ -374,6 +374,7 @@ def start_session(profile_name: str, conf: Mapping[str, Any]) -> SparkSession:
         session = builder.getOrCreate()
     except Exception as error:  # the JVM did not start: usually a connector that Ivy could not resolve
         raise SparkConnectorError(_diagnose_connectors(profile_name, conf, error)) from None
+    share_platform_jar(session)
     _SESSIONS[profile_name] = session
     return session
 
