@@ -31,6 +31,7 @@ def test_the_jvm_scan_and_spark_s_expressions_find_every_new_key_and_only_those(
         "new keys deep and escaped": '{ "id" : 10 , "x\\u0041" : {"name": [1, {"id": 2}]}, "n\\"q" :null }',
         "spaced, new key last": '\n{\t"id":11,\r\n "tags":[ ], "extra" : -1.5e3 }\n',
         "not an object": '[1, 2]',
+        "a known key escaped, a non-ASCII new key": '{"n\\u0061me": "é", "ünï€": "✓", "tags": ["ü"]}',
         "cut short": '{"id": 12, "extra": ',
     }
     rows = spark.createDataFrame([(case, text) for case, text in texts.items()], "case string, text string")
@@ -56,5 +57,5 @@ def test_the_jvm_scan_and_spark_s_expressions_find_every_new_key_and_only_those(
         "a known null and a new key": ["extra"], "only a new key": ["extra"], "a key twice": None,
         "a key twice and a new key": ["extra"], "braces and quotes in strings": None,
         "new keys deep and escaped": ["xA", 'n"q'], "spaced, new key last": ["extra"], "not an object": None,
-        "cut short": None,
+        "cut short": None, "a known key escaped, a non-ASCII new key": ["ünï€"],
     }  # fmt: skip

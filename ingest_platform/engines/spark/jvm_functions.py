@@ -126,4 +126,4 @@ def unknown_keys(spark: SparkSession, column: str, known) -> Column | None:
     except Exception as error:  # py4j: the class is not on the driver's classpath (a session without the jar)
         log.warning("UnknownKeys unavailable on this session (%s): Spark's built-in expression is used", error)
         return None
-    return F.call_function(name, F.col(column))
+    return F.call_function(name, F.col(column).cast("binary"))  # the UTF-8 bytes (of a string column: a copy)

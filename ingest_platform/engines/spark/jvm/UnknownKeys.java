@@ -1,8 +1,8 @@
 package ingest_platform.spark;
 
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.HashSet;
 import java.util.List;
 
 import org.apache.spark.sql.api.java.UDF1;
@@ -10,24 +10,57 @@ import org.apache.spark.sql.api.java.UDF1;
 /**
  * The top-level keys of a JSON object that a table does not know (docs/DESIGN.md §4), or null when it has none.
  *
- * One forward scan of the text, no tree and no per-value objects: only the keys are read (a key string is made
- * for the set lookup), nested objects, arrays, strings and scalars are skipped. It replaces Spark's
- * {@code array_except(json_object_keys(text), known)}, a second full Jackson parse per record plus a hash set per
- * record. Text that is not a JSON object (or is cut short) gives null: such a record is a bad one, which the
- * decoding already reports; names are quoted with {@code "} or {@code '} (Spark's JSON reader allows both).
- * Built and loaded by ingest_platform/engines/spark/jvm_functions.py.
+ * One forward scan of the UTF-8 bytes, no tree, no per-value objects and no allocation for a known key (its
+ * bytes are looked up in a hash table of the known names' bytes); nested objects, arrays, strings and scalars
+ * are skipped. It replaces Spark's {@code array_except(json_object_keys(text), known)}, a second full Jackson
+ * parse per record plus a hash set per record. Scanning bytes is exact for UTF-8: every byte of a multi-byte
+ * character is above 0x7F, so none is taken for a quote, brace or comma. Text that is not a JSON object (or is
+ * cut short) gives null: such a record is a bad one, which the decoding already reports. Names are quoted with
+ * {@code "} or {@code '} (Spark's JSON reader allows both). Built and loaded by
+ * ingest_platform/engines/spark/jvm_functions.py.
  */
-public final class UnknownKeys implements UDF1<String, List<String>> {
-    private static final long serialVersionUID = 1L;
+public final class UnknownKeys implements UDF1<byte[], List<String>> {
+    private static final long serialVersionUID = 2L;
 
-    private final HashSet<String> known;
+    /** Open addressing: slot -> index into {@link #names} + 1 (0 = empty); the size is a power of two. */
+    private final int[] slots;
+    private final byte[][] names;
 
-    public UnknownKeys(String[] names) {
-        this.known = new HashSet<>(Arrays.asList(names));
+    public UnknownKeys(String[] known) {
+        names = new byte[known.length][];
+        int size = Integer.highestOneBit(Math.max(4, known.length * 4) - 1) << 1;
+        slots = new int[size];
+        for (int i = 0; i < known.length; i++) {
+            names[i] = known[i].getBytes(StandardCharsets.UTF_8);
+            int slot = hash(names[i], 0, names[i].length) & (size - 1);
+            while (slots[slot] != 0) {
+                slot = (slot + 1) & (size - 1);
+            }
+            slots[slot] = i + 1;
+        }
+    }
+
+    private static int hash(byte[] bytes, int from, int to) {
+        int h = 1;
+        for (int i = from; i < to; i++) {
+            h = 31 * h + bytes[i];
+        }
+        return h ^ (h >>> 16);
+    }
+
+    private boolean isKnown(byte[] bytes, int from, int to) {
+        int mask = slots.length - 1;
+        for (int slot = hash(bytes, from, to) & mask; slots[slot] != 0; slot = (slot + 1) & mask) {
+            byte[] name = names[slots[slot] - 1];
+            if (Arrays.equals(name, 0, name.length, bytes, from, to)) {
+                return true;
+            }
+        }
+        return false;
     }
 
     @Override
-    public List<String> call(String json) {
+    public List<String> call(byte[] json) {
         if (json == null) {
             return null;
         }
@@ -43,11 +76,16 @@ public final class UnknownKeys implements UDF1<String, List<String>> {
         }
         while (true) {
             scan.space();
-            String key = scan.string();
-            if (key == null) {
+            if (!scan.key()) {
                 return null;
             }
-            if (!known.contains(key)) {
+            boolean known = scan.decoded == null
+                    ? isKnown(json, scan.from, scan.to)
+                    : isKnown(scan.decoded, 0, scan.decoded.length);
+            if (!known) {
+                String key = scan.decoded == null
+                        ? new String(json, scan.from, scan.to - scan.from, StandardCharsets.UTF_8)
+                        : new String(scan.decoded, StandardCharsets.UTF_8);
                 if (unknown == null) {
                     unknown = new ArrayList<>(2);
                 }
@@ -67,20 +105,24 @@ public final class UnknownKeys implements UDF1<String, List<String>> {
         }
     }
 
-    /** A cursor over the text; every method leaves it after what it read, false/null when the text ends. */
+    /** A cursor over the bytes; every method leaves it after what it read, false when the text ends. */
     private static final class Scan {
-        private final String text;
+        private final byte[] text;
         private final int end;
         private int at;
+        /** The last key: bytes [from, to) of the text, or {@link #decoded} when it had escapes. */
+        int from;
+        int to;
+        byte[] decoded;
 
-        Scan(String text) {
+        Scan(byte[] text) {
             this.text = text;
-            this.end = text.length();
+            this.end = text.length;
         }
 
         void space() {
             while (at < end) {
-                char c = text.charAt(at);
+                byte c = text[at];
                 if (c != ' ' && c != '\n' && c != '\r' && c != '\t') {
                     return;
                 }
@@ -89,51 +131,56 @@ public final class UnknownKeys implements UDF1<String, List<String>> {
         }
 
         boolean take(char expected) {
-            if (at < end && text.charAt(at) == expected) {
+            if (at < end && text[at] == expected) {
                 at++;
                 return true;
             }
             return false;
         }
 
-        /** A quoted string's value (escapes decoded), or null when there is none here. */
-        String string() {
-            if (at >= end) {
-                return null;
+        /** A quoted name here: its bytes in [from, to), or decoded when it has escapes. */
+        boolean key() {
+            if (at >= end || (text[at] != '"' && text[at] != '\'')) {
+                return false;
             }
-            char quote = text.charAt(at);
-            if (quote != '"' && quote != '\'') {
-                return null;
-            }
-            int start = ++at;
+            byte quote = text[at];
+            from = ++at;
+            decoded = null;
             while (at < end) {
-                char c = text.charAt(at);
+                byte c = text[at];
                 if (c == quote) {
-                    return text.substring(start, at++);
+                    to = at++;
+                    return true;
                 }
                 if (c == '\\') {
-                    return escaped(start, quote);
+                    return escaped(quote);
                 }
                 at++;
             }
-            return null;
+            return false;
         }
 
-        private String escaped(int start, char quote) {
-            StringBuilder out = new StringBuilder(text.substring(start, at));
+        private boolean escaped(byte quote) {
+            StringBuilder out = new StringBuilder(new String(text, from, at - from, StandardCharsets.UTF_8));
+            int run = at;  // start of the bytes not yet copied (between escapes)
             while (at < end) {
-                char c = text.charAt(at++);
+                byte c = text[at];
                 if (c == quote) {
-                    return out.toString();
+                    out.append(new String(text, run, at - run, StandardCharsets.UTF_8));
+                    at++;
+                    decoded = out.toString().getBytes(StandardCharsets.UTF_8);
+                    return true;
                 }
                 if (c != '\\') {
-                    out.append(c);
+                    at++;
                     continue;
                 }
-                if (at >= end) {
-                    return null;
+                out.append(new String(text, run, at - run, StandardCharsets.UTF_8));
+                if (at + 1 >= end) {
+                    return false;
                 }
-                char e = text.charAt(at++);
+                byte e = text[at + 1];
+                at += 2;
                 switch (e) {
                     case 'n': out.append('\n'); break;
                     case 't': out.append('\t'); break;
@@ -142,19 +189,20 @@ public final class UnknownKeys implements UDF1<String, List<String>> {
                     case 'f': out.append('\f'); break;
                     case 'u':
                         if (at + 4 > end) {
-                            return null;
+                            return false;
                         }
                         try {
-                            out.append((char) Integer.parseInt(text.substring(at, at + 4), 16));
+                            out.append((char) Integer.parseInt(new String(text, at, 4, StandardCharsets.US_ASCII), 16));
                         } catch (NumberFormatException bad) {
-                            return null;
+                            return false;
                         }
                         at += 4;
                         break;
-                    default: out.append(e);  // \" \\ \/ \'
+                    default: out.append((char) e);  // \" \\ \/ \'
                 }
+                run = at;
             }
-            return null;
+            return false;
         }
 
         /** Skip one value of any kind; false when the text ends inside it. */
@@ -163,7 +211,7 @@ public final class UnknownKeys implements UDF1<String, List<String>> {
             if (at >= end) {
                 return false;
             }
-            char c = text.charAt(at);
+            byte c = text[at];
             if (c == '"' || c == '\'') {
                 return skipString(c);
             }
@@ -171,7 +219,7 @@ public final class UnknownKeys implements UDF1<String, List<String>> {
                 return skipNested();
             }
             while (at < end) {  // number, true, false, null (or a bare word Spark's reader may allow)
-                c = text.charAt(at);
+                c = text[at];
                 if (c == ',' || c == '}' || c == ']' || c == ' ' || c == '\n' || c == '\r' || c == '\t') {
                     return true;
                 }
@@ -180,10 +228,10 @@ public final class UnknownKeys implements UDF1<String, List<String>> {
             return true;
         }
 
-        private boolean skipString(char quote) {
+        private boolean skipString(byte quote) {
             at++;
             while (at < end) {
-                char c = text.charAt(at++);
+                byte c = text[at++];
                 if (c == '\\') {
                     at++;
                 } else if (c == quote) {
@@ -196,7 +244,7 @@ public final class UnknownKeys implements UDF1<String, List<String>> {
         private boolean skipNested() {
             int depth = 0;
             while (at < end) {
-                char c = text.charAt(at);
+                byte c = text[at];
                 if (c == '"' || c == '\'') {
                     if (!skipString(c)) {
                         return false;
