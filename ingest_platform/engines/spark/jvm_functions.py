@@ -114,16 +114,20 @@ def unknown_keys(spark: SparkSession, column: str, known) -> Column | None:
 
     names = sorted(known)
     name = "ip_unknown_keys_" + hashlib.sha1("\0".join(names).encode()).hexdigest()[:12]
-    try:
-        jvm = spark._jvm
-        array = spark.sparkContext._gateway.new_array(jvm.java.lang.String, len(names))
-        for index, value in enumerate(names):
-            array[index] = value
-        function = jvm.ingest_platform.spark.UnknownKeys(array)
-        types = jvm.org.apache.spark.sql.types.DataTypes
-        strings = types.createArrayType(types.StringType)
-        spark._jsparkSession.udf().register(name, function, strings)
-    except Exception as error:  # py4j: the class is not on the driver's classpath (a session without the jar)
-        log.warning("UnknownKeys unavailable on this session (%s): Spark's built-in expression is used", error)
-        return None
+    if not spark.catalog.functionExists(name):  # not yet on this session (registering again would warn)
+        try:
+            _register(spark, name, names)
+        except Exception as error:  # py4j: the class is not on the driver's classpath (a session without the jar)
+            log.warning("UnknownKeys unavailable on this session (%s): Spark's built-in expression is used", error)
+            return None
     return F.call_function(name, F.col(column).cast("binary"))  # the UTF-8 bytes (of a string column: a copy)
+
+
+def _register(spark: SparkSession, name: str, names: list[str]) -> None:
+    jvm = spark._jvm
+    array = spark.sparkContext._gateway.new_array(jvm.java.lang.String, len(names))
+    for index, value in enumerate(names):
+        array[index] = value
+    types = jvm.org.apache.spark.sql.types.DataTypes
+    function = jvm.ingest_platform.spark.UnknownKeys(array)
+    spark._jsparkSession.udf().register(name, function, types.createArrayType(types.StringType))
