@@ -72,7 +72,7 @@ def platform_jar(cache: Path) -> Path | None:
             log.warning("javac could not build %s (%s): keeping Spark's built-in new-field check",
                         SOURCES, compiled.stderr.strip()[-500:])  # fmt: skip
             return None
-        partial = jar.with_suffix(".jar.partial")
+        partial = Path(build) / jar.name  # per process: two sessions building at once never share a file
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(Path(build).rglob("*.class")):
                 archive.write(path, path.relative_to(build).as_posix())
