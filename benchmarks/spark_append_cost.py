@@ -4,6 +4,7 @@ One broker, one topic, one Spark session, in one run (after a warm-up on a small
   * plain: the guide's snippet (readStream kafka -> delta, raw binary value, availableNow);
   * plain + from_json: the same job decoding the values against the table's schema;
   * engine: our steady-state run (the table exists, its schema is known), with its driver-side phases timed;
+  * engine with Spark's built-in new-field check (``json_object_keys``) instead of the platform's ``UnknownKeys``;
   * engine without new-field detection: the same run with the per-record key check replaced by null —
     NOT a valid mode (a new field would be lost), only to measure what the check costs.
 For each: wall seconds, Spark jobs / stages / tasks started, executor run and CPU time summed over tasks,
@@ -40,6 +41,7 @@ from spark_bench import (  # noqa: E402
 from ingest_platform.catalog import RESERVED_COLUMNS  # noqa: E402
 from ingest_platform.dev.local_kafka import LocalKafka  # noqa: E402
 from ingest_platform.engines.spark import engine as spark_engine  # noqa: E402
+from ingest_platform.engines.spark import jvm_functions  # noqa: E402
 from ingest_platform.engines.spark.engine import SparkEngine  # noqa: E402
 from ingest_platform.engines.spark.transaction import DeltaTransaction  # noqa: E402
 
@@ -175,7 +177,8 @@ def main() -> int:
 
         rows.append(measure(spark, "plain (guide's snippet)", plain))
 
-        def engine_run(label: str, name: str, detect: bool = True, replay: bool = False, coalesce: bool = True) -> dict:
+        def engine_run(label: str, name: str, detect: bool = True, replay: bool = False, coalesce: bool = True,
+                       builtin_check: bool = False) -> dict:
             engine = SparkEngine(kafka, lake, spark)
             engine.run(dataset(topic, name, "spark", cap=PRIMING_RECORDS))  # the table and its schema: not measured
             before = table_files(lake.table_uri(f"bench/{name}"))
@@ -183,8 +186,10 @@ def main() -> int:
             if not detect:
                 from pyspark.sql import functions as F
 
-                spark_engine.unknown_names = lambda column, known, filled=(): F.lit(None).cast("array<string>")
+                spark_engine.unknown_names = lambda *args, **kwargs: F.lit(None).cast("array<string>")
             patches = contextlib.ExitStack()
+            if builtin_check:  # Spark's json_object_keys instead of the platform's UnknownKeys scan
+                patches.enter_context(patched(jvm_functions, "enabled", lambda: False))
             if replay:  # the ledger check as before: Snapshot.transactions (a log replay in Spark jobs)
                 patches.enter_context(patched(DeltaTransaction, "recorded_from_checksum", lambda self, apps: None))
             if not coalesce:  # every Kafka read task writes its file, as the plain job
@@ -201,6 +206,7 @@ def main() -> int:
                     "driver_phases_s": {k: round(v, 3) for k, v in phases.items()}}  # fmt: skip
 
         rows.append(engine_run("engine steady state", "cost_steady"))
+        rows.append(engine_run("engine, Spark's json_object_keys check (before)", "cost_builtin", builtin_check=True))
         rows.append(engine_run("engine, ledger check by log replay (before)", "cost_replay", replay=True))
         rows.append(engine_run("engine, one file per Kafka read task (no coalesce)", "cost_tasks", coalesce=False))
         rows.append(engine_run("engine, new-field check off (invalid; cost only)", "cost_nocheck", detect=False))

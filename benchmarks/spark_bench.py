@@ -16,6 +16,7 @@ one one-core executor each for this application), the driver in this process.
     python benchmarks/spark_bench.py                          # full size, local mode
     python benchmarks/spark_bench.py --profile standalone     # full size, on the standalone cluster
     python benchmarks/spark_bench.py --records 20000          # smoke
+    python benchmarks/spark_bench.py --repeat 3               # three interleaved rounds, the median quoted
 
 Results: benchmarks/results/spark_bench[_standalone].json and .md (or --out DIR).
 """
@@ -121,26 +122,35 @@ def main() -> int:
             topic = "bench.spark"
             kafka, lake = prepared_topic(spark, broker, args, topic, work)
 
-            plain_s = streaming_job(spark, kafka, topic, work / "plain")
-            plain_rows = spark.read.format("delta").load(str(work / "plain" / "table")).count()
-
             started = time.perf_counter()
             ours = SparkEngine(kafka, lake, spark).run(dataset(topic, "spark_engine", "spark"))
             ours_s = time.perf_counter() - started
-
-            # Steady state: the table exists and its schema is known (a first small run created it).
-            engine = SparkEngine(kafka, lake, spark)
-            engine.run(dataset(topic, "spark_steady", "spark", cap=PRIMING_RECORDS))
-            started = time.perf_counter()
-            steady = engine.run(dataset(topic, "spark_steady", "spark"))
-            steady_s = time.perf_counter() - started
 
             from ingest_platform.catalog import RESERVED_COLUMNS
 
             record_schema = spark.read.format("delta").load(lake.table_uri("bench/spark_engine")).drop(
                 *RESERVED_COLUMNS
             ).schema
-            decoded_s = streaming_job(spark, kafka, topic, work / "plain_decoded", record_schema)
+            # The three jobs compared per record, interleaved round by round (a burst of load hits all three).
+            rounds = []
+            for index in range(args.repeat):
+                plain_s = streaming_job(spark, kafka, topic, work / f"plain_{index}")
+                plain_rows = spark.read.format("delta").load(str(work / f"plain_{index}" / "table")).count()
+                # Steady state: the table exists and its schema is known (a first small run created it).
+                engine = SparkEngine(kafka, lake, spark)
+                engine.run(dataset(topic, f"spark_steady_{index}", "spark", cap=PRIMING_RECORDS))
+                started = time.perf_counter()
+                steady = engine.run(dataset(topic, f"spark_steady_{index}", "spark"))
+                steady_s = time.perf_counter() - started
+                decoded_s = streaming_job(spark, kafka, topic, work / f"plain_decoded_{index}", record_schema)
+                rounds.append({"plain_s": plain_s, "steady_s": steady_s, "steady_records": steady.records,
+                               "from_json_s": decoded_s, "plain_rows": plain_rows,
+                               "load_average": round(os.getloadavg()[0], 2)})  # fmt: skip
+                print(f"round {index + 1}/{args.repeat}: plain {plain_s:.2f} s, engine steady {steady_s:.2f} s "
+                      f"({steady.records:,} records), plain + from_json {decoded_s:.2f} s", flush=True)
+            middle = sorted(rounds, key=lambda r: r["steady_s"] / r["plain_s"])[len(rounds) // 2]
+            plain_s, decoded_s, steady_s = middle["plain_s"], middle["from_json_s"], middle["steady_s"]
+            plain_rows, steady_records = middle["plain_rows"], middle["steady_records"]
 
             started = time.perf_counter()
             embedded = EmbeddedEngine(kafka, lake).run(dataset(topic, "embedded_engine", "embedded"))
@@ -148,7 +158,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    if not (plain_rows == ours.rows_written == embedded.rows_written == n):
+    if not (all(r["plain_rows"] == n for r in rounds) and ours.rows_written == embedded.rows_written == n):
         print(f"row counts differ: plain {plain_rows}, spark {ours.rows_written}, embedded {embedded.rows_written}",
               file=sys.stderr)
         return 1
@@ -166,21 +176,22 @@ def main() -> int:
         "plain_structured_streaming_s": round(plain_s, 2),
         "plain_with_from_json_s": round(decoded_s, 2),
         "ratio_spark_engine_steady_to_plain_with_from_json_per_record": round(
-            (steady_s / steady.records) / (decoded_s / n), 3
+            (steady_s / steady_records) / (decoded_s / n), 3
         ),
         "spark_engine_s": round(ours_s, 2),
         "embedded_engine_s": round(embedded_s, 2),
-        "spark_engine_steady_records": steady.records,
+        "spark_engine_steady_records": steady_records,
         "spark_engine_steady_s": round(steady_s, 2),
-        "spark_engine_steady_records_per_s": round(steady.records / steady_s),
-        "ratio_spark_engine_steady_to_plain_time_per_record": round((steady_s / steady.records) / (plain_s / n), 3),
+        "spark_engine_steady_records_per_s": round(steady_records / steady_s),
+        "ratio_spark_engine_steady_to_plain_time_per_record": round((steady_s / steady_records) / (plain_s / n), 3),
+        "rounds": [{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()} for r in rounds],
         "plain_records_per_s": round(n / plain_s),
         "spark_engine_records_per_s": round(n / ours_s),
         "embedded_engine_records_per_s": round(n / embedded_s),
         "ratio_spark_engine_to_plain_time": round(ours_s / plain_s, 3),
         "ratio_embedded_engine_to_plain_time": round(embedded_s / plain_s, 3),
         "spark_engine_files": ours.files_written,
-        "spark_engine_steady_files": steady.files_written,
+
         "embedded_engine_files": embedded.files_written,
     }
     name = "spark_bench" if args.profile == "local" else f"spark_bench_{args.profile}"
@@ -193,6 +204,9 @@ def main() -> int:
 
 def profile_argument(parser) -> None:
     parser.add_argument("--profile", choices=("local", "standalone"), default="local", help="where Spark runs")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of (plain, engine steady state, plain + from_json), interleaved; the table "
+                             "quotes the round of median engine/plain ratio and lists every round")  # fmt: skip
 
 
 def prepared_topic(spark, broker: LocalKafka, args, topic: str, work: Path) -> tuple[KafkaConnection, LakeLocation]:
@@ -250,6 +264,10 @@ def markdown(r: dict) -> str:
         f"Steady-state Spark engine vs the streaming job with from_json: "
         f"{r['ratio_spark_engine_steady_to_plain_with_from_json_per_record']:.3f} (time per record).",
         "",
+        *(["Rounds (plain / engine steady / plain + from_json, seconds; engine / plain per record; load): "
+           + "; ".join(f"{x['plain_s']:.2f} / {x['steady_s']:.2f} / {x['from_json_s']:.2f} "
+                       f"({(x['steady_s'] / x['steady_records']) / (x['plain_s'] / r['records']):.3f}; "
+                       f"{x['load_average']})" for x in r["rounds"]), ""] if len(r.get("rounds", [])) > 1 else []),
     ])
 
 

@@ -257,8 +257,13 @@ class SparkStreamLoop(LoopLife):
             raise StreamFailure(str(error), "lake")
         if isinstance(error, IngestError):
             raise StreamFailure(str(error), "decode")
-        if isinstance(error, _RETRIABLE):
+        if isinstance(error, LakeAccessError | LakeWriteError):  # our own messages: they say what and where
             return "lake", f"dataset '{name}': the micro-batch commit failed: {error}"
+        if isinstance(error, _RETRIABLE):  # deltalake's or the OS's own error: its first line, with the table
+            cause = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            return "lake", (f"dataset '{name}': the micro-batch commit to {self.uri} failed ({type(error).__name__}: "
+                            f"{cause[:300]}); nothing of the micro-batch was recorded, the query restarts from the "
+                            "ledger")  # fmt: skip
         spark_error = query.exception()
         text = str(spark_error or error or "the query stopped")
         first = next((line.strip() for line in text.splitlines() if line.strip()), text)[:500]

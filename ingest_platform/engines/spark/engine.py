@@ -297,7 +297,7 @@ class _SparkRun(SparkUpsert):
             names[UNKNOWN_KEY_FIELDS] = sc.KEY_TEXT
         filled = list(known) if self.dataset.format == "json" else []  # Debezium: key fields fill columns too
         for column, text in names.items():
-            decoded = decoded.withColumn(column, unknown_names(text, known, filled))
+            decoded = decoded.withColumn(column, unknown_names(decoded, text, known, filled))
         observation = Observation(f"records-{self.run_id}-{uuid.uuid4().hex[:8]}")
         observed = decoded.observe(observation, *self._record_aggregates(), *collected_names(names))
         return observed.drop(*names), observation

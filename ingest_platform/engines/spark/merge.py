@@ -111,7 +111,7 @@ class SparkUpsert:
         connect = self.dataset.format == "debezium" and sc.CONNECT_SCHEMA in batch.columns
         declared = {name: sc.spark_type(kind) for name, kind in self.dataset.fields.items()}
         known = self._known_fields() if not connect else {**self._table_record_fields(), **declared}
-        names = [F.array_distinct(F.flatten(F.collect_set(unknown_names(sc.TEXT, known)))).alias("fields")]
+        names = [F.array_distinct(F.flatten(F.collect_set(unknown_names(batch, sc.TEXT, known)))).alias("fields")]
         if sc.KEY_TEXT in batch.columns:
             names.append(sc.field_names(sc.KEY_TEXT).alias("key_fields"))
         if connect:

@@ -1,9 +1,11 @@
 """Fields a batch has that the table does not (docs/DESIGN.md §4): found on every record, exactly, in the pass
 that decodes and writes the batch.
 
-A projection compiled with the decoding reads each record's top-level keys (``json_object_keys``: a second,
-shallow parse of the value) and keeps those the known schema lacks, null when there are none; an aggregate
-(observed, or in a figures job) collects the few non-null ones. Only top-level names count: a new top-level
+A projection compiled with the decoding reads each record's top-level keys and keeps those the known schema
+lacks, null when there are none; an aggregate (observed, or in a figures job) collects the few non-null ones.
+The keys are read by the platform's JVM function ``UnknownKeys`` (one forward scan of the text,
+:mod:`~ingest_platform.engines.spark.jvm_functions`), or, on a session without it, by Spark's
+``json_object_keys`` (a second, full parse of each record). Only top-level names count: a new top-level
 field named like one nested in a struct column is found too.
 """
 
@@ -13,9 +15,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ingest_platform.engines.spark import changes as sc
+from ingest_platform.engines.spark.jvm_functions import unknown_keys
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column
+    from pyspark.sql import Column, DataFrame
 
 
 #: Per-record helper columns: the top-level field names of a record (and of its message key) the table lacks.
@@ -23,17 +26,22 @@ UNKNOWN_FIELDS = "_kafka_unknown_fields"
 UNKNOWN_KEY_FIELDS = "_kafka_unknown_key_fields"
 
 
-def unknown_names(column: str, known: dict, filled: Sequence[str] = ()) -> Column:
-    """The top-level field names of the JSON object in ``column`` that are not in ``known``, or null when there
-    are none (or the record is bad): reading the object's keys is a second, shallow parse of each record.
+def unknown_names(frame: DataFrame, column: str, known: dict, filled: Sequence[str] = ()) -> Column:
+    """The top-level field names of the JSON object in ``column`` of ``frame`` that are not in ``known``, or null
+    when there are none (or the record is bad).
 
-    ``filled``: the columns decoded from the same object (one per known field, non-null only when the object has
-    that key with a value). When the object has exactly as many keys as those columns hold values, every key is
-    a known one (each non-null column stands for a distinct known key), so the comparison with the known names
-    (``array_except``, a hash set per record) is skipped; any other record — a new key, a known key with null, a
-    key twice — takes it. Not for columns filled from elsewhere too (Debezium's message key)."""
+    With the platform's ``UnknownKeys`` on the session, that is one scan of the text per record. Otherwise
+    Spark's expression reads the object's keys (a second parse of each record); ``filled``: the columns decoded
+    from the same object (one per known field, non-null only when the object has that key with a value). When
+    the object has exactly as many keys as those columns hold values, every key is a known one (each non-null
+    column stands for a distinct known key), so the comparison with the known names (``array_except``, a hash
+    set per record) is skipped; any other record — a new key, a known key with null, a key twice — takes it.
+    Not for columns filled from elsewhere too (Debezium's message key)."""
     from pyspark.sql import functions as F
 
+    scanned = unknown_keys(frame.sparkSession, column, known)
+    if scanned is not None:
+        return F.when(F.col(sc.ERROR).isNull(), scanned)
     names = F.array(*[F.lit(name) for name in known]) if known else F.array().cast("array<string>")
     keys = F.json_object_keys(F.col(column))
     unknown = F.array_except(keys, names)

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ingest_platform.engines.spark.jvm_functions import share_platform_jar, with_platform_jar
+
 if TYPE_CHECKING:  # pyspark is an optional dependency (extra "spark")
     from pyspark.sql import DataFrame, SparkSession
 
@@ -364,6 +366,7 @@ def start_session(profile_name: str, conf: Mapping[str, Any]) -> SparkSession:
     from pyspark.sql import SparkSession
 
     Path(str(conf.get("spark.jars.ivy") or default_ivy_dir())).mkdir(parents=True, exist_ok=True)
+    conf = with_platform_jar(dict(conf), cache_dir())
     builder = SparkSession.builder
     for key, value in conf.items():
         builder = builder.config(key, str(value))
@@ -371,6 +374,7 @@ def start_session(profile_name: str, conf: Mapping[str, Any]) -> SparkSession:
         session = builder.getOrCreate()
     except Exception as error:  # the JVM did not start: usually a connector that Ivy could not resolve
         raise SparkConnectorError(_diagnose_connectors(profile_name, conf, error)) from None
+    share_platform_jar(session)
     _SESSIONS[profile_name] = session
     return session
 
