@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_bench import bench_arguments  # noqa: E402
 from spark_bench import (  # noqa: E402
     PRIMING_RECORDS,
+    JobCounter,
     bench_spark,
     dataset,
     prepared_topic,
@@ -88,60 +89,6 @@ def timed_phases(times: dict[str, float]):
     finally:
         for owner, name, original in originals:
             setattr(owner, name, original)
-
-
-class JobCounter:
-    """Spark jobs started between ``start`` and ``stop``, with their stages' task metrics (status store)."""
-
-    def __init__(self, spark):
-        self.sc = spark.sparkContext
-        self.store = self.sc._jsc.sc().statusStore()
-
-    def _next_job_id(self) -> int:
-        jobs = self.store.jobsList(None)
-        return max([jobs.apply(i).jobId() for i in range(jobs.size())] + [-1]) + 1
-
-    def __enter__(self):
-        self.first = self._next_job_id()
-        return self
-
-    def __exit__(self, *exc):
-        self.last = self._next_job_id()
-
-    def summary(self) -> dict:
-        jobs, stages = [], set()
-        for job_id in range(self.first, self.last):
-            try:
-                job = self.store.job(job_id)
-            except Exception:  # noqa: BLE001 - not retained
-                continue
-            ids = [job.stageIds().apply(i) for i in range(job.stageIds().size())]
-            span = None
-            if job.submissionTime().isDefined() and job.completionTime().isDefined():
-                span = (job.completionTime().get().getTime() - job.submissionTime().get().getTime()) / 1000
-            jobs.append({"id": job_id, "name": str(job.name())[:80], "tasks": int(job.numTasks()),
-                         "skipped_stages": int(job.numSkippedStages()), "seconds": span})  # fmt: skip
-            stages.update(ids)
-        totals = {"stages_run": 0, "tasks": 0, "executor_run_s": 0.0, "executor_cpu_s": 0.0, "input_records": 0,
-                  "shuffle_write_bytes": 0, "shuffle_read_bytes": 0, "output_records": 0}  # fmt: skip
-        for stage_id in sorted(stages):
-            try:
-                data = self.store.lastStageAttempt(stage_id)
-            except Exception:  # noqa: BLE001 - skipped stage (never run) or not retained
-                continue
-            if str(data.status()) == "SKIPPED":
-                continue
-            totals["stages_run"] += 1
-            totals["tasks"] += int(data.numCompleteTasks())
-            totals["executor_run_s"] += data.executorRunTime() / 1000
-            totals["executor_cpu_s"] += data.executorCpuTime() / 1e9
-            totals["input_records"] += int(data.inputRecords())
-            totals["shuffle_write_bytes"] += int(data.shuffleWriteBytes())
-            totals["shuffle_read_bytes"] += int(data.shuffleReadBytes())
-            totals["output_records"] += int(data.outputRecords())
-        totals["executor_run_s"] = round(totals["executor_run_s"], 2)
-        totals["executor_cpu_s"] = round(totals["executor_cpu_s"], 2)
-        return {"jobs": len(jobs), **totals, "job_list": jobs}
 
 
 def table_files(path: str) -> dict:

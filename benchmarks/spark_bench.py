@@ -76,6 +76,60 @@ def streaming_job(spark, kafka: KafkaConnection, topic: str, path: Path, schema=
     return time.perf_counter() - started
 
 
+class JobCounter:
+    """Spark jobs started between ``start`` and ``stop``, with their stages' task metrics (status store)."""
+
+    def __init__(self, spark):
+        self.sc = spark.sparkContext
+        self.store = self.sc._jsc.sc().statusStore()
+
+    def _next_job_id(self) -> int:
+        jobs = self.store.jobsList(None)
+        return max([jobs.apply(i).jobId() for i in range(jobs.size())] + [-1]) + 1
+
+    def __enter__(self):
+        self.first = self._next_job_id()
+        return self
+
+    def __exit__(self, *exc):
+        self.last = self._next_job_id()
+
+    def summary(self) -> dict:
+        jobs, stages = [], set()
+        for job_id in range(self.first, self.last):
+            try:
+                job = self.store.job(job_id)
+            except Exception:  # noqa: BLE001 - not retained
+                continue
+            ids = [job.stageIds().apply(i) for i in range(job.stageIds().size())]
+            span = None
+            if job.submissionTime().isDefined() and job.completionTime().isDefined():
+                span = (job.completionTime().get().getTime() - job.submissionTime().get().getTime()) / 1000
+            jobs.append({"id": job_id, "name": str(job.name())[:80], "tasks": int(job.numTasks()),
+                         "skipped_stages": int(job.numSkippedStages()), "seconds": span})  # fmt: skip
+            stages.update(ids)
+        totals = {"stages_run": 0, "tasks": 0, "executor_run_s": 0.0, "executor_cpu_s": 0.0, "input_records": 0,
+                  "shuffle_write_bytes": 0, "shuffle_read_bytes": 0, "output_records": 0}  # fmt: skip
+        for stage_id in sorted(stages):
+            try:
+                data = self.store.lastStageAttempt(stage_id)
+            except Exception:  # noqa: BLE001 - skipped stage (never run) or not retained
+                continue
+            if str(data.status()) == "SKIPPED":
+                continue
+            totals["stages_run"] += 1
+            totals["tasks"] += int(data.numCompleteTasks())
+            totals["executor_run_s"] += data.executorRunTime() / 1000
+            totals["executor_cpu_s"] += data.executorCpuTime() / 1e9
+            totals["input_records"] += int(data.inputRecords())
+            totals["shuffle_write_bytes"] += int(data.shuffleWriteBytes())
+            totals["shuffle_read_bytes"] += int(data.shuffleReadBytes())
+            totals["output_records"] += int(data.outputRecords())
+        totals["executor_run_s"] = round(totals["executor_run_s"], 2)
+        totals["executor_cpu_s"] = round(totals["executor_cpu_s"], 2)
+        return {"jobs": len(jobs), **totals, "job_list": jobs}
+
+
 def dataset(topic: str, name: str, engine: str, cap: int = 100_000_000):
     (parsed,) = parse_catalog_text(
         f"datasets:\n  - {{name: {name}, source: bench, topic: {topic}, format: json, engine: {engine}, "
@@ -134,20 +188,26 @@ def main() -> int:
             # The three jobs compared per record, interleaved round by round (a burst of load hits all three).
             rounds = []
             for index in range(args.repeat):
-                plain_s = streaming_job(spark, kafka, topic, work / f"plain_{index}")
+                with JobCounter(spark) as plain_jobs:
+                    plain_s = streaming_job(spark, kafka, topic, work / f"plain_{index}")
                 plain_rows = spark.read.format("delta").load(str(work / f"plain_{index}" / "table")).count()
                 # Steady state: the table exists and its schema is known (a first small run created it).
                 engine = SparkEngine(kafka, lake, spark)
                 engine.run(dataset(topic, f"spark_steady_{index}", "spark", cap=PRIMING_RECORDS))
-                started = time.perf_counter()
-                steady = engine.run(dataset(topic, f"spark_steady_{index}", "spark"))
-                steady_s = time.perf_counter() - started
-                decoded_s = streaming_job(spark, kafka, topic, work / f"plain_decoded_{index}", record_schema)
+                with JobCounter(spark) as steady_jobs:
+                    started = time.perf_counter()
+                    steady = engine.run(dataset(topic, f"spark_steady_{index}", "spark"))
+                    steady_s = time.perf_counter() - started
+                with JobCounter(spark) as decoded_jobs:
+                    decoded_s = streaming_job(spark, kafka, topic, work / f"plain_decoded_{index}", record_schema)
+                cpu = {name: jobs.summary()["executor_cpu_s"] for name, jobs in
+                       (("plain", plain_jobs), ("steady", steady_jobs), ("from_json", decoded_jobs))}  # fmt: skip
                 rounds.append({"plain_s": plain_s, "steady_s": steady_s, "steady_records": steady.records,
                                "from_json_s": decoded_s, "plain_rows": plain_rows,
-                               "load_average": round(os.getloadavg()[0], 2)})  # fmt: skip
+                               "executor_cpu_s": cpu, "load_average": round(os.getloadavg()[0], 2)})  # fmt: skip
                 print(f"round {index + 1}/{args.repeat}: plain {plain_s:.2f} s, engine steady {steady_s:.2f} s "
-                      f"({steady.records:,} records), plain + from_json {decoded_s:.2f} s", flush=True)
+                      f"({steady.records:,} records), plain + from_json {decoded_s:.2f} s; executor CPU s {cpu}",
+                      flush=True)  # fmt: skip
             middle = sorted(rounds, key=lambda r: r["steady_s"] / r["plain_s"])[len(rounds) // 2]
             plain_s, decoded_s, steady_s = middle["plain_s"], middle["from_json_s"], middle["steady_s"]
             plain_rows, steady_records = middle["plain_rows"], middle["steady_records"]
@@ -185,6 +245,8 @@ def main() -> int:
         "spark_engine_steady_records_per_s": round(steady_records / steady_s),
         "ratio_spark_engine_steady_to_plain_time_per_record": round((steady_s / steady_records) / (plain_s / n), 3),
         "rounds": [{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()} for r in rounds],
+        # Executor CPU (task threads, summed) is what load barely moves: the median round's, per job.
+        "executor_cpu_s": middle["executor_cpu_s"],
         "plain_records_per_s": round(n / plain_s),
         "spark_engine_records_per_s": round(n / ours_s),
         "embedded_engine_records_per_s": round(n / embedded_s),
@@ -264,6 +326,12 @@ def markdown(r: dict) -> str:
         f"Steady-state Spark engine vs the streaming job with from_json: "
         f"{r['ratio_spark_engine_steady_to_plain_with_from_json_per_record']:.3f} (time per record).",
         "",
+        *([f"Executor CPU (task threads, summed over tasks; barely moved by other load) in that round: plain "
+           f"{r['executor_cpu_s']['plain']:.1f} s, plain + from_json {r['executor_cpu_s']['from_json']:.1f} s "
+           f"({r['executor_cpu_s']['from_json'] / r['executor_cpu_s']['plain']:.2f}×), engine steady state "
+           f"{r['executor_cpu_s']['steady']:.1f} s ({r['executor_cpu_s']['steady'] / r['executor_cpu_s']['plain']:.2f}"
+           f"× plain, {r['executor_cpu_s']['steady'] / r['executor_cpu_s']['from_json']:.2f}× from_json).", ""]
+          if "executor_cpu_s" in r else []),
         *(["Rounds (plain / engine steady / plain + from_json, seconds; engine / plain per record; load): "
            + "; ".join(f"{x['plain_s']:.2f} / {x['steady_s']:.2f} / {x['from_json_s']:.2f} "
                        f"({(x['steady_s'] / x['steady_records']) / (x['plain_s'] / r['records']):.3f}; "
