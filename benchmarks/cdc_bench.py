@@ -77,7 +77,7 @@ def timed_run(kafka: KafkaConnection, lake: LakeLocation, target, spark=None) ->
     if spark is None:
         report = EmbeddedEngine(kafka, lake).run(target)
     else:
-        from spark_append_cost import JobCounter
+        from spark_bench import JobCounter
 
         from ingest_platform.engines.spark.engine import SparkEngine
 
