@@ -480,10 +480,11 @@ class _SparkRun(SparkUpsert):
             texts = texts.unionByName(prepared.select(F.col(sc.KEY_TEXT).alias("v")))
         return texts.where(F.json_object_keys(F.col("v")).isNotNull())
 
-    def _known_fields(self) -> dict:
-        """Record fields with their types: the table's, overridden by the declared ones (the batch's Connect
-        schemas, then the catalog's ``schema:``)."""
-        declared = {name: sc.spark_type(kind) for name, kind in self._field_types().items()}
+    def _known_fields(self, field_types: dict[str, FieldType] | None = None) -> dict:
+        """Record fields with their types: the table's, overridden by the declared ones (``field_types``, else
+        the batch's Connect schemas, then the catalog's ``schema:``)."""
+        types = self._field_types() if field_types is None else field_types
+        declared = {name: sc.spark_type(kind) for name, kind in types.items()}
         return {**self._table_record_fields(), **declared}
 
     def _learn_fields(self, texts: DataFrame, known: dict, only: set[str] | None) -> tuple[dict, set[str]]:

@@ -109,8 +109,7 @@ class SparkUpsert:
         from pyspark.sql import functions as F
 
         connect = self.dataset.format == "debezium" and sc.CONNECT_SCHEMA in batch.columns
-        declared = {name: sc.spark_type(kind) for name, kind in self.dataset.fields.items()}
-        known = self._known_fields() if not connect else {**self._table_record_fields(), **declared}
+        known = self._known_fields(self.dataset.fields if connect else None)  # Connect types: collected below
         names = [F.array_distinct(F.flatten(F.collect_set(unknown_names(batch, sc.TEXT, known)))).alias("fields")]
         if sc.KEY_TEXT in batch.columns:
             names.append(sc.field_names(sc.KEY_TEXT).alias("key_fields"))
