@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SOURCES = Path(__file__).parent / "jvm"
-#: The class of the new-field check, in the platform jar.
-UNKNOWN_KEYS_CLASS = "ingest_platform.spark.UnknownKeys"
 #: ``INGEST_SPARK_JVM_FUNCTIONS=0`` keeps Spark's built-in expressions (e.g. to compare the two).
 ENABLE_ENV = "INGEST_SPARK_JVM_FUNCTIONS"
 _COMPILE_TIMEOUT_S = 120
