@@ -258,9 +258,16 @@ class _SparkRun(SparkUpsert):
         """Decode and write the batch's data files in a new transaction; nothing is committed yet."""
         from pyspark.sql import functions as F
 
-        observed, source_metrics = self._observe_source(source)
+        # A JSON append without dead letters: every record decodes or fails the job, so no figure needs the decoded
+        # record, and the new-field check reads the values with the source's figures, in ONE observation before
+        # the decoding. An observation after it would copy every decoded row once more (~15 % of the run).
+        early = self.dataset.format == "json" and not self._record_aggregates()
+        observed, source_metrics = self._observe_source(source, known if early else None)
         prepared = self._prepared(observed)
-        decoded, record_metrics = self._observe_records(self._decoded(prepared, known, ()), known)
+        decoded, metrics = self._decoded(prepared, known, ()), [source_metrics]
+        if not early:
+            decoded, record_metrics = self._observe_records(decoded, known)
+            metrics.append(record_metrics)
         data = self._table_rows(decoded)
         self._ensure_table(data)
         data = self._size_files(self._to_table_schema(data), kafka_tasks=len(self._read_ranges))
@@ -269,22 +276,29 @@ class _SparkRun(SparkUpsert):
             files = txn.write(data)
         except Exception as error:  # py4j wraps Spark's failure (FAILFAST decoding, event-time parsing)
             raise IngestError(self._explain_failure(error, prepared.where(F.col(sc.ERROR).isNull()))) from None
-        self._read_metrics(source_metrics.get, record_metrics.get)
+        self._read_metrics(*(observation.get for observation in metrics))
         return txn, files
 
-    def _observe_source(self, source: DataFrame):
-        """The batch with its figures collected while it is written (Spark ``observe``: no extra pass)."""
+    def _observe_source(self, source: DataFrame, known: dict | None = None):
+        """The batch with its figures collected while it is written (Spark ``observe``: no extra pass); with
+        ``known``, also the names of fields the table does not know, read from the JSON values."""
         from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
+        names = {}
+        if known is not None:
+            value = F.col("value")
+            source = source.withColumn(UNKNOWN_FIELDS, unknown_names(source, "value", known, good=value.isNotNull()))
+            names = {UNKNOWN_FIELDS: "value"}
         observation = Observation(f"ingest-{self.run_id}-{uuid.uuid4().hex[:8]}")
         observed = source.observe(
             observation,
             F.sum(F.coalesce(F.length("value"), F.lit(0)) + F.coalesce(F.length("key"), F.lit(0))).alias("bytes"),
             F.unix_micros(F.min("timestamp")).alias("oldest_micros"),
             *self._source_counts(),
+            *collected_names(names),
         )
-        return observed, observation
+        return observed.drop(*names), observation
 
     def _observe_records(self, decoded: DataFrame, known: dict):
         """The decoded batch with its figures collected while it is written, among them the names of fields the

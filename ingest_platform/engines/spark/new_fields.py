@@ -26,9 +26,10 @@ UNKNOWN_FIELDS = "_kafka_unknown_fields"
 UNKNOWN_KEY_FIELDS = "_kafka_unknown_key_fields"
 
 
-def unknown_names(frame: DataFrame, column: str, known: dict, filled: Sequence[str] = ()) -> Column:
-    """The top-level field names of the JSON object in ``column`` of ``frame`` that are not in ``known``, or null
-    when there are none (or the record is bad).
+def unknown_names(frame: DataFrame, column: str, known: dict, filled: Sequence[str] = (),
+                  good: Column | None = None) -> Column:  # fmt: skip
+    """The top-level field names of the JSON object in ``column`` of ``frame`` (text, or its UTF-8 bytes) that are
+    not in ``known``, or null when there are none or the record is not ``good`` (default: no ``ERROR`` yet).
 
     With the platform's ``UnknownKeys`` on the session, that is one scan of the text per record. Otherwise
     Spark's expression reads the object's keys (a second parse of each record); ``filled``: the columns decoded
@@ -39,13 +40,14 @@ def unknown_names(frame: DataFrame, column: str, known: dict, filled: Sequence[s
     Not for columns filled from elsewhere too (Debezium's message key)."""
     from pyspark.sql import functions as F
 
+    good = F.col(sc.ERROR).isNull() if good is None else good
     scanned = unknown_keys(frame.sparkSession, column, known)
     if scanned is not None:
-        return F.when(F.col(sc.ERROR).isNull(), scanned)
+        return F.when(good, scanned)
     names = F.array(*[F.lit(name) for name in known]) if known else F.array().cast("array<string>")
-    keys = F.json_object_keys(F.col(column))
+    keys = F.json_object_keys(F.col(column).cast("string"))
     unknown = F.array_except(keys, names)
-    found = F.when(F.col(sc.ERROR).isNull() & (F.size(unknown) > 0), unknown)
+    found = F.when(good & (F.size(unknown) > 0), unknown)
     if not filled:
         return found
     values = sum((F.col(f"`{name}`").isNotNull().cast("int") for name in filled), F.lit(0))
