@@ -35,7 +35,13 @@ from ingest_platform.engines.report import PartitionProgress, RunReport, run_out
 from ingest_platform.engines.run_plan import IngestError, RunPlan, plan_run
 from ingest_platform.engines.spark import changes as sc
 from ingest_platform.engines.spark.merge import SparkUpsert
-from ingest_platform.engines.spark.new_fields import UNKNOWN_FIELDS, UNKNOWN_KEY_FIELDS, collected_names, unknown_names
+from ingest_platform.engines.spark.new_fields import (
+    UNKNOWN_FIELDS,
+    UNKNOWN_KEY_FIELDS,
+    collected_names,
+    distinct_names,
+    unknown_names,
+)
 from ingest_platform.engines.spark.transaction import DeltaTransaction, is_conflict
 from ingest_platform.kafka.client import CONSUMER_TUNING, GroupOffsetCommitter, KafkaConnection
 from ingest_platform.lake.commit import LakeWriteError
@@ -285,20 +291,19 @@ class _SparkRun(SparkUpsert):
         from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
-        names = {}
-        if known is not None:
-            value = F.col("value")
-            source = source.withColumn(UNKNOWN_FIELDS, unknown_names(source, "value", known, good=value.isNotNull()))
-            names = {UNKNOWN_FIELDS: "value"}
+        names = []
+        if known is not None:  # inside the aggregate: the Kafka rows reach the observation as read, no projection
+            found = unknown_names(source, "value", known, good=F.col("value").isNotNull())
+            names = [distinct_names(found).alias("fields")]
         observation = Observation(f"ingest-{self.run_id}-{uuid.uuid4().hex[:8]}")
         observed = source.observe(
             observation,
             F.sum(F.coalesce(F.length("value"), F.lit(0)) + F.coalesce(F.length("key"), F.lit(0))).alias("bytes"),
             F.unix_micros(F.min("timestamp")).alias("oldest_micros"),
             *self._source_counts(),
-            *collected_names(names),
+            *names,
         )
-        return observed.drop(*names), observation
+        return observed, observation
 
     def _observe_records(self, decoded: DataFrame, known: dict):
         """The decoded batch with its figures collected while it is written, among them the names of fields the

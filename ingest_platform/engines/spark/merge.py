@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ingest_platform.engines.changes import CDC_OP, DELETE_OP, merge_clauses, order_column, quote_spark
 from ingest_platform.engines.run_plan import IngestError
 from ingest_platform.engines.spark import changes as sc
-from ingest_platform.engines.spark.new_fields import unknown_names
+from ingest_platform.engines.spark.new_fields import distinct_names, unknown_names
 from ingest_platform.engines.spark.transaction import DeltaTransaction
 from ingest_platform.lake.commit import MergeClauses
 
@@ -110,7 +110,7 @@ class SparkUpsert:
 
         connect = self.dataset.format == "debezium" and sc.CONNECT_SCHEMA in batch.columns
         known = self._known_fields(self.dataset.fields if connect else None)  # Connect types: collected below
-        names = [F.array_distinct(F.flatten(F.collect_set(unknown_names(batch, sc.TEXT, known)))).alias("fields")]
+        names = [distinct_names(unknown_names(batch, sc.TEXT, known)).alias("fields")]
         if sc.KEY_TEXT in batch.columns:
             names.append(sc.field_names(sc.KEY_TEXT).alias("key_fields"))
         if connect:

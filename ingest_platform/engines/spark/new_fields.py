@@ -56,8 +56,16 @@ def unknown_names(frame: DataFrame, column: str, known: dict, filled: Sequence[s
 
 def collected_names(columns) -> list[Column]:
     """Observed aggregates ``fields`` / ``key_fields``: the distinct names of ``UNKNOWN_FIELDS`` /
-    ``UNKNOWN_KEY_FIELDS`` (collect_set skips the nulls of records without new fields)."""
+    ``UNKNOWN_KEY_FIELDS``."""
     from pyspark.sql import functions as F
 
     alias = {UNKNOWN_FIELDS: "fields", UNKNOWN_KEY_FIELDS: "key_fields"}
-    return [F.array_distinct(F.flatten(F.collect_set(F.col(c)))).alias(alias[c]) for c in columns]
+    return [distinct_names(F.col(c)).alias(alias[c]) for c in columns]
+
+
+def distinct_names(found: Column) -> Column:
+    """The aggregate of ``found`` (``unknown_names`` per record): every name once (collect_set skips the nulls
+    of records without new fields)."""
+    from pyspark.sql import functions as F
+
+    return F.array_distinct(F.flatten(F.collect_set(found)))
