@@ -266,7 +266,7 @@ class _SparkRun(SparkUpsert):
 
         # A JSON append without dead letters: every record decodes or fails the job, so no figure needs the decoded
         # record, and the new-field check reads the values with the source's figures, in ONE observation before
-        # the decoding. An observation after it would copy every decoded row once more (~15 % of the run).
+        # the decoding. An observation after it would copy every decoded row once more (docs/DESIGN.md §4).
         early = self.dataset.format == "json" and not self._record_aggregates()
         observed, source_metrics = self._observe_source(source, known if early else None)
         prepared = self._prepared(observed)
