@@ -20,8 +20,9 @@ pytestmark = pytest.mark.kafka
 
 
 class _LakeThatLetsBWinFirst(LakeLocation):
-    """A lake on which run B ingests everything at the moment run A's first commit finds no table: the
-    window in which two first runs used to both create the table (A planned against a missing table)."""
+    """A lake on which run B ingests everything the second time run A finds no table (1: A's plan, 2: A's
+    first commit, or the Spark engine's look after its create failed): the window in which two first runs
+    used to both create the table (A planned against a missing table)."""
 
     def __init__(self, root: str, run_b):
         super().__init__(root)
@@ -32,7 +33,7 @@ class _LakeThatLetsBWinFirst(LakeLocation):
         table = super().open_table(table_path)
         if table is None and not table_path.endswith("_dlq"):
             object.__setattr__(self, "_missing", self._missing + 1)
-            if self._missing == 2:  # 1: A's plan, 2: A's first commit
+            if self._missing == 2:
                 self._run_b()
         return table
 
@@ -151,8 +152,87 @@ def test_racing_first_spark_runs_never_both_commit(kafka, tmp_path, make_topic, 
         outcomes = _together(run)
         frame = read_table(f"{root}/{dataset.table_path}")
         assert frame.height == 400 and frame.select("_kafka_partition", "_kafka_offset").n_unique() == 400, (
-            f"trial {trial} {engines}: {frame.height} rows, {outcomes}")
+            f"trial {trial} {engines}: {frame.height} rows, {outcomes}"
+        )
         errors = [o for o in outcomes if isinstance(o, Exception)]
         assert len(errors) == 1, f"trial {trial} {engines}: {outcomes}"
         assert isinstance(errors[0], ConcurrentWriterError), f"trial {trial} {engines}: {errors[0]!r}"
         assert "another writer is ingesting this dataset" in str(errors[0])
+
+
+def _half_created(kafka, tmp_path, make_topic, run_b_finishes: bool):
+    topic = make_topic(partitions=2)
+    dataset = json_dataset(topic, name="half_created")
+    produce(kafka, topic, records("orders", 300))
+    root = str(tmp_path / "lake")
+    (tmp_path / "lake" / dataset.table_path / "_delta_log").mkdir(parents=True)  # B's creation, begun
+    b_reports: list = []
+
+    def run_b() -> None:
+        b_reports.append(EmbeddedEngine(kafka, LakeLocation(root)).run(dataset))
+
+    return dataset, root, b_reports, _LakeThatLetsBWinFirst(root, run_b if run_b_finishes else lambda: None)
+
+
+@pytest.mark.spark
+def test_a_first_spark_run_waits_for_the_table_another_writer_is_creating(kafka, tmp_path, make_topic, spark):
+    """delta-spark's create fails while another writer's ``_delta_log`` has no version 0 yet
+    (``DELTA_TABLE_NOT_FOUND``): the run waits for that table, then loses to its writer as a concurrent writer."""
+    from ingest_platform.engines.spark.engine import SparkEngine
+
+    dataset, root, b_reports, lake = _half_created(kafka, tmp_path, make_topic, run_b_finishes=True)
+    with pytest.raises(ConcurrentWriterError, match="another writer created the table .* ingesting this") as failure:
+        SparkEngine(kafka, lake, spark).run(dataset)
+    assert "Nothing was committed by this run" in str(failure.value)
+    assert b_reports[0].records == 300
+    frame = read_table(f"{root}/{dataset.table_path}")
+    assert frame.height == 300 and frame.select("_kafka_partition", "_kafka_offset").n_unique() == 300
+
+
+@pytest.mark.spark
+def test_a_first_spark_run_names_a_table_creation_that_never_finishes(kafka, tmp_path, make_topic, spark,
+                                                                        monkeypatch):  # fmt: skip
+    """The other creator died half-way: after its wait the run fails naming the folder and what to do."""
+    from ingest_platform.engines.spark import engine as spark_engine
+
+    monkeypatch.setattr(spark_engine, "TABLE_CREATION_WAIT_S", 1.0)
+    dataset, root, b_reports, lake = _half_created(kafka, tmp_path, make_topic, run_b_finishes=False)
+    with pytest.raises(LakeWriteError) as failure:
+        spark_engine.SparkEngine(kafka, lake, spark).run(dataset)
+    message = str(failure.value)
+    assert not isinstance(failure.value, ConcurrentWriterError), message
+    assert f"dataset '{dataset.name}': creating its Delta table at " in message and dataset.table_path in message
+    assert "no version 0 appeared within 1 s" in message and "clear it and run again" in message, message
+    assert "DELTA_TABLE_NOT_FOUND" in message and "Nothing was committed by this run" in message
+    assert b_reports == [] and lake.open_table(dataset.table_path) is None
+
+
+@pytest.mark.spark
+def test_a_first_spark_run_never_writes_into_a_table_created_while_it_read(kafka, tmp_path, make_topic, spark,
+                                                                          monkeypatch):  # fmt: skip
+    """Another writer creates the table while the Spark run infers its schema, and has not committed yet. Its
+    nested fields are in the records' order (the embedded engine's); Spark's inference sorts them. The run
+    must not write its batch into that table (a struct cast goes by position): it fails as a concurrent
+    writer (before: as a type conflict the producer was told to fix) and commits nothing."""
+    from ingest_platform.engines.spark import engine as spark_engine
+
+    topic = make_topic(partitions=2)
+    dataset = json_dataset(topic, name="created_while_reading")
+    produce(kafka, topic, records("orders", 300))
+    elsewhere = str(tmp_path / "elsewhere")  # the other writer's table schema, from an embedded run
+    EmbeddedEngine(kafka, LakeLocation(elsewhere)).run(dataset)
+    schema = DeltaTable(f"{elsewhere}/{dataset.table_path}").schema().to_arrow()
+    uri = str(tmp_path / "lake" / dataset.table_path)
+    learn = spark_engine._SparkRun._learn_fields
+
+    def learn_then_another_writer_creates(run, *args, **kwargs):
+        learned = learn(run, *args, **kwargs)
+        DeltaTable.create(uri, schema, mode="error")  # version 0, no data, no ledger yet
+        return learned
+
+    monkeypatch.setattr(spark_engine._SparkRun, "_learn_fields", learn_then_another_writer_creates)
+    with pytest.raises(ConcurrentWriterError, match="another writer created the table") as failure:
+        spark_engine.SparkEngine(kafka, LakeLocation(str(tmp_path / "lake")), spark).run(dataset)
+    assert "Nothing was committed by this run" in str(failure.value)
+    table = DeltaTable(uri)
+    assert table.version() == 0 and table.to_pyarrow_table().num_rows == 0

@@ -44,7 +44,7 @@ from ingest_platform.engines.spark.new_fields import (
 )
 from ingest_platform.engines.spark.transaction import DeltaTransaction, is_conflict
 from ingest_platform.kafka.client import CONSUMER_TUNING, GroupOffsetCommitter, KafkaConnection
-from ingest_platform.lake.commit import LakeWriteError
+from ingest_platform.lake.commit import ConcurrentWriterError, LakeWriteError
 from ingest_platform.lake.dead_letters import BadRecord, write_dead_letters
 from ingest_platform.lake.ledger import app_id
 from ingest_platform.lake.storage import is_s3, s3a_conf, spark_path
@@ -56,10 +56,13 @@ if TYPE_CHECKING:
 ENGINE_NAME = "spark"
 #: Preferred data-file size, as in the embedded engine, clamped to the dataset's file-size target.
 PREFERRED_FILE_MB = 256
-#: delta-spark's idempotent-write confs (delta PR #1555): a write or MERGE whose version is not above the
-#: recorded ``txn`` of the app id is skipped; a committed one records it. One pair per commit.
 #: Bad records named in a failure message.
 NAMED_BAD_RECORDS = 5
+#: What delta-spark's ``createIfNotExists`` raises while another writer is creating the same table: its
+#: ``_delta_log`` exists but holds no version 0 yet, or the folder is being written (docs/DESIGN.md §2).
+_CREATING_ELSEWHERE = ("DELTA_TABLE_NOT_FOUND", "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION")
+#: How long a first run waits for another writer's table creation to become visible.
+TABLE_CREATION_WAIT_S = 30.0
 
 
 #: spark-sql-kafka reads bounded offset ranges of records already in the log: the broker need not wait for more.
@@ -190,6 +193,7 @@ class _SparkRun(SparkUpsert):
         self.counts = _Counts()
         self.committed: list[tuple[int, dict]] = []  # (version, ranges) of this run's data commits
         self.table_existed = self._table_exists()  # a run that creates the table takes the batch's schema
+        self.created_table = False  # this run created it (a rewrite after new fields finds it there)
         self._types: dict[str, FieldType] | None = None  # declared types: the catalog's and Connect's (§9.5)
         self._read_types: dict = {}
         self._types_source: DataFrame | None = None
@@ -571,7 +575,7 @@ class _SparkRun(SparkUpsert):
     def _table_record_fields(self) -> dict:
         if not self._table_exists():
             return {}
-        schema = self.spark.read.format("delta").load(self.path).schema
+        schema = self._table_schema()
         skip = set(self.dataset.partition_by) & set(DERIVED_PARTITIONS)
         return {f.name: f.dataType for f in schema.fields if f.name not in skip and not is_reserved(f.name)}
 
@@ -724,7 +728,7 @@ class _SparkRun(SparkUpsert):
         """Exactly the table's columns, cast to its types; a column the batch lacks is null."""
         from pyspark.sql import functions as F
 
-        table_schema = self.spark.read.format("delta").load(self.path).schema
+        table_schema = self._table_schema()
         return data.select(
             *[(F.col(f"`{f.name}`") if f.name in data.columns else F.lit(None)).cast(f.dataType).alias(f.name)
               for f in table_schema.fields]
@@ -735,7 +739,7 @@ class _SparkRun(SparkUpsert):
         from pyspark.sql import types as T
 
         dataset = self.dataset
-        if not self._table_exists():
+        if not self.table_existed and not self.created_table:
             from delta.tables import DeltaTable as SparkDeltaTable
 
             builder = SparkDeltaTable.createIfNotExists(self.spark).location(self.path).addColumns(data.schema)
@@ -743,13 +747,18 @@ class _SparkRun(SparkUpsert):
                 builder = builder.partitionedBy(*dataset.partition_by)
             if dataset.description:
                 builder = builder.comment(dataset.description)
-            try:
-                builder.execute()
-                return
-            except Exception as error:  # py4j: a concurrent creator wrote version 0 first (ProtocolChanged...)
-                if not is_conflict(error) or self.engine.lake.open_table(dataset.table_path) is None:
-                    raise
-            # Another writer created the table: go on as for an existing table; the guarded commit decides.
+            # The batch was decoded for no table: a table another writer created meanwhile (seen racing, or kept
+            # by createIfNotExists with other columns) may order its struct fields otherwise, and Spark casts
+            # structs by position. Such a run loses as a concurrent writer; one with the batch's exact columns
+            # goes on, and its guarded commit decides (docs/DESIGN.md §2 "Table creation").
+            if self._create_table(builder) or _columns(self._table_schema()) != _columns(data.schema):
+                raise ConcurrentWriterError(
+                    f"dataset '{dataset.name}': another writer created the table {self.path} while this run was "
+                    "reading its first records; another writer is ingesting this dataset. The next run goes on "
+                    "from that table's ledger."
+                )
+            self.created_table = True
+            return
         if self.plan.table is not None:
             existing = list(self.plan.table.metadata().partition_columns)
             if existing != list(dataset.partition_by):
@@ -758,7 +767,7 @@ class _SparkRun(SparkUpsert):
                     f"partition_by: {list(dataset.partition_by)}. Restore the catalog's partition_by, or write a new "
                     "table."
                 )
-        current = {f.name: f.dataType for f in self.spark.read.format("delta").load(self.path).schema.fields}
+        current = {f.name: f.dataType for f in self._table_schema().fields}
         added = []
         for field_ in data.schema.fields:
             if field_.name not in current:
@@ -774,6 +783,37 @@ class _SparkRun(SparkUpsert):
                 )
         if added:
             self.spark.sql(f"ALTER TABLE delta.`{self.path}` ADD COLUMNS ({', '.join(added)})")
+
+    def _table_schema(self):
+        return self.spark.read.format("delta").load(self.path).schema
+
+    def _create_table(self, builder) -> bool:
+        """Create the table (version 0, metadata only). False: this run created it at once. True: another writer
+        was creating it too, and the table may be theirs. A racing creator shows as a conflict (it wrote version 0
+        first) or as a table half there (its ``_delta_log`` without version 0): wait, at most
+        ``TABLE_CREATION_WAIT_S``, until its table is visible."""
+        deadline = time.monotonic() + TABLE_CREATION_WAIT_S
+        raced = False
+        while True:
+            try:
+                builder.execute()  # createIfNotExists: once the other creator's table is there, it is kept
+                return raced
+            except Exception as error:  # py4j's AnalysisException / delta-spark's conflict exceptions
+                if not (is_conflict(error) or any(name in str(error) for name in _CREATING_ELSEWHERE)):
+                    raise
+                raced = True
+                if self.engine.lake.open_table(self.dataset.table_path) is not None:
+                    return True
+                if time.monotonic() >= deadline:
+                    cause = next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:300]
+                    raise LakeWriteError(
+                        f"dataset '{self.dataset.name}': creating its Delta table at {self.path} failed: the folder "
+                        f"looks like a table being created by another writer ({cause}), but no version 0 appeared "
+                        f"within {TABLE_CREATION_WAIT_S:.0f} s. If no other run of this dataset is writing, a "
+                        "creator died half-way or the folder holds other files: it holds no committed Delta "
+                        "version, so clear it and run again."
+                    ) from None
+            time.sleep(0.2)
 
     def _size_files(self, data: DataFrame, extra_bytes: int = 0, kafka_tasks: int | None = None) -> DataFrame:
         """Output files per batch = max(1, data size / target file size) (the guide's file-size rule), written
@@ -844,7 +884,7 @@ class _SparkRun(SparkUpsert):
                 f"value is not a valid JSON object: {bytes(corrupt['value'])[:120]!r}."
             )
         # Every value is a JSON object: a field's type differs from the table's. Infer the batch to name it.
-        table = {f.name: f.dataType for f in self.spark.read.format("delta").load(self.path).schema.fields}
+        table = {f.name: f.dataType for f in self._table_schema().fields}
         batch = self._infer(rows.where(F.col(sc.TEXT).isNotNull()).select(F.col(sc.TEXT).alias("v")))
         conflicts = [
             f"field '{f.name}' has type {f.dataType.simpleString()} in the records, but the table stores it as "
@@ -876,6 +916,11 @@ def _struct(fields: dict):
 
 def _bytes(value) -> bytes | None:
     return bytes(value) if value is not None else None
+
+
+def _columns(schema) -> dict[str, str]:
+    """Each top-level column's type, nested fields in their order (nullability aside)."""
+    return {f.name: f.dataType.simpleString() for f in schema.fields}
 
 
 def _compatible(batch_type, table_type) -> bool:
