@@ -208,6 +208,27 @@ def test_a_first_spark_run_names_a_table_creation_that_never_finishes(kafka, tmp
 
 
 @pytest.mark.spark
+def test_a_first_spark_run_names_a_folder_it_cannot_create_its_table_in(kafka, tmp_path, make_topic, spark):
+    """The table's folder holds a file but no Delta log: delta-spark refuses to create there (not a race). The
+    run fails naming the folder and what to do, not with Spark's exception."""
+    from ingest_platform.engines.spark.engine import SparkEngine
+
+    topic = make_topic(partitions=1)
+    dataset = json_dataset(topic, name="not_a_table")
+    produce(kafka, topic, records("orders", 20))
+    folder = tmp_path / "lake" / dataset.table_path
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("not a table")
+    with pytest.raises(LakeWriteError) as failure:
+        SparkEngine(kafka, LakeLocation(str(tmp_path / "lake")), spark).run(dataset)
+    message = str(failure.value)
+    assert not isinstance(failure.value, ConcurrentWriterError), message
+    assert "dataset 'not_a_table': creating its Delta table at " in message and dataset.table_path in message
+    assert "must be empty or hold this dataset's Delta table" in message and "Nothing was committed" in message
+    assert "Traceback" not in message and "py4j" not in message.lower(), message
+
+
+@pytest.mark.spark
 def test_a_first_spark_run_never_writes_into_a_table_created_while_it_read(kafka, tmp_path, make_topic, spark,
                                                                           monkeypatch):  # fmt: skip
     """Another writer creates the table while the Spark run infers its schema, and has not committed yet. Its

@@ -248,6 +248,7 @@ class SparkStreamLoop(LoopLife):
     def _failure(self, query) -> tuple[str, str]:
         """Classify why the query ended: the micro-batch's own error when it raised one, else Spark's."""
         from ingest_platform.engines.spark.micro_batch import LedgerRewoundError
+        from ingest_platform.engines.spark.transaction import headline
 
         error = self._batch_error
         name = self.dataset.name
@@ -260,10 +261,9 @@ class SparkStreamLoop(LoopLife):
         if isinstance(error, LakeAccessError | LakeWriteError):  # our own messages: they say what and where
             return "lake", f"dataset '{name}': the micro-batch commit failed: {error}"
         if isinstance(error, _RETRIABLE):  # deltalake's or the OS's own error: its first line, with the table
-            cause = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
             return "lake", (f"dataset '{name}': the micro-batch commit to {self.uri} failed ({type(error).__name__}: "
-                            f"{cause[:300]}); nothing of the micro-batch was recorded, the query restarts from the "
-                            "ledger")  # fmt: skip
+                            f"{headline(error)[:300]}); nothing of the micro-batch was recorded, the query restarts "
+                            "from the ledger")  # fmt: skip
         spark_error = query.exception()
         text = str(spark_error or error or "the query stopped")
         first = next((line.strip() for line in text.splitlines() if line.strip()), text)[:500]

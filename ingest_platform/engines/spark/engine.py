@@ -42,7 +42,7 @@ from ingest_platform.engines.spark.new_fields import (
     distinct_names,
     unknown_names,
 )
-from ingest_platform.engines.spark.transaction import DeltaTransaction, is_conflict
+from ingest_platform.engines.spark.transaction import DeltaTransaction, headline, is_conflict
 from ingest_platform.kafka.client import CONSUMER_TUNING, GroupOffsetCommitter, KafkaConnection
 from ingest_platform.lake.commit import ConcurrentWriterError, LakeWriteError
 from ingest_platform.lake.dead_letters import BadRecord, write_dead_letters
@@ -799,19 +799,21 @@ class _SparkRun(SparkUpsert):
                 builder.execute()  # createIfNotExists: once the other creator's table is there, it is kept
                 return raced
             except Exception as error:  # py4j's AnalysisException / delta-spark's conflict exceptions
+                failed = f"dataset '{self.dataset.name}': creating its Delta table at {self.path} failed"
                 if not (is_conflict(error) or any(name in str(error) for name in _CREATING_ELSEWHERE)):
-                    raise
+                    raise LakeWriteError(
+                        f"{failed}: {headline(error)[:300]}. The folder must be empty or hold this dataset's Delta "
+                        "table, and the lake writable by this run: fix that and run again."
+                    ) from None
                 raced = True
                 if self.engine.lake.open_table(self.dataset.table_path) is not None:
                     return True
                 if time.monotonic() >= deadline:
-                    cause = next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:300]
                     raise LakeWriteError(
-                        f"dataset '{self.dataset.name}': creating its Delta table at {self.path} failed: the folder "
-                        f"looks like a table being created by another writer ({cause}), but no version 0 appeared "
-                        f"within {TABLE_CREATION_WAIT_S:.0f} s. If no other run of this dataset is writing, a "
-                        "creator died half-way or the folder holds other files: it holds no committed Delta "
-                        "version, so clear it and run again."
+                        f"{failed}: the folder looks like a table being created by another writer "
+                        f"({headline(error)[:300]}), but no version 0 appeared within {TABLE_CREATION_WAIT_S:.0f} s. "
+                        "If no other run of this dataset is writing, a creator died half-way or the folder holds "
+                        "other files: it holds no committed Delta version, so clear it and run again."
                     ) from None
             time.sleep(0.2)
 
@@ -852,12 +854,9 @@ class _SparkRun(SparkUpsert):
     def _explain_job_failure(self, error: Exception, what: str) -> str:
         """A Spark job that failed for another reason than a record (executors lost beyond Spark's retries, the
         store unreachable): what failed, that nothing was committed, and that the next run retries it."""
-        java = getattr(error, "java_exception", None)
-        cause = str(java.getMessage()) if java is not None else str(error)
-        first = next((line.strip() for line in cause.splitlines() if line.strip()), type(error).__name__)
         return (
             f"dataset '{self.dataset.name}': the Spark job {what} records {self.plan.describe(self.dataset.topic)} "
-            f"failed: {first[:500]}. Nothing was committed; the next run reads the same offsets again."
+            f"failed: {headline(error)[:500]}. Nothing was committed; the next run reads the same offsets again."
         )
 
     def _explain_failure(self, error: Exception, rows: DataFrame) -> str:

@@ -48,6 +48,13 @@ def is_conflict(error: Exception) -> bool:
     return any(name in text for name in _CONFLICTS)
 
 
+def headline(error: BaseException) -> str:
+    """An error's first non-empty line (a py4j error's Java message), to quote inside a message that explains it."""
+    java = getattr(error, "java_exception", None)
+    text = str(java.getMessage()) if java is not None else str(error)
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+
+
 def scala_none(jvm):
     """Scala's ``None``, for JVM calls that take an ``Option``."""
     return getattr(getattr(jvm.scala, "None$"), "MODULE$")
